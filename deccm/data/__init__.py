@@ -1,0 +1,18 @@
+"""The data layer: native format, validation, legacy import and the synthetic benchmark."""
+from deccm.data.format import (
+    PGC,
+    UGC,
+    Dataset,
+    DatasetError,
+    PairRows,
+    RankRows,
+    TrainRows,
+    Truth,
+    load_dataset,
+    write_dataset,
+)
+
+__all__ = [
+    "PGC", "UGC", "Dataset", "DatasetError", "PairRows", "RankRows", "TrainRows", "Truth",
+    "load_dataset", "write_dataset",
+]

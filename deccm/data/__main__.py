@@ -1,0 +1,73 @@
+"""``deccm data …`` / ``python -m deccm.data …``: create, import and check datasets."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from deccm import config
+from deccm import log as _log
+from deccm.data.format import DatasetError
+
+log = logging.getLogger("deccm.data")
+
+
+def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("synth", help="generate the synthetic benchmark with a planted confounder")
+    s.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/synth-PRESET)")
+    s.add_argument("--preset", choices=["tiny", "small", "tt150k"], default="small")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true", help="replace DST (only once the new data is complete)")
+
+    v = sub.add_parser("validate", help="run every check on a dataset and print a summary")
+    v.add_argument("dir", type=Path)
+    v.add_argument("--no-hashes", action="store_true", help="skip verifying file sha256 against the manifest")
+
+    i = sub.add_parser("import-legacy", help="convert the authors' data_matching/ + data_pgc/ layout")
+    i.add_argument("src", type=Path, help="folder holding data_matching/ (and optionally data_pgc/)")
+    i.add_argument("dst", type=Path)
+    i.add_argument("--trust-pickle", action="store_true",
+                   help="allow reading the authors' pickled object arrays (can execute code: only for files you trust)")
+    i.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "deccm data") -> int:
+    args = build_parser(prog).parse_args(argv)
+    _log.setup(args.verbose)
+    try:
+        if args.cmd == "synth":
+            from deccm.data.synth import synth
+
+            dst = args.dst or config.data_dir(f"synth-{args.preset}")
+            out = synth(dst, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
+            print(f"wrote synthetic dataset ({args.preset}, seed {args.seed}) to {out}")
+        elif args.cmd == "validate":
+            from deccm.data.validate import validate_dir
+
+            report = validate_dir(args.dir, verify_hashes=not args.no_hashes)
+            print(report.table())
+            if not report.ok:
+                print(f"\n{len(report.problems)} problem(s):", file=sys.stderr)
+                for prob in report.problems:
+                    print(f"  {prob}", file=sys.stderr)
+                return 1
+            print(f"\n{args.dir}: OK")
+        elif args.cmd == "import-legacy":
+            from deccm.data.legacy import import_legacy
+
+            out = import_legacy(args.src, args.dst, trust_pickle=args.trust_pickle, overwrite=args.overwrite)
+            print(f"imported {args.src} to {out}")
+    except (DatasetError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m deccm.data"))

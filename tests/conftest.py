@@ -1,0 +1,24 @@
+"""Shared fixtures: a private state dir per test session and small real datasets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every default path in the suite lands in a temp DECCM_HOME, never in the checkout."""
+    home = tmp_path_factory.mktemp("deccm_home")
+    os.environ["DECCM_HOME"] = str(home)
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(home / "numba"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny` synthetic preset (seed 0), generated once per session; treat as read-only."""
+    from deccm.data.synth import synth
+
+    return synth(tmp_path_factory.mktemp("data") / "tiny", preset="tiny", seed=0)
