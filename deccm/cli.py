@@ -6,6 +6,9 @@ import sys
 
 COMMANDS = {
     "data": ("deccm.data.__main__", "create, import and validate datasets"),
+    "features": ("deccm.features.__main__", "extract video/music features from media files"),
+    "train": ("deccm.train", "train a teacher, student or baseline"),
+    "evaluate": ("deccm.evaluate", "score models on a split: tables, JSON, comparisons"),
 }
 
 
