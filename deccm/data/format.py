@@ -4,11 +4,16 @@ Layout (every array is numeric and loaded with ``allow_pickle=False``)::
 
     dataset.json                      manifest: version, provenance, dims, counts, genres,
                                       file shapes/dtypes/sha256, generator or source info
-    tracks.csv                        id, title, artist, genre, source, licence
+    tracks.csv                        id, title, artist, genre, source, licence, path
+    videos.csv                        free columns, first ``id`` (e.g. path, uploader) [optional]
+    media/...                         media files referenced by the CSVs            [optional]
     ugc/video_features.npy            (N_video, D_v) float32
     ugc/music_features.npy            (N_music, D_m) float32, blocks as in manifest dims
     ugc/music_genre.npy               (N_music,) int64 genre group, -1 = unknown   [optional]
     ugc/prior_mean.npy                (G,) float32 mean uploader prior over train rows
+    ugc/music_norm_{mean,std}.npy     (D_m,) float32: music_features = (raw - mean) / std,
+                                      fitted on the training catalog; serving applies the
+                                      same transform to a new track                 [optional]
     ugc/train/{video,music}.npy       (N,) int64 video id, positive track id
     ugc/train/video_genre.npy         (N, G) uint8 multi-hot genres of the video
     ugc/train/prior.npy               (N, G) float32 uploader genre preference d_b
@@ -33,6 +38,7 @@ import dataclasses
 import hashlib
 import io as _io
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +53,8 @@ SUPPORTED_VERSIONS = (1,)
 PROVENANCES = ("synthetic", "imported-legacy", "extracted")
 MANIFEST = "dataset.json"
 TRACKS_CSV = "tracks.csv"
-TRACK_COLUMNS = ("id", "title", "artist", "genre", "source", "licence")
+TRACKS_CSV_COLUMNS = ("id", "title", "artist", "genre", "source", "licence", "path")
+VIDEOS_CSV = "videos.csv"
 N_NEGATIVES = 100
 
 
@@ -108,6 +115,8 @@ class UGC:
     music_features: np.ndarray = _arr("float32", 2)
     prior_mean: np.ndarray = _arr("float32", 1)
     music_genre: np.ndarray | None = _arr("int64", 1, optional=True)
+    music_norm_mean: np.ndarray | None = _arr("float32", 1, optional=True)
+    music_norm_std: np.ndarray | None = _arr("float32", 1, optional=True)
     train: TrainRows = field(default=None, metadata={"split": TrainRows})  # type: ignore[assignment]
     val: RankRows = field(default=None, metadata={"split": RankRows})  # type: ignore[assignment]
     test: RankRows = field(default=None, metadata={"split": RankRows})  # type: ignore[assignment]
@@ -161,6 +170,7 @@ class Dataset:
     pgc: PGC | None = None
     truth: Truth | None = None
     tracks: list[dict[str, str]] = field(default_factory=list)
+    videos: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def genres(self) -> list[str]:
@@ -221,12 +231,16 @@ def write_dataset(
     pgc: PGC | None = None,
     truth: Truth | None = None,
     tracks: list[dict[str, Any]] | None = None,
+    videos: list[dict[str, Any]] | None = None,
+    attach: dict[str, Path] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write a complete dataset atomically: built in a temp dir, renamed into place.
 
-    ``manifest`` supplies name, provenance, genres, description and any generator or
-    source info; dims, counts, version and the file table are filled in here.
+    ``manifest`` supplies name, provenance, genres, description and any generator, source
+    or feature-extractor info; dims, counts, version and the file table are filled in here.
+    ``attach`` maps a sub-directory name (e.g. ``"media"``) to a directory that is moved
+    into the dataset, so media files and the arrays that describe them appear together.
     """
     dest = Path(dest)
     with io.atomic_dir(dest, overwrite=overwrite) as tmp:
@@ -243,15 +257,23 @@ def write_dataset(
                 io.save_npy(path, arr)
                 files[rel] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": io.sha256_file(path)}
         if tracks:
-            buf = _io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=TRACK_COLUMNS, extrasaction="ignore", lineterminator="\n")
-            w.writeheader()
-            for row in tracks:
-                w.writerow({k: row.get(k, "") for k in TRACK_COLUMNS})
-            io.write_text(tmp / TRACKS_CSV, buf.getvalue())
+            _write_csv(tmp / TRACKS_CSV, tracks, TRACKS_CSV_COLUMNS)
+        if videos:
+            _write_csv(tmp / VIDEOS_CSV, videos, tuple(videos[0].keys()))
+        for name, src in (attach or {}).items():
+            shutil.move(str(src), str(tmp / name))
         full = complete_manifest(manifest, ugc, pgc, files)
         io.write_json(tmp / MANIFEST, full)
     return dest
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: row.get(k, "") for k in columns})
+    io.write_text(path, buf.getvalue())
 
 
 def complete_manifest(manifest: dict[str, Any], ugc: UGC, pgc: PGC | None, files: dict[str, Any]) -> dict[str, Any]:
@@ -332,8 +354,7 @@ def _read_section(root: Path, cls: type, prefix: str, files: dict[str, Any]) -> 
     return cls(**kwargs)
 
 
-def read_tracks(root: Path) -> list[dict[str, str]]:
-    path = root / TRACKS_CSV
+def read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with open(path, newline="") as f:
@@ -351,7 +372,7 @@ def load_dataset(root: str | Path, validate: bool = True) -> Dataset:
     }
     if sections["ugc"] is None:
         raise DatasetError(f"{root / MANIFEST}: no ugc/ arrays listed. Fix: every dataset needs the UGC part.")
-    ds = Dataset(root=root, manifest=manifest, tracks=read_tracks(root), **sections)
+    ds = Dataset(root=root, manifest=manifest, tracks=read_csv(root / TRACKS_CSV), videos=read_csv(root / VIDEOS_CSV), **sections)
     if validate:
         from deccm.data.validate import check
 

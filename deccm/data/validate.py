@@ -230,6 +230,13 @@ def check(ds: Dataset, verify_hashes: bool = False) -> Report:
                    (mg < -1) | (mg >= g))
         if len(mg) != nm:
             report.add("ugc/music_genre.npy", f"{len(mg)} entries for {nm} tracks", "give one genre per track")
+    for name in ("music_norm_mean", "music_norm_std"):
+        v = getattr(u, name)
+        if v is not None and (v.shape != (u.music_features.shape[1],) or not np.isfinite(v).all()):
+            report.add(f"ugc/{name}.npy", f"must be a finite ({u.music_features.shape[1]},) vector, found shape {v.shape}",
+                       "save the normalisation statistics fitted on the training catalog")
+    if u.music_norm_std is not None and (u.music_norm_std <= 0).any():
+        report.add("ugc/music_norm_std.npy", "standard deviations must be positive", "floor them at a small epsilon when fitting")
     if nm <= N_NEGATIVES:
         report.add("ugc/music_features.npy", f"{nm} tracks cannot provide {N_NEGATIVES} distinct negatives plus a positive",
                    f"use a catalog of at least {N_NEGATIVES + 1} tracks")
