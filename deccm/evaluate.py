@@ -1,0 +1,228 @@
+"""Score models on a split: the authors' sampled protocol, full-catalog ranking, bias metrics.
+
+``python -m deccm.evaluate RUN --data DIR`` prints a table and writes JSON;
+``--compare A B …`` puts several models (run dirs, or ``popularity``) side by side on the
+same rows with bootstrap 95% intervals over test rows. On synthetic data every metric is
+also computed on ``test_oracle`` and against the true affinity.
+
+Protocols (``deccm-method.md`` §7): each row ranks its positive among 100 fixed
+negatives; HR@K/NDCG@K are reported popularity-weighted (the authors' numbers, weights
+summing to 1) and unweighted, K ∈ {10, 15, 20, 25}. Ties count against the positive.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deccm import config, io, metrics
+from deccm import log as _log
+from deccm.data import Dataset, DatasetError, load_dataset
+from deccm.serve import Ranker, load_ranker, popularity_ranker
+
+log = logging.getLogger(__name__)
+KS = (10, 15, 20, 25)
+BIAS_K = 10
+HEAD_FRACTION = 0.2  # the 20% most-picked tracks are the head; the rest is the tail
+CHUNK = 2048
+
+
+@dataclass
+class SplitResult:
+    """Point values of every metric, plus per-row contributions for the ones with intervals."""
+
+    model: str
+    split: str
+    values: dict[str, float] = field(default_factory=dict)
+    per_row: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _head_tail(ds: Dataset) -> tuple[np.ndarray, int]:
+    """(tail mask over tracks, most popular genre) from training positives only."""
+    counts = np.bincount(ds.ugc.train.music, minlength=ds.n_tracks)
+    order = np.argsort(-counts, kind="stable")
+    tail = np.ones(ds.n_tracks, dtype=bool)
+    tail[order[: max(1, int(round(HEAD_FRACTION * ds.n_tracks)))]] = False
+    top_genre = -1
+    if ds.ugc.music_genre is not None:
+        g = ds.ugc.music_genre[ds.ugc.train.music]
+        top_genre = int(np.bincount(g[g >= 0], minlength=ds.n_genres).argmax())
+    return tail, top_genre
+
+
+def evaluate_split(ranker: Ranker, ds: Dataset, split: str, ks: tuple[int, ...] = KS, bias_k: int = BIAS_K) -> SplitResult:
+    """Every metric of one model on one split (rows × candidates and rows × catalog)."""
+    splits = ds.ugc.rank_splits()
+    if split not in splits:
+        raise DatasetError(f"{ds.root}: no split '{split}' (has {sorted(splits)}). Fix: pick one of those with --split.")
+    rows = splits[split]
+    res = SplitResult(ranker.name, split)
+    q = ranker.video_vectors(ds.ugc.video_features[rows.video])  # (N, D)
+    p = ranker.music_vectors(ds.ugc.music_features)  # (M, D)
+    cand = rows.candidates()  # (N, 101)
+    s = np.einsum("nd,ncd->nc", q, p[cand])  # (N, 101), column 0 the positive
+    r = metrics.positive_rank(s)
+    for k in ks:
+        res.per_row[f"HR_w@{k}"] = (metrics.hit_vector(r, k), rows.weight)
+        res.per_row[f"NDCG_w@{k}"] = (metrics.ndcg_vector(r, k), rows.weight)
+    for k in ks:
+        res.per_row[f"HR@{k}"] = (metrics.hit_vector(r, k), None)
+        res.per_row[f"NDCG@{k}"] = (metrics.ndcg_vector(r, k), None)
+
+    # full catalog, in row chunks: (chunk, M) scores at a time
+    cat_rank = np.empty(len(rows), dtype=np.int64)
+    top = np.empty((len(rows), min(bias_k, ds.n_tracks)), dtype=np.int64)
+    for a in range(0, len(rows), CHUNK):
+        full = q[a:a + CHUNK] @ p.T
+        cat_rank[a:a + CHUNK] = metrics.catalog_rank(full, rows.music[a:a + CHUNK])
+        top[a:a + CHUNK] = metrics.top_k(full, top.shape[1])
+    for k in (10, 25):
+        res.per_row[f"Recall@{k}"] = (metrics.hit_vector(cat_rank, k), None)
+    res.per_row["MRR"] = (1.0 / (cat_rank + 1.0), None)
+    res.values["MedR"] = metrics.median_rank(cat_rank)
+
+    tail, top_genre = _head_tail(ds)
+    res.values[f"coverage@{bias_k}"] = metrics.catalog_coverage(top, ds.n_tracks)
+    res.values[f"Gini@{bias_k}"] = metrics.gini(top, ds.n_tracks)
+    res.per_row[f"tail_share@{bias_k}"] = (tail[top].mean(axis=1), None)
+    if ds.ugc.music_genre is not None:
+        genres = ds.ugc.music_genre[top]  # (N, K)
+        history = rows.prior if rows.prior is not None else np.broadcast_to(ds.ugc.prior_mean, (len(rows), ds.n_genres))
+        res.values[f"C_KL@{bias_k}"] = metrics.calibration_kl(np.asarray(history, dtype=np.float64), genres, ds.n_genres)
+        res.per_row[f"top_genre_share@{bias_k}"] = ((genres == top_genre).mean(axis=1), None)
+        res.values["top_genre_catalog_share"] = float(np.mean(ds.ugc.music_genre == top_genre))
+    if ds.truth is not None:
+        res.values["spearman_truth"] = metrics.rowwise_spearman(s, ds.truth.affinity(rows.video, cand))
+    for name, (v, w) in res.per_row.items():
+        res.values[name] = float(np.sum(v * w) / np.sum(w)) if w is not None else float(v.mean())
+    return res
+
+
+def add_intervals(results: list[SplitResult], n_boot: int, seed: int = 0) -> None:
+    """Bootstrap 95% intervals over rows for every per-row metric (same resamples for every model)."""
+    for res in results:
+        for name, (v, w) in res.per_row.items():
+            res.intervals[name] = metrics.bootstrap_ci(v, w, n_boot=n_boot, seed=seed)
+
+
+def metric_names(results: list[SplitResult]) -> list[str]:
+    names: list[str] = []
+    for res in results:
+        names.extend(n for n in res.values if n not in names)
+    return names
+
+
+def format_table(results: list[SplitResult]) -> str:
+    """Metrics as rows, one column per (model, split), cells 'value [lo, hi]'."""
+    cols = [f"{r.model}:{r.split}" for r in results]
+    lines = []
+    cells: list[list[str]] = []
+    for name in metric_names(results):
+        row = []
+        for r in results:
+            if name not in r.values:
+                row.append("")
+                continue
+            v = r.values[name]
+            ci = r.intervals.get(name)
+            row.append(f"{v:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "") if name != "MedR" else f"{v:.1f}")
+        cells.append([name] + row)
+    widths = [max(len(x) for x in col) for col in zip(["metric"] + cols, *cells)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(["metric"] + cols, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells)
+    return "\n".join(lines)
+
+
+def to_json(results: list[SplitResult], rankers: dict[str, Ranker], ds: Dataset) -> dict[str, Any]:
+    out: dict[str, Any] = {"data": {"path": str(ds.root), "name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash,
+                                    "provenance": ds.manifest.get("provenance"), "synthetic": ds.is_synthetic},
+                           "models": {}}
+    for res in results:
+        model = out["models"].setdefault(res.model, {"info": {k: rankers[res.model].info.get(k) for k in ("kind", "variant", "mode", "name")},
+                                                     "splits": {}})
+        model["splits"][res.split] = {n: {"value": v, **({"ci95": list(res.intervals[n])} if n in res.intervals else {})}
+                                      for n, v in res.values.items()}
+    return out
+
+
+def open_model(spec: str, ds: Dataset | None, device: str) -> Ranker:
+    if spec == "popularity":
+        if ds is None:
+            raise DatasetError("the popularity ranker needs --data (it counts training picks)")
+        return popularity_ranker(ds.ugc.train.music, ds.n_tracks)
+    return load_ranker(spec, device=device)
+
+
+def evaluate(models: list[str], data: str | Path | None = None, splits: list[str] | None = None, n_boot: int = 1000,
+             device: str = "auto") -> tuple[list[SplitResult], dict[str, Any]]:
+    """Evaluate ``models`` on ``splits`` of ``data`` (default: the first model's training data)."""
+    if data is None:
+        first = next((m for m in models if m != "popularity"), None)
+        if first is None:
+            raise DatasetError("no dataset given. Fix: --data DIR")
+        data = load_ranker(first, device="cpu").info["data"]["path"]
+    ds = load_dataset(data)
+    rankers: dict[str, Ranker] = {}
+    for spec in models:
+        rk = open_model(spec, ds, device)
+        dims = rk.info.get("model") or {}
+        if dims and (dims.get("video_dim"), dims.get("music_dim")) != (ds.manifest["dims"]["video"], ds.manifest["dims"]["music"]):
+            raise DatasetError(f"{spec}: trained on {dims.get('video_dim')}/{dims.get('music_dim')}-d features, {ds.root} has "
+                               f"{ds.manifest['dims']['video']}/{ds.manifest['dims']['music']}. Fix: evaluate on data with the same feature spec.")
+        if rk.info.get("data", {}).get("manifest_hash") not in (None, ds.manifest_hash):
+            log.warning("%s was trained on %s, evaluating on %s", spec, rk.info["data"]["name"], ds.manifest.get("name"))
+        name, i = rk.name, 2
+        while name in rankers:
+            name, i = f"{rk.name}#{i}", i + 1
+        rk.name = name
+        rankers[name] = rk
+    splits = splits or (["test", "test_oracle"] if ds.ugc.test_oracle is not None else ["test"])
+    results = [evaluate_split(rk, ds, split) for split in splits for rk in rankers.values()]
+    if n_boot:
+        add_intervals(results, n_boot)
+    return results, to_json(results, rankers, ds)
+
+
+def build_parser(prog: str = "deccm evaluate") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="run dir (or its best.pt), or 'popularity'")
+    p.add_argument("--compare", nargs="+", default=[], metavar="MODEL", help="more models side by side on the same rows")
+    p.add_argument("--data", type=Path, default=None, help="dataset dir (default: the first model's training data)")
+    p.add_argument("--split", action="append", default=None, help="test, test_oracle or val; repeatable (default: test [+ test_oracle])")
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default: $DECCM_HOME/eval/<models>.json)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0 = none)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "deccm evaluate") -> int:
+    args = build_parser(prog).parse_args(argv)
+    _log.setup(args.verbose)
+    models = ([args.model] if args.model else []) + args.compare
+    if not models:
+        print("error: give a model (run dir or 'popularity') and/or --compare MODEL ...", file=sys.stderr)
+        return 2
+    try:
+        results, payload = evaluate(models, args.data, args.split, args.bootstrap, args.device)
+    except (DatasetError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if payload["data"]["synthetic"]:
+        print(f"[data {payload['data']['name']} is SYNTHETIC]")
+    print(format_table(results))
+    out = args.out or config.state_path("eval", "-".join(Path(m).name for m in models)[:120] + ".json")
+    io.write_json(out, payload)
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m deccm.evaluate"))

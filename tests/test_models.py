@@ -1,0 +1,144 @@
+"""Loss and model properties that pin down the faithful and fixed computations (§3–§6, §9)."""
+from __future__ import annotations
+
+import torch
+
+from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig
+from deccm.models.matching import faithful_matching_loss, hinge_matching_loss
+from deccm.models.vae import Encoder, faithful_distill_kl, gaussian_kl, prior_kl, reparameterize
+
+
+def _sim(pos: float, neg: float, b: int = 4) -> torch.Tensor:
+    s = torch.full((b, b), neg)
+    s.fill_diagonal_(pos)
+    return s.requires_grad_(True)
+
+
+def test_fixed_hinge_pushes_positives_up_and_negatives_down() -> None:
+    s = _sim(0.1, 0.2)  # violated: negatives above positives
+    hinge_matching_loss(s, margin=0.05, k=3).backward()
+    assert (s.grad.diagonal() < 0).all()  # gradient descent raises positives
+    off = ~torch.eye(4, dtype=torch.bool)
+    assert (s.grad[off] > 0).all()  # and lowers the violating negatives
+
+
+def test_fixed_hinge_is_zero_when_margin_satisfied() -> None:
+    s = _sim(1.0, 0.0)
+    loss = hinge_matching_loss(s, margin=0.05, k=3)
+    loss.backward()
+    assert loss.item() == 0.0 and (s.grad == 0).all()
+
+
+def test_fixed_hinge_selects_hardest_negatives() -> None:
+    s = torch.tensor([[0.5, 0.9, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 0.5]], requires_grad=True)
+    hinge_matching_loss(s, margin=0.05, k=1, music_factor=1.0).backward()
+    # row 0's only selected negative is column 1 (the hardest), never column 2
+    assert s.grad[0, 1] > 0 and s.grad[0, 2] == 0
+
+
+def test_faithful_loss_reproduces_sign_bug() -> None:
+    """§9.1: violated pairs get no gradient; satisfied pairs are pushed further apart."""
+    violated = _sim(0.1, 0.2)
+    faithful_matching_loss(violated, margin=0.05, k=2).backward()
+    assert (violated.grad == 0).all()
+    satisfied = _sim(1.0, 0.0)
+    loss = faithful_matching_loss(satisfied, margin=0.05, k=3)
+    loss.backward()
+    assert loss.item() < 0  # it *rewards* separation, without bound
+    assert (satisfied.grad.diagonal() < 0).all()  # descent raises positives further...
+    assert (satisfied.grad[~torch.eye(4, dtype=torch.bool)] > 0).all()  # ...on already-easy negatives
+
+
+def test_faithful_selects_easiest_negatives() -> None:
+    s = torch.tensor([[0.5, 0.4, -0.5], [0.0, 0.5, 0.0], [0.0, 0.0, 0.5]], requires_grad=True)
+    faithful_matching_loss(s, margin=0.05, k=1).backward()
+    assert s.grad[0, 2] != 0 and s.grad[0, 1] == 0  # the easiest negative (-0.5) is the one used
+
+
+def test_same_track_negatives_are_masked() -> None:
+    s = _sim(0.1, 0.2)
+    same = torch.zeros(4, 4, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = True
+    hinge_matching_loss(s, 0.05, 3, same_track=same).backward()
+    assert s.grad[0, 1] == 0 and s.grad[1, 0] == 0 and s.grad[0, 2] > 0
+
+
+def test_final_small_batch_does_not_crash() -> None:
+    s = torch.randn(3, 3, requires_grad=True)  # k=40 > B-1 (the authors' topk crashes, §9.9)
+    for fn in (faithful_matching_loss, hinge_matching_loss):
+        fn(s, 0.05, 40).backward()
+
+
+def test_gaussian_kl_zero_on_itself_and_nonnegative() -> None:
+    g = torch.Generator().manual_seed(0)
+    mu, lv = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+    assert gaussian_kl(mu, lv, mu, lv).abs().item() < 1e-6
+    for _ in range(20):
+        mu2, lv2 = torch.randn(16, 8, generator=g), torch.randn(16, 8, generator=g)
+        assert gaussian_kl(mu, lv, mu2, lv2).item() >= 0
+    # against the closed form for 1-d N(0,1) ‖ N(1, e^1)
+    z, one = torch.zeros(1, 1), torch.ones(1, 1)
+    expected = 0.5 * (1.0 + (1.0 + 1.0) / torch.e - 1.0)
+    assert abs(gaussian_kl(z, z, one, one).item() - expected) < 1e-6
+
+
+def test_faithful_distill_kl_prefers_opposite_means() -> None:
+    """§5.3: the authors' formula is lower when μ_student = −μ_teacher than when equal."""
+    mu = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    lv = torch.zeros(8, 16)
+    assert faithful_distill_kl(-mu, lv, mu, lv) < faithful_distill_kl(mu, lv, mu, lv)
+    assert gaussian_kl(-mu, lv, mu, lv) > gaussian_kl(mu, lv, mu, lv)
+
+
+def test_encoder_unit_norms_and_reparameterisation() -> None:
+    enc = Encoder(32, 8, unit_logvar=True)
+    mu, lv = enc(torch.randn(5, 32))
+    assert torch.allclose(mu.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(lv.norm(dim=-1), torch.ones(5), atol=1e-5)  # §9.12
+    assert torch.equal(reparameterize(mu, lv, training=False), mu)
+    assert not torch.equal(reparameterize(mu, lv, training=True), mu)
+    assert prior_kl(mu, lv).item() > 0
+
+
+def _student(mode: str) -> DecCMStudent:
+    cfg = ModelConfig.for_mode(mode, video_dim=16, music_dim=12, latent_dim=8, n_genres=3)
+    torch.manual_seed(0)
+    st = DecCMStudent(cfg, CrossModalVAE(cfg), torch.tensor([0.5, 0.3, 0.2]))
+    torch.nn.init.normal_(st.confounder.weight)
+    return st.eval()
+
+
+def _ranking_with_prior(st: DecCMStudent, prior: torch.Tensor, x_v: torch.Tensor, x_m: torch.Tensor) -> torch.Tensor:
+    st.prior_mean.copy_(prior)
+    return (st.video_embed(x_v) @ st.music_embed(x_m).T).argsort(dim=1)
+
+
+def test_faithful_confounder_does_not_change_ranking_at_inference() -> None:
+    """§6: with the linear fusion the confounder adds a per-video constant."""
+    st = _student("faithful")
+    x_v, x_m = torch.randn(6, 16), torch.randn(20, 12)
+    a = _ranking_with_prior(st, torch.tensor([1.0, 0.0, 0.0]), x_v, x_m)
+    b = _ranking_with_prior(st, torch.tensor([0.0, 0.0, 1.0]), x_v, x_m)
+    assert torch.equal(a, b)
+
+
+def test_fixed_confounder_can_change_ranking() -> None:
+    st = _student("fixed")
+    x_v, x_m = torch.randn(6, 16), torch.randn(20, 12)
+    a = _ranking_with_prior(st, torch.tensor([1.0, 0.0, 0.0]), x_v, x_m)
+    b = _ranking_with_prior(st, torch.tensor([0.0, 0.0, 1.0]), x_v, x_m)
+    assert not torch.equal(a, b)
+
+
+def test_teacher_is_frozen_inside_student() -> None:
+    st = _student("fixed").train()
+    assert not st.teacher.training
+    before = {k: v.clone() for k, v in st.teacher.state_dict().items()}
+    opt = torch.optim.Adam([p for p in st.parameters() if p.requires_grad], lr=0.1)
+    x_v, x_m, prior = torch.randn(8, 16), torch.randn(8, 12), torch.softmax(torch.randn(8, 3), dim=1)
+    loss, parts = st.loss(x_v, x_m, prior, torch.arange(8))
+    loss.backward()
+    opt.step()
+    assert "distill" in parts
+    for k, v in st.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k

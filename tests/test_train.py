@@ -1,0 +1,137 @@
+"""Training: checkpoints, resume, refusals, NaN handling, the CLIs end to end on `tiny`."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deccm.models import ModelConfig
+from deccm.train import TrainConfig, TrainingError, load_model, train
+
+FAST = TrainConfig(epochs=3, batch_size=64, seed=7, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train("teacher", tiny_dataset, tmp_path_factory.mktemp("runs") / "teacher", ModelConfig.for_mode("fixed"), FAST)
+
+
+def _states_equal(a: Path, b: Path) -> bool:
+    sa = torch.load(a, weights_only=True, map_location="cpu")["model"]
+    sb = torch.load(b, weights_only=True, map_location="cpu")["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_run_dir_has_config_and_checkpoints(teacher_run: Path, tiny_dataset: Path) -> None:
+    conf = json.loads((teacher_run / "config.json").read_text())
+    assert conf["kind"] == "teacher" and len(conf["history"]) == 3
+    assert conf["data"]["synthetic"] is True and conf["data"]["manifest_hash"]
+    assert conf["best_val"] == max(h["val"] for h in conf["history"])
+    model, _ = load_model(teacher_run)
+    assert not model.training
+    assert not [p for p in teacher_run.iterdir() if p.name.startswith(".")], "temp files left behind"
+
+
+def test_resume_equals_uninterrupted(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
+    cfg = ModelConfig.for_mode("fixed")
+    full = train("student", tiny_dataset, tmp_path / "full", cfg, FAST, teacher=teacher_run)
+
+    def crash_after_first(epoch: int, val: float) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("student", tiny_dataset, tmp_path / "cut", cfg, FAST, teacher=teacher_run, on_epoch_end=crash_after_first)
+    assert json.loads((tmp_path / "cut/config.json").read_text())["history"][-1]["epoch"] == 0
+    train("student", tiny_dataset, tmp_path / "cut", cfg, FAST, teacher=teacher_run, resume=True)
+    assert _states_equal(full / "last.pt", tmp_path / "cut/last.pt")
+    assert _states_equal(full / "best.pt", tmp_path / "cut/best.pt")
+
+
+def test_student_refuses_teacher_of_other_data(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
+    from deccm.data.synth import synth
+
+    other = synth(tmp_path / "other", preset="tiny", seed=5)
+    with pytest.raises(TrainingError, match="teacher was trained on data .* Fix: python -m deccm.train teacher"):
+        train("student", other, tmp_path / "s", ModelConfig.for_mode("fixed"), FAST, teacher=teacher_run)
+
+
+def test_student_refuses_teacher_of_other_dims(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="latent_dim=128 but the student needs 64"):
+        train("student", tiny_dataset, tmp_path / "s", ModelConfig.for_mode("fixed", latent_dim=64), FAST, teacher=teacher_run)
+
+
+def test_student_refuses_a_student_as_teacher(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
+    s = train("student", tiny_dataset, tmp_path / "s", ModelConfig.for_mode("fixed", distill="off"), FAST.__class__(epochs=1, batch_size=64))
+    with pytest.raises(TrainingError, match="not a teacher"):
+        train("student", tiny_dataset, tmp_path / "s2", ModelConfig.for_mode("fixed"), FAST, teacher=s)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = ModelConfig.for_mode("fixed", distill="off")
+    run = train("student", tiny_dataset, tmp_path / "r", cfg, TrainConfig(epochs=1, batch_size=64, device="cpu"))
+    good = (run / "last.pt").read_bytes()
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dataset, bad)
+    feats = np.load(bad / "ugc/music_features.npy")
+    feats[:] = 1e30  # finite, valid features whose squares overflow float32: the loss becomes inf/nan
+    np.save(bad / "ugc/music_features.npy", feats)
+    m = json.loads((bad / "dataset.json").read_text())
+    m["files"]["ugc/music_features.npy"].pop("sha256")  # a deliberate edit, not corruption
+    (bad / "dataset.json").write_text(json.dumps(m))
+    shutil.copytree(run, tmp_path / "r2")
+    with pytest.raises(TrainingError, match=r"loss became .* at epoch 1, step 1/"):
+        train("student", bad, tmp_path / "r2", cfg, TrainConfig(epochs=2, batch_size=64, device="cpu"), overwrite=True)
+    assert (run / "last.pt").read_bytes() == good
+
+
+def test_tiny_dataset_errors_are_clear(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="batch size 1 < 2"):
+        train("teacher", tiny_dataset, tmp_path / "t", ModelConfig.for_mode("fixed"), TrainConfig(epochs=1, batch_size=1, device="cpu"))
+    with pytest.raises(TrainingError, match="already holds a run"):
+        (tmp_path / "t2").mkdir()
+        (tmp_path / "t2" / "config.json").write_text("{}")
+        train("teacher", tiny_dataset, tmp_path / "t2", ModelConfig.for_mode("fixed"), FAST)
+
+
+def test_faithful_mode_config_has_authors_settings() -> None:
+    cfg = ModelConfig.for_mode("faithful")
+    assert (cfg.hinge, cfg.distill, cfg.distill_weight, cfg.confounder, cfg.fusion, cfg.mask_same_track) == (
+        "faithful", "faithful", 5e-5, "batch-mean", "linear", False)
+    assert TrainConfig().learning_rate("teacher") == 1e-4 and TrainConfig().learning_rate("student") == 1e-3
+
+
+def test_cli_train_and_evaluate_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "train.toml"
+    cfg.write_text("[train]\nepochs = 2\nbatch_size = 64\nseed = 3\n[model]\nlatent_dim = 32\n")
+    t = tmp_path / "t"
+    r = subprocess.run([sys.executable, "-m", "deccm.train", "teacher", "--data", str(tiny_dataset), "--out", str(t),
+                        "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "best epoch" in r.stdout
+    s = tmp_path / "s"
+    r = subprocess.run([sys.executable, "-m", "deccm.train", "student", "--data", str(tiny_dataset), "--out", str(s),
+                        "--teacher", str(t), "--config", str(cfg), "--epochs", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    conf = json.loads((s / "config.json").read_text())
+    assert conf["train"]["epochs"] == 1 and conf["model"]["latent_dim"] == 32  # flags win over the file
+    out = tmp_path / "eval.json"
+    r = subprocess.run([sys.executable, "-m", "deccm.evaluate", str(s), "--compare", "popularity", "--out", str(out),
+                        "--bootstrap", "50"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "SYNTHETIC" in r.stdout and "HR_w@10" in r.stdout and "popularity:test_oracle" in r.stdout
+    payload = json.loads(out.read_text())
+    res = payload["models"]["s"]["splits"]["test"]
+    assert 0.0 <= res["HR_w@10"]["value"] <= 1.0
+    lo, hi = res["HR@10"]["ci95"]
+    assert lo <= res["HR@10"]["value"] <= hi
+    assert set(payload["models"]) == {"s", "popularity"}
+    r = subprocess.run([sys.executable, "-m", "deccm.train", "student", "--data", str(tiny_dataset), "--out", str(s)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr
