@@ -1,0 +1,197 @@
+"""Music features: the method's 256-d vector = [embedding block 128 ‖ descriptor block 128].
+
+- embedding block: VGGish, mean over the clip's 0.96 s patches (``deccm.features.vggish``);
+- descriptor block: openSMILE eGeMAPSv02 functionals (88) ‖ 40 librosa descriptors
+  (:data:`LIBROSA_DESCRIPTORS`: tempo, onset strength, chroma, MFCC, spectral statistics).
+
+All three read the same decode: the first audio stream, mono, 16 kHz, at most
+``max_seconds`` (default 60 s, capped and noted), zero-padded to at least one VGGish
+patch (0.975 s) so very short clips still give finite values.
+
+Normalisation (per dimension z-score of the whole 256-d vector) is fitted on the training
+catalog (:func:`fit_norm`) and saved beside the features; :class:`MusicExtractor` given
+the same ``norm`` applies exactly that transform to a new track at serving time.
+"""
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import numpy as np
+
+from deccm.features import decode, vggish
+from deccm.features.runtime import librosa
+from deccm.features.spec import ExtractorSpec
+
+VERSION = 1
+NAME = "vggish+egemaps+librosa"
+DIM = 256
+OPENSMILE_DIM = 88
+N_FFT = 2048
+HOP = 512
+N_MFCC = 13
+MIN_SAMPLES = vggish.WINDOW_LENGTH + (vggish.PATCH_FRAMES - 1) * vggish.HOP_LENGTH
+NORM_STD_FLOOR = 1e-8
+
+LIBROSA_DESCRIPTORS: tuple[str, ...] = (
+    ("tempo_bpm", "onset_strength_mean", "onset_strength_std")
+    + tuple(f"chroma_{p}_mean" for p in ("C", "Cs", "D", "Ds", "E", "F", "Fs", "G", "Gs", "A", "As", "B"))
+    + tuple(f"mfcc_{i:02d}_mean" for i in range(1, N_MFCC + 1))
+    + tuple(f"{name}_{stat}" for name in ("spectral_centroid_hz", "spectral_bandwidth_hz", "spectral_rolloff_hz",
+                                          "spectral_flatness", "zero_crossing_rate", "rms")
+            for stat in ("mean", "std"))
+)
+assert len(LIBROSA_DESCRIPTORS) == 40
+
+
+class FeatureError(ValueError):
+    """Audio that decoded but gives no usable features (e.g. non-finite descriptors)."""
+
+
+def _opensmile():
+    import opensmile
+
+    return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
+
+
+_SMILE = None
+
+
+def opensmile_functionals(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RATE) -> np.ndarray:
+    """(88,) eGeMAPSv02 functionals over the whole clip."""
+    global _SMILE
+    if _SMILE is None:
+        _SMILE = _opensmile()
+    return _SMILE.process_signal(np.asarray(samples, dtype=np.float32), sample_rate).to_numpy(dtype=np.float64).reshape(-1)
+
+
+def opensmile_names() -> list[str]:
+    """The 88 eGeMAPSv02 functional names, in vector order."""
+    global _SMILE
+    if _SMILE is None:
+        _SMILE = _opensmile()
+    return list(_SMILE.feature_names)
+
+
+def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RATE) -> np.ndarray:
+    """(40,) descriptors in :data:`LIBROSA_DESCRIPTORS` order, from one STFT (2048-point, hop 512)."""
+    lr = librosa()
+    y = np.asarray(samples, dtype=np.float32)
+    if y.size < N_FFT:
+        y = np.pad(y, (0, N_FFT - y.size))
+    mag = np.abs(lr.stft(y, n_fft=N_FFT, hop_length=HOP))
+    power = mag ** 2
+    onset = lr.onset.onset_strength(S=lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sample_rate)), sr=sample_rate)
+    tempo = lr.feature.tempo(onset_envelope=onset, sr=sample_rate, hop_length=HOP, aggregate=np.mean)
+    chroma = lr.feature.chroma_stft(S=power, sr=sample_rate, n_fft=N_FFT, tuning=0.0)
+    mfcc = lr.feature.mfcc(S=lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sample_rate)), n_mfcc=N_MFCC)
+    spectral = [
+        lr.feature.spectral_centroid(S=mag, sr=sample_rate, n_fft=N_FFT),
+        lr.feature.spectral_bandwidth(S=mag, sr=sample_rate, n_fft=N_FFT),
+        lr.feature.spectral_rolloff(S=mag, sr=sample_rate, n_fft=N_FFT),
+        lr.feature.spectral_flatness(S=mag),
+        lr.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP),
+        lr.feature.rms(S=mag, frame_length=N_FFT),
+    ]
+    parts = [np.atleast_1d(tempo)[:1], [onset.mean(), onset.std()], chroma.mean(axis=1), mfcc.mean(axis=1)]
+    parts += [[s.mean(), s.std()] for s in spectral]
+    return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
+
+
+def fit_norm(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std over the catalog's raw vectors; a (near-)constant dimension gets std 1.
+
+    Std 1 rather than a tiny floor keeps a dimension that was constant on the catalog
+    from exploding on a new track: it is only centred.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[0] == 0:
+        raise ValueError("fit_norm needs at least one raw vector (a non-empty (N, D) array)")
+    mean = raw.mean(axis=0)
+    std = raw.std(axis=0)
+    std = np.where(std < NORM_STD_FLOOR, 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def apply_norm(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(raw - mean) / std`` as float32; shapes must match the vector length."""
+    raw = np.asarray(raw, dtype=np.float32)
+    if mean.shape != (raw.shape[-1],) or std.shape != (raw.shape[-1],):
+        raise ValueError(f"normalisation stats of shape {mean.shape}/{std.shape} do not fit {raw.shape[-1]}-d features")
+    return ((raw - mean) / std).astype(np.float32)
+
+
+NORMALISATION = {"method": "zscore per dimension over the whole vector", "fitted_on": "training catalog",
+                 "constant_dims": f"std < {NORM_STD_FLOOR:g} set to 1"}
+
+
+class MusicExtractor:
+    """One track → (256,) music vector; ``norm=(mean, std)`` applies the catalog's normalisation."""
+
+    def __init__(self, *, vggish_weights: str | os.PathLike | None = None, max_seconds: float = 60.0, device: str = "auto",
+                 norm: tuple[np.ndarray, np.ndarray] | None = None):
+        if max_seconds <= 0:
+            raise ValueError("max_seconds must be positive")
+        self.max_seconds = float(max_seconds)
+        self.embedder = vggish.VGGishEmbedder(vggish_weights, device=device)
+        self.norm = None if norm is None else (np.asarray(norm[0], np.float32), np.asarray(norm[1], np.float32))
+        if self.norm is not None:
+            apply_norm(np.zeros(DIM, np.float32), *self.norm)  # shape check up front
+
+    @cached_property
+    def _spec(self) -> dict:
+        from importlib.metadata import version
+
+        names = [f"vggish_{i:03d}" for i in range(vggish.EMBEDDING_DIM)] + opensmile_names() + list(LIBROSA_DESCRIPTORS)
+        return ExtractorSpec(
+            kind="music", name=NAME, version=VERSION, dims=DIM, weights=self.embedder.weights,
+            preprocessing={
+                "decoder": "pyav", "audio": "first audio stream, mono, 16 kHz", "max_seconds": self.max_seconds,
+                "min_seconds": f"zero-padded to {MIN_SAMPLES} samples (one VGGish patch)",
+                "vggish": vggish.FRONTEND, "clip_pool": "mean over patches",
+                "opensmile": f"opensmile {version('opensmile')} eGeMAPSv02 Functionals",
+                "librosa": f"librosa {version('librosa')}, stft n_fft={N_FFT} hop={HOP}, chroma tuning 0, clip mean/std",
+            },
+            blocks=[
+                {"name": "embedding", "start": 0, "stop": 128, "source": "vggish"},
+                {"name": "descriptor", "start": 128, "stop": 256, "parts": [
+                    {"source": "opensmile eGeMAPSv02 functionals", "start": 128, "stop": 128 + OPENSMILE_DIM},
+                    {"source": "librosa", "start": 128 + OPENSMILE_DIM, "stop": 256}]},
+                {"name": "feature_names", "names": names},
+            ],
+        ).to_dict()
+
+    @property
+    def spec(self) -> dict:
+        """The spec of the raw vector (normalisation is data, stored beside the features)."""
+        return dict(self._spec)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self._spec["trained"])
+
+    def raw_from_samples(self, samples: np.ndarray) -> np.ndarray:
+        """(256,) unnormalised vector from 16 kHz mono audio."""
+        y = np.asarray(samples, dtype=np.float32)
+        if y.size < MIN_SAMPLES:
+            y = np.pad(y, (0, MIN_SAMPLES - y.size))
+        vec = np.concatenate([self.embedder.clip_embedding(y), opensmile_functionals(y), librosa_descriptors(y)])
+        bad = ~np.isfinite(vec)
+        if bad.any():
+            names = self._spec["blocks"][-1]["names"]
+            shown = ", ".join(names[i] for i in np.flatnonzero(bad)[:5])
+            raise FeatureError(f"non-finite audio features ({int(bad.sum())}: {shown}…)")
+        return vec.astype(np.float32)
+
+    def extract_raw_with_notes(self, path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+        """The raw vector and the decoder's notes (capped, truncated …)."""
+        audio = decode.read_audio(path, sample_rate=decode.SAMPLE_RATE, max_seconds=self.max_seconds)
+        return self.raw_from_samples(audio.samples), audio.notes
+
+    def extract_raw(self, path: str | os.PathLike) -> np.ndarray:
+        return self.extract_raw_with_notes(path)[0]
+
+    def extract(self, path: str | os.PathLike) -> np.ndarray:
+        """(256,) float32: normalised with ``norm`` when given, raw otherwise."""
+        raw = self.extract_raw(path)
+        return raw if self.norm is None else apply_norm(raw, *self.norm)

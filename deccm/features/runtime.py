@@ -1,0 +1,39 @@
+"""Where extraction runs: device choice, thread counts and librosa's JIT cache.
+
+Kept in one place so every extractor (and every worker process) makes the same choices.
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import torch
+
+from deccm import config
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; anything else is passed to torch as given."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device auto or cpu")
+    return dev
+
+
+def single_thread() -> None:
+    """One torch thread per worker process, so N workers do not oversubscribe the cores."""
+    torch.set_num_threads(1)
+
+
+def librosa() -> ModuleType:
+    """Import librosa with numba's JIT cache in the state dir (site-packages may be read-only).
+
+    The first feature call compiles with numba (10–20 s cold); the cache makes later
+    processes start fast.
+    """
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(config.state_path("cache", "numba")))
+    import librosa as _librosa
+
+    return _librosa
