@@ -95,3 +95,17 @@ def truncate(src: str | os.PathLike, dst: str | os.PathLike, fraction: float = 0
     data = Path(src).read_bytes()
     Path(dst).write_bytes(data[: int(len(data) * fraction)])
     return Path(dst)
+
+
+def one_torch_thread():
+    """Generator for a module fixture: torch on one thread, restored afterwards.
+
+    On shared CI cores a second OpenMP thread that has to wait for a busy core makes
+    small CNN forwards ~20x slower; one thread keeps the suite's time predictable.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

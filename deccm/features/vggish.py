@@ -91,7 +91,7 @@ def log_mel(samples: np.ndarray) -> np.ndarray:
 def patches(samples: np.ndarray) -> np.ndarray:
     """(T,) audio → (N, 96, 64) non-overlapping log-mel patches; audio shorter than a patch is zero-padded."""
     need = WINDOW_LENGTH + (PATCH_FRAMES - 1) * HOP_LENGTH
-    y = np.asarray(samples, dtype=np.float32)
+    y = np.asarray(samples, dtype=np.float64)
     if y.size < need:
         y = np.pad(y, (0, need - y.size))
     mel = log_mel(y)
