@@ -24,6 +24,8 @@ def build_parser(prog: str = "deccm features") -> argparse.ArgumentParser:
     common.add_argument("--workers", type=int, default=1, help="parallel processes over files (default 1)")
     common.add_argument("--strict", action="store_true", help="stop with an error at the first file that cannot be used")
     common.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    common.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads when --workers 1 (default: torch's choice; each worker of a pool uses 1)")
     common.add_argument("--cache-dir", type=Path, default=None, help="content-hash cache (default $DECCM_HOME/cache/features)")
     common.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,7 +53,7 @@ def build_parser(prog: str = "deccm features") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "deccm features") -> int:
     args = build_parser(prog).parse_args(argv)
     _log.setup(args.verbose)
-    from deccm.features import batch, decode
+    from deccm.features import batch, decode, runtime
     from deccm.features.spec import SpecMismatch
     from deccm.features.store import StoreError, load_store
     from deccm.features.weights import WeightsError
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None, prog: str = "deccm features") -> int:
     else:
         opts = dict(vggish_weights=args.vggish_weights, max_seconds=args.max_seconds)
     try:
+        if args.threads is not None:
+            runtime.set_threads(args.threads)
         if args.kind == "music" and args.norm_from is not None:
             ref = load_store(args.norm_from, kind="music")
             if ref.norm_mean is None or ref.norm_std is None:

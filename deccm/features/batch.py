@@ -48,7 +48,8 @@ class Result:
     vector: np.ndarray | None
     reason: str | None = None
     notes: tuple[str, ...] = ()
-    cached_failure: bool = False
+    from_cache: bool = False
+    content_failure: bool = False  # caused by the file's bytes, so worth caching
 
 
 def collect_inputs(kind: str, inputs: str | os.PathLike | list[str | os.PathLike], ids: list[str] | None = None) -> list[Item]:
@@ -122,57 +123,57 @@ def make_extractor(kind: str, device: str = "auto", **options: Any):
     raise ValueError(f"unknown kind {kind!r}; choose videos or music")
 
 
-class _Job:
-    """The per-process state: one extractor and the cache, reused for every file."""
+def _lookup(path: Path, cache: FeatureCache | None) -> tuple[Result | None, str | None]:
+    """Hash the file and answer from the cache when possible: (result or None, sha256 or None)."""
+    try:
+        sha = io.sha256_file(path)
+    except FileNotFoundError:
+        return Result("failed", None, None, "missing file"), None
+    except IsADirectoryError:
+        return Result("failed", None, None, "is a directory, not a file"), None
+    except OSError as e:
+        return Result("failed", None, None, f"unreadable: {e.strerror or e}"), None
+    if cache is not None:
+        vec = cache.get(sha)
+        if vec is not None:
+            return Result("cached", sha, vec, from_cache=True), sha
+        reason = cache.get_failure(sha)
+        if reason is not None:
+            return Result("failed", sha, None, reason, from_cache=True, content_failure=True), sha
+    return None, sha
 
-    def __init__(self, kind: str, device: str, options: dict[str, Any], cache_root: Path | None):
+
+class _Job:
+    """The per-process extractor, built once and reused for every file."""
+
+    def __init__(self, kind: str, device: str, options: dict[str, Any]):
         self.extractor = make_extractor(kind, device=device, **options)
         self.spec = self.extractor.spec
-        self.cache = FeatureCache(cache_root, self.spec) if cache_root is not None else None
         self._extract = self.extractor.extract_with_notes if kind == "videos" else self.extractor.extract_raw_with_notes
 
-    def run(self, path: Path) -> Result:
-        try:
-            sha = io.sha256_file(path)
-        except FileNotFoundError:
-            return Result("failed", None, None, "missing file")
-        except IsADirectoryError:
-            return Result("failed", None, None, "is a directory, not a file")
-        except OSError as e:
-            return Result("failed", None, None, f"unreadable: {e.strerror or e}")
-        if self.cache is not None:
-            vec = self.cache.get(sha)
-            if vec is not None:
-                return Result("cached", sha, vec)
-            reason = self.cache.get_failure(sha)
-            if reason is not None:
-                return Result("failed", sha, None, reason, cached_failure=True)
+    def run(self, path: Path, sha: str) -> Result:
         try:
             vec, notes = self._extract(path)
         except (decode.DecodeError, audio.FeatureError) as e:
-            if self.cache is not None:
-                self.cache.put_failure(sha, str(e))
-            return Result("failed", sha, None, str(e))
+            return Result("failed", sha, None, str(e), content_failure=True)
         except Exception as e:  # an extractor bug or resource problem: report it, retry next run
             log.debug("extraction of %s failed", path, exc_info=True)
             return Result("failed", sha, None, f"error: {type(e).__name__}: {e}")
-        if self.cache is not None:
-            self.cache.put(sha, vec)
         return Result("extracted", sha, vec, notes=tuple(notes))
 
 
 _WORKER: _Job | None = None
 
 
-def _init_worker(kind: str, device: str, options: dict[str, Any], cache_root: Path | None) -> None:
+def _init_worker(kind: str, device: str, options: dict[str, Any]) -> None:
     global _WORKER
     runtime.single_thread()
-    _WORKER = _Job(kind, device, options, cache_root)
+    _WORKER = _Job(kind, device, options)
 
 
-def _run_in_worker(path: Path) -> Result:
+def _run_in_worker(path: Path, sha: str) -> Result:
     assert _WORKER is not None
-    return _WORKER.run(path)
+    return _WORKER.run(path, sha)
 
 
 def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[str] | None = None, workers: int = 1,
@@ -190,8 +191,9 @@ def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[
         raise ValueError("norm only applies to music features")
     items = collect_inputs(kind, inputs, ids)
     cache_root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()) if use_cache else None
-    job = _Job(kind, device, extractor_options, cache_root)  # also validates options before any worker starts
+    job = _Job(kind, device, extractor_options)  # also validates options before any work starts
     spec = job.spec
+    cache = FeatureCache(cache_root, spec) if cache_root is not None else None
     if norm is not None:
         norm = (np.asarray(norm[0], np.float32), np.asarray(norm[1], np.float32))
         audio.apply_norm(np.zeros(spec["dims"], np.float32), *norm)
@@ -205,8 +207,13 @@ def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[
     def record(i: int, res: Result) -> None:
         results[i] = res
         counts[res.status] += 1
-        if res.cached_failure:
+        if res.from_cache and res.status == "failed":  # a remembered failure: no work redone either
             counts["cached"] += 1
+        if cache is not None and not res.from_cache:  # written as each file finishes: a crash loses only those in flight
+            if res.status == "extracted":
+                cache.put(res.sha256, res.vector)
+            elif res.content_failure:
+                cache.put_failure(res.sha256, res.reason)
         for note in res.notes:
             log.warning("%s: %s", items[i].path, note)
         if res.status == "failed":
@@ -217,15 +224,22 @@ def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[
         bar.set_postfix(cached=counts["cached"], failed=counts["failed"], refresh=False)
 
     with bar, logging_redirect_tqdm():
-        if workers == 1:
-            for i, it in enumerate(items):
-                record(i, job.run(it.path))
+        pending: list[tuple[int, str]] = []
+        for i, it in enumerate(items):  # hashing and cache look-ups are cheap: done here, in order
+            res, sha = _lookup(it.path, cache)
+            if res is not None:
+                record(i, res)
+            else:
+                pending.append((i, sha))
+        if workers == 1 or len(pending) <= 1:
+            for i, sha in pending:
+                record(i, job.run(items[i].path, sha))
         else:
             del job  # free the main copy of the network; each worker loads its own
             ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
-            with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                        initargs=(kind, device, extractor_options, cache_root)) as pool:
-                futures = {pool.submit(_run_in_worker, it.path): i for i, it in enumerate(items)}
+            with cf.ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx, initializer=_init_worker,
+                                        initargs=(kind, device, extractor_options)) as pool:
+                futures = {pool.submit(_run_in_worker, items[i].path, sha): i for i, sha in pending}
                 try:
                     for fut in cf.as_completed(futures):
                         record(futures[fut], fut.result())

@@ -22,9 +22,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def set_threads(n: int) -> None:
+    """Torch CPU threads for this process (intra-op)."""
+    if n < 1:
+        raise ValueError("threads must be >= 1")
+    torch.set_num_threads(n)
+
+
 def single_thread() -> None:
     """One torch thread per worker process, so N workers do not oversubscribe the cores."""
-    torch.set_num_threads(1)
+    set_threads(1)
 
 
 def librosa() -> ModuleType:
