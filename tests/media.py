@@ -90,6 +90,16 @@ def make_vfr_clip(path: str | os.PathLike, *, size: str = "160x120") -> Path:
     return path
 
 
+def make_unseekable_webm(path: str | os.PathLike, *, duration: float = 12.0, size: str = "64x48") -> Path:
+    """A WebM written to a pipe, as a live recorder leaves it: no duration in its header."""
+    path = Path(path)
+    with open(path, "wb") as out:
+        subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-t", f"{duration}", "-i",
+                        f"testsrc2=size={size}:rate=10", "-c:v", "libvpx", "-deadline", "realtime", "-f", "webm", "pipe:1"],
+                       stdout=out, check=True)
+    return path
+
+
 def truncate(src: str | os.PathLike, dst: str | os.PathLike, fraction: float = 0.5) -> Path:
     """Copy the first ``fraction`` of a file's bytes: what an interrupted download leaves."""
     data = Path(src).read_bytes()

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import media
-from deccm.features import FeatureStore, SpecMismatch, VideoExtractor, extract_batch, load_store, require_same
+from deccm.features import (FeatureStore, MusicExtractor, SpecMismatch, VideoExtractor, extract_batch, load_store,
+                            require_same)
 from deccm.features.batch import StrictFailure, collect_inputs
 
 _one_torch_thread = pytest.fixture(autouse=True, scope="module")(media.one_torch_thread)
@@ -57,9 +58,9 @@ def test_video_batch_writes_an_aligned_store_and_lists_failures(folder: Path, tm
     np.testing.assert_array_equal(back.features, store.features)
     assert (back.ids, back.paths, back.sha256, back.spec) == (store.ids, store.paths, store.sha256, store.spec)
     assert sorted(back.failures) == sorted(store.failures)
-    # the same clip through the single-file API used for serving gives the same vector
-    one = VideoExtractor(device="cpu")
-    assert one.spec == store.spec
+    # the same clip through the single-file API used for serving, rebuilt from the store's spec, gives the same vector
+    one = VideoExtractor.from_spec(back.spec, device="cpu")
+    assert one.spec == VideoExtractor(device="cpu").spec == store.spec
     np.testing.assert_allclose(one.extract(folder / "pattern.mp4"), store.features[store.row("pattern")], rtol=1e-5, atol=1e-6)
 
 
@@ -143,6 +144,9 @@ def test_music_batch_keeps_raw_fits_norm_and_can_reuse_given_stats(folder: Path,
     assert {"raw.npy", "norm_mean.npy", "norm_std.npy"} <= {p.name for p in out.iterdir()}
     back = load_store(out)
     np.testing.assert_array_equal(back.norm_std, store.norm_std)
+    # serving: rebuild the extractor from the store's spec with the catalog's stats
+    serving = MusicExtractor.from_spec(back.spec, device="cpu", norm=(back.norm_mean, back.norm_std))
+    np.testing.assert_allclose(serving.extract(src / "b.ogg"), back.features[back.row("b")], rtol=1e-4, atol=1e-4)
 
     # a later run (e.g. new tracks at serving time) applies the catalog's stats instead of refitting
     other = tmp_path / "other"

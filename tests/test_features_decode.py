@@ -113,6 +113,14 @@ def test_long_clip_is_evenly_spread_and_capped_with_a_note(clips: dict[str, Path
     assert any(n.startswith("capped: used the first 10 s of 40.0 s") for n in capped.notes)
 
 
+def test_clip_of_unknown_length_is_sampled_while_decoding(tmp_path: Path) -> None:
+    path = media.make_unseekable_webm(tmp_path / "live.webm", duration=12.0)
+    frames = read_frames(path, fps=1.0, max_frames=4, short_side=None)
+    assert frames.duration is None and "duration unknown: sampled while decoding" in frames.notes
+    assert frames.images.shape == (4, 48, 64, 3)
+    assert np.all(np.diff(frames.times) > 2) and frames.times[0] < 1 and frames.times[-1] > 9  # spread over the clip
+
+
 def test_seeking_picks_the_same_frames_as_decoding_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "keyframes.mp4"
     media.run_ffmpeg(["-f", "lavfi", "-t", "30", "-i", "testsrc2=size=64x48:rate=10", "-c:v", "libx264", "-g", "20",

@@ -10,7 +10,7 @@ import torchvision
 
 import media
 from deccm import io
-from deccm.features import VideoExtractor, WeightsError, read_frames
+from deccm.features import SpecMismatch, VideoExtractor, WeightsError, read_frames
 from deccm.features import visual
 
 
@@ -109,6 +109,17 @@ def test_torchvision_resnet50_state_dict_loads_strictly_and_is_used(resnet_file:
     with torch.no_grad():
         expected = ref.eval()(x).numpy()
     np.testing.assert_allclose(ext.frame_features(frames), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_from_spec_rebuilds_the_same_extractor_and_refuses_other_weights(resnet_file: Path, tmp_path: Path) -> None:
+    ext = VideoExtractor(backbone="resnet50", resnet_weights=resnet_file, fps=2.0, max_frames=4, pool="meanmax", device="cpu")
+    again = VideoExtractor.from_spec(ext.spec, resnet_weights=resnet_file, device="cpu")
+    assert again.spec == ext.spec and (again.fps, again.max_frames, again.pool) == (2.0, 4, "meanmax")
+    torch.manual_seed(5)
+    other = tmp_path / "resnet50-other.pth"
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), other)
+    with pytest.raises(SpecMismatch, match="weights.sha256"):
+        VideoExtractor.from_spec(ext.spec, resnet_weights=other, device="cpu")
 
 
 def test_a_state_dict_of_another_network_is_refused(tmp_path: Path) -> None:

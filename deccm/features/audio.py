@@ -21,7 +21,7 @@ import numpy as np
 
 from deccm.features import decode, vggish
 from deccm.features.runtime import librosa
-from deccm.features.spec import ExtractorSpec
+from deccm.features.spec import ExtractorSpec, SpecMismatch, require_same
 
 VERSION = 1
 NAME = "vggish+egemaps+librosa"
@@ -160,6 +160,20 @@ class MusicExtractor:
                 {"name": "feature_names", "names": names},
             ],
         ).to_dict()
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, device: str = "auto", vggish_weights: str | os.PathLike | None = None,
+                  norm: tuple[np.ndarray, np.ndarray] | None = None) -> "MusicExtractor":
+        """The extractor that reproduces ``spec`` (e.g. a registered model's), or :class:`SpecMismatch`.
+
+        VGGish weights are found as usual (flag, env); their sha256 must match the spec's, and a
+        spec made without weights is only reproduced without them.
+        """
+        if spec.get("kind") != "music":
+            raise SpecMismatch(f"not a music spec: kind {spec.get('kind')!r}")
+        ext = cls(vggish_weights=vggish_weights, max_seconds=spec["preprocessing"]["max_seconds"], device=device, norm=norm)
+        require_same(spec, ext.spec, "requested", "rebuilt")
+        return ext
 
     @property
     def spec(self) -> dict:

@@ -84,6 +84,8 @@ def read_frames(path: str | os.PathLike, fps: float = 1.0, max_frames: int = 16,
         if not picked:
             raise DecodeError("truncated / cannot decode: no video frame could be decoded")
         rotation = int(picked[0][1].rotation or 0) % 360
+        if rotation % 90:
+            notes.append(f"display rotation of {rotation} degrees is not a multiple of 90: not applied")
         images = _to_rgb([f for _, f in picked], short_side, rotation)
         return Frames(images=images, times=np.array([t for t, _ in picked], dtype=np.float64),
                       duration=duration, rotation=rotation, notes=notes)
@@ -275,7 +277,7 @@ def _sample_unknown_length(container: av.container.InputContainer, stream: av.vi
     """
     kept: list[tuple[float, av.VideoFrame]] = []
     step = 1.0 / fps
-    next_t = 0.0
+    next_t = 0.5 * step
     try:
         for frame in container.decode(stream):
             t = _frame_time(frame, start)

@@ -25,7 +25,7 @@ from torch import nn
 
 from deccm.features import decode
 from deccm.features.runtime import resolve_device
-from deccm.features.spec import UNTRAINED, ExtractorSpec
+from deccm.features.spec import UNTRAINED, ExtractorSpec, SpecMismatch, require_same
 from deccm.features.weights import WeightsError, load_state_dict, weights_info
 
 log = logging.getLogger("deccm.features.visual")
@@ -152,6 +152,22 @@ class VideoExtractor:
             },
             blocks=[{"name": "visual", "start": 0, "stop": self.dim, "pool": pool}],
         ).to_dict()
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, device: str = "auto", resnet_weights: str | os.PathLike | None = None,
+                  batch_size: int = 16) -> "VideoExtractor":
+        """The extractor that reproduces ``spec`` (e.g. a registered model's), or :class:`SpecMismatch`.
+
+        ResNet-50 weights are found as usual (flag, env, hub cache); their sha256 must match the spec's.
+        """
+        if spec.get("kind") != "video":
+            raise SpecMismatch(f"not a video spec: kind {spec.get('kind')!r}")
+        pre = spec["preprocessing"]
+        ext = cls(spec["name"], resnet_weights=resnet_weights, allow_untrained=spec["weights"] == UNTRAINED,
+                  fps=pre["fps"], max_frames=pre["max_frames"], max_seconds=pre["max_seconds"], pool=pre["pool"],
+                  device=device, batch_size=batch_size)
+        require_same(spec, ext.spec, "requested", "rebuilt")
+        return ext
 
     @property
     def spec(self) -> dict:
