@@ -96,6 +96,9 @@ def evaluate_split(ranker: Ranker, ds: Dataset, split: str, ks: tuple[int, ...] 
         history = rows.prior if rows.prior is not None else np.broadcast_to(ds.ugc.prior_mean, (len(rows), ds.n_genres))
         res.values[f"C_KL@{bias_k}"] = metrics.calibration_kl(np.asarray(history, dtype=np.float64), genres, ds.n_genres)
         res.per_row[f"top_genre_share@{bias_k}"] = ((genres == top_genre).mean(axis=1), None)
+        # miscalibration against the split's own positives: KL(genre mix of positives ‖ genre mix of all top-K slots)
+        pos_mix = np.bincount(ds.ugc.music_genre[rows.music], minlength=ds.n_genres)[None, :].astype(np.float64)
+        res.values[f"genre_KL@{bias_k}"] = metrics.calibration_kl(pos_mix, genres.reshape(1, -1), ds.n_genres)
         res.values["top_genre_catalog_share"] = float(np.mean(ds.ugc.music_genre == top_genre))
     if ds.truth is not None:
         res.values["spearman_truth"] = metrics.rowwise_spearman(s, ds.truth.affinity(rows.video, cand))

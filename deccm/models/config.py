@@ -16,7 +16,7 @@ MODE_SWITCHES: dict[str, dict[str, Any]] = {
     "faithful": {"hinge": "faithful", "distill": "faithful", "mask_same_track": False,
                  "confounder": "batch-mean", "fusion": "linear"},
     "fixed": {"hinge": "max-margin", "distill": "gaussian", "mask_same_track": True,
-              "confounder": "per-sample", "fusion": "mlp"},
+              "confounder": "per-sample", "fusion": "interaction"},
 }
 
 
@@ -41,7 +41,7 @@ class ModelConfig:
     distill_weight: float = 1.0  # α; the authors use 5e-5 with their (wrong) KL
     mask_same_track: bool = True  # in-batch "negatives" sharing the positive's track are not negatives
     confounder: Literal["batch-mean", "per-sample", "none"] = "per-sample"  # §9.3
-    fusion: Literal["linear", "mlp"] = "mlp"  # §9.3: a linear g cancels in ranking
+    fusion: Literal["linear", "interaction"] = "interaction"  # §9.3: a linear g cancels in ranking
     ips: bool = False  # weight rows by 1/propensity (§5.4, unused by the authors)
 
     @classmethod

@@ -15,9 +15,16 @@ from deccm.models.vae import faithful_distill_kl, gaussian_kl, prior_kl, reparam
 
 
 class Fusion(nn.Module):
-    """g([c ; z]) → D. ``linear``: one Linear(2D, D) as coded (§5.1), which makes the
-    confounder a per-video constant in ranking (§6). ``mlp``: W_z z + MLP([c ; z]), so the
-    confounder can interact with the track's content (a genre-dependent shift)."""
+    """How the confounder c = Σ_g d_g E_g meets the music latent z.
+
+    ``linear`` (as coded, §5.1): z̃ = W[c ; z] + b, and the score is z̃ · q. The c part adds
+    q·W_c c, the same for every candidate of a video, so it cannot change a ranking (§6).
+    ``interaction`` (fixed): z̃ = z and the score gains c · (A μ): a genre-dependent
+    per-track term, which is what an uploader's taste adds to the log-odds of a pick in the
+    causal story (§1). It does not cancel, so the backdoor average over d can matter. The
+    content path stays the identity: a learned projection of the noise-dominated training
+    latent (§9.12) collapsed it to half of plain matching's accuracy (docs/results.md).
+    """
 
     def __init__(self, latent_dim: int, kind: str):
         super().__init__()
@@ -25,12 +32,19 @@ class Fusion(nn.Module):
         if kind == "linear":
             self.lin = nn.Linear(2 * latent_dim, latent_dim)
         else:
-            self.skip = nn.Linear(latent_dim, latent_dim)
-            self.mlp = nn.Sequential(nn.Linear(2 * latent_dim, latent_dim), nn.Tanh(), nn.Linear(latent_dim, latent_dim))
+            self.taste = nn.Linear(latent_dim, latent_dim, bias=False)  # A
 
-    def forward(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        cz = torch.cat([c.expand_as(z), z], dim=-1)  # (B, 2D)
-        return self.lin(cz) if self.kind == "linear" else self.skip(z) + self.mlp(cz)
+    def content_part(self, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """z̃ (B, D): the part of the music latent that meets the video latent."""
+        if self.kind == "linear":
+            return self.lin(torch.cat([c.expand_as(z), z], dim=-1))  # (B, 2D) → (B, D)
+        return z
+
+    def taste_scores(self, c: torch.Tensor, mu: torch.Tensor) -> torch.Tensor | None:
+        """(B_m, B_c) term c_j · A μ_i added to the similarity, or None for ``linear``."""
+        if self.kind == "linear":
+            return None
+        return self.taste(mu) @ c.reshape(-1, mu.shape[-1]).T
 
 
 class DecCMStudent(nn.Module):
@@ -55,12 +69,19 @@ class DecCMStudent(nn.Module):
             self.teacher.eval()  # always run in eval mode (§5.1)
         return self
 
-    def deconfounded(self, z_m: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        """z̃_m = g([c ; z_m]) with c = Σ_g d_g E_g; prior is (G,) shared or (B, G) per row."""
+    def similarity(self, z_m: torch.Tensor, mu_m: torch.Tensor, z_v: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """S (B_m, B_v) for music latents against video latents, and the fused music latent.
+
+        ``prior`` is (G,) shared by all pairs (batch mean, or the training mean at inference)
+        or (B_v, G): the prior of each *video's* uploader, the one who picks the music.
+        """
         if not self.deconfound:
-            return z_m
-        c = prior @ self.confounder.weight  # (D,) or (B, D)
-        return self.fusion(c, z_m)
+            return z_m @ z_v.T, z_m
+        c = prior @ self.confounder.weight  # (D,) or (B_v, D)
+        zt_m = self.fusion.content_part(c if c.dim() == 1 else c.mean(dim=0), z_m)
+        sim = zt_m @ z_v.T
+        taste = self.fusion.taste_scores(c, mu_m)  # (B_m, 1) or (B_m, B_v)
+        return (sim if taste is None else sim + taste), zt_m
 
     def loss(self, x_v: torch.Tensor, x_m: torch.Tensor, prior: torch.Tensor, music_ids: torch.Tensor | None = None,
              row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
@@ -70,8 +91,8 @@ class DecCMStudent(nn.Module):
         z_m = reparameterize(p.mu_m, p.logvar_m, self.training)
         z_v = reparameterize(p.mu_v, p.logvar_v, self.training)
         d = prior.mean(dim=0) if cfg.confounder == "batch-mean" else prior  # (G,) or (B, G)
-        zt_m = self.deconfounded(z_m, d)
-        match = matching_loss(cfg, zt_m @ z_v.T, music_ids, row_weight)  # S: (B, B)
+        sim, zt_m = self.similarity(z_m, p.mu_m, z_v, d)  # S: (B, B)
+        match = matching_loss(cfg, sim, music_ids, row_weight)
         kl = prior_kl(p.mu_m, p.logvar_m) + prior_kl(p.mu_v, p.logvar_v)  # pre-fusion posteriors
         rec = F.mse_loss(self.vae.dec_m(z_v), x_m) + F.mse_loss(self.vae.dec_v(zt_m), x_v)
         total = match + kl + cfg.rec_weight * rec
@@ -87,10 +108,21 @@ class DecCMStudent(nn.Module):
 
     @torch.no_grad()
     def video_embed(self, x_v: torch.Tensor) -> torch.Tensor:
-        """q = μ_v (§6): no uploader information needed."""
-        return self.vae.enc_v(x_v)[0]
+        """q = μ_v (§6): no uploader information needed; [μ_v ; 1] when a per-track taste term exists."""
+        q = self.vae.enc_v(x_v)[0]
+        if self.deconfound and self.cfg.fusion == "interaction":
+            q = torch.cat([q, torch.ones_like(q[:, :1])], dim=1)
+        return q
 
     @torch.no_grad()
     def music_embed(self, x_m: torch.Tensor) -> torch.Tensor:
-        """p_m = g([c̄ ; μ_m]) with c̄ from the training-set mean prior (§6)."""
-        return self.deconfounded(self.vae.enc_m(x_m)[0], self.prior_mean)
+        """p_m = g([c̄ ; μ_m]) with c̄ from the training-set mean prior (§6): the backdoor
+        adjustment's average over the confounder; with ``interaction`` the per-track taste
+        term c̄ · A μ_m rides along as a last column, so scores stay one dot product."""
+        mu = self.vae.enc_m(x_m)[0]
+        if not self.deconfound:
+            return mu
+        c = self.prior_mean @ self.confounder.weight  # (D,)
+        p = self.fusion.content_part(c, mu)
+        taste = self.fusion.taste_scores(c, mu)
+        return p if taste is None else torch.cat([p, taste], dim=1)
