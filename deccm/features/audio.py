@@ -14,8 +14,8 @@ the same ``norm`` applies exactly that transform to a new track at serving time.
 """
 from __future__ import annotations
 
+import functools
 import os
-from functools import cached_property
 
 import numpy as np
 
@@ -48,29 +48,23 @@ class FeatureError(ValueError):
     """Audio that decoded but gives no usable features (e.g. non-finite descriptors)."""
 
 
-def _opensmile():
+@functools.cache
+def _smile():
+    """One openSMILE extractor per process (building it parses the config: ~1 s)."""
     import opensmile
 
     return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
 
 
-_SMILE = None
-
-
 def opensmile_functionals(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RATE) -> np.ndarray:
     """(88,) eGeMAPSv02 functionals over the whole clip."""
-    global _SMILE
-    if _SMILE is None:
-        _SMILE = _opensmile()
-    return _SMILE.process_signal(np.asarray(samples, dtype=np.float32), sample_rate).to_numpy(dtype=np.float64).reshape(-1)
+    frame = _smile().process_signal(np.asarray(samples, dtype=np.float32), sample_rate)
+    return frame.to_numpy(dtype=np.float64).reshape(-1)
 
 
 def opensmile_names() -> list[str]:
     """The 88 eGeMAPSv02 functional names, in vector order."""
-    global _SMILE
-    if _SMILE is None:
-        _SMILE = _opensmile()
-    return list(_SMILE.feature_names)
+    return list(_smile().feature_names)
 
 
 def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RATE) -> np.ndarray:
@@ -81,10 +75,11 @@ def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RA
         y = np.pad(y, (0, N_FFT - y.size))
     mag = np.abs(lr.stft(y, n_fft=N_FFT, hop_length=HOP))
     power = mag ** 2
-    onset = lr.onset.onset_strength(S=lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sample_rate)), sr=sample_rate)
+    mel_db = lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sample_rate))
+    onset = lr.onset.onset_strength(S=mel_db, sr=sample_rate)
     tempo = lr.feature.tempo(onset_envelope=onset, sr=sample_rate, hop_length=HOP, aggregate=np.mean)
     chroma = lr.feature.chroma_stft(S=power, sr=sample_rate, n_fft=N_FFT, tuning=0.0)
-    mfcc = lr.feature.mfcc(S=lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sample_rate)), n_mfcc=N_MFCC)
+    mfcc = lr.feature.mfcc(S=mel_db, n_mfcc=N_MFCC)
     spectral = [
         lr.feature.spectral_centroid(S=mag, sr=sample_rate, n_fft=N_FFT),
         lr.feature.spectral_bandwidth(S=mag, sr=sample_rate, n_fft=N_FFT),
@@ -138,7 +133,7 @@ class MusicExtractor:
         if self.norm is not None:
             apply_norm(np.zeros(DIM, np.float32), *self.norm)  # shape check up front
 
-    @cached_property
+    @functools.cached_property
     def _spec(self) -> dict:
         from importlib.metadata import version
 

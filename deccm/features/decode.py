@@ -127,9 +127,10 @@ def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, max_seco
         raise DecodeError("audio track is empty or cannot be decoded")
     samples = np.concatenate(chunks).astype(np.float32, copy=False)
     if capped or samples.size > limit:
-        total = f" of {duration:.1f} s" if duration else ""
-        notes.append(f"capped: used the first {max_seconds:g} s{total}")
         samples = samples[:limit]
+        if duration is None or duration > max_seconds + 0.1:  # not for codec padding past the end
+            total = f" of {duration:.1f} s" if duration else ""
+            notes.append(f"capped: used the first {max_seconds:g} s{total}")
     elif duration is not None and samples.size / sample_rate < duration - END_SLACK_S:
         notes.append(f"audio stream ended at {samples.size / sample_rate:.1f} s of {duration:.1f} s: truncated?")
     return Audio(samples=np.ascontiguousarray(samples), sample_rate=sample_rate, duration=duration, notes=notes)
