@@ -28,6 +28,14 @@ def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
     v.add_argument("dir", type=Path)
     v.add_argument("--no-hashes", action="store_true", help="skip verifying file sha256 against the manifest")
 
+    c = sub.add_parser("demo-corpus", help="make the real-media demo corpus (rendered music, generated clips) offline")
+    c.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/demo, demo-tiny for --size tiny)")
+    c.add_argument("--size", choices=["tiny", "default"], default="default",
+                   help="tiny: 108 short tracks and 176 clips in about a minute; default: 300 tracks, 1200 clips")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--workers", type=int, default=2, help="processes for rendering, threads for clips, extractor workers")
+    c.add_argument("--overwrite", action="store_true", help="replace DST (only once the new data is complete)")
+
     i = sub.add_parser("import-legacy", help="convert the authors' data_matching/ + data_pgc/ layout")
     i.add_argument("src", type=Path, help="folder holding data_matching/ (and optionally data_pgc/)")
     i.add_argument("dst", type=Path)
@@ -47,6 +55,13 @@ def main(argv: list[str] | None = None, prog: str = "deccm data") -> int:
             dst = args.dst or config.data_dir(f"synth-{args.preset}")
             out = synth(dst, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
             print(f"wrote synthetic dataset ({args.preset}, seed {args.seed}) to {out}")
+        elif args.cmd == "demo-corpus":
+            from deccm.data.corpus import build_corpus, default_dest
+
+            out, tm = build_corpus(args.dst or default_dest(args.size), size=args.size, seed=args.seed,
+                                   workers=args.workers, overwrite=args.overwrite)
+            print(f"wrote demo corpus ({args.size}, seed {args.seed}) to {out} in {tm.total:.0f} s "
+                  f"(render {tm.render:.0f}, encode {tm.encode:.0f}, extract {tm.extract:.0f}, assemble {tm.assemble:.0f})")
         elif args.cmd == "validate":
             from deccm.data.validate import validate_dir
 

@@ -1,0 +1,440 @@
+"""Assemble the demo corpus: tracks, clips, uploaders, rows, features, one native dataset.
+
+Stages (each timed, see :class:`Timings`):
+
+1. **render**: pick pieces per genre group (seeded), assign ensemble / tempo / dynamics,
+   parse + synthesise + measure + encode each track in a process pool
+   (``deccm.data.corpus.music``); keep each group's quota of successes.
+2. **extract** (music): the feature extractor on the encoded ``.mp3`` files; a track it
+   cannot read is dropped and logged.
+3. **sample**: the confounder story of ``deccm.data.synth`` on real media. Uploaders have
+   genre preferences ``d_u ~ Dirichlet(c·G·π)`` skewed toward popular groups
+   (``π_g ∝ (g+1)^-s`` in the order of ``catalog.GENRES``). A UGC clip's visual vector is
+   drawn around the best-fitting look of a random catalog track (its hidden "mood"),
+   ``v = clip(φ(m*) + σ·ε)``; its uploader picks a track with probability
+   ``∝ exp(β·a(v, m)) · d_u[genre(m)]^γ`` (``deccm.data.corpus.relation``). ``test`` is drawn
+   like training; ``test_oracle`` re-draws the same test clips' tracks from
+   ``exp(β·a)`` alone. PGC clips are generated *from* a track, ``v = clip(φ(m) + σ_pgc·ε)``:
+   professional matching, no uploader.
+4. **encode**: every clip drawn with ffmpeg from its visual vector (``deccm.data.corpus.video``),
+   in a thread pool (each ffmpeg single-threaded).
+5. **extract** (video): features of every clip; a clip that fails drops its rows.
+6. **assemble**: train rows carry leave-one-out uploader priors and propensities, ranked
+   splits 100 uniform negatives and inverse-popularity weights from training counts only
+   (the helpers of ``deccm.data.synth``); written atomically by ``write_dataset`` with the
+   media attached under ``media/``.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from deccm import config
+from deccm.data.corpus import catalog, music, relation, video
+from deccm.data.format import N_NEGATIVES, PGC, UGC, PairRows, RankRows, TrainRows, write_dataset
+from deccm.data.synth import inverse_popularity_weights, sample_negatives, uploader_priors
+
+log = logging.getLogger(__name__)
+
+MEDIA = "media"
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    quotas: dict[str, int]  # tracks per genre group
+    track_seconds: tuple[float, float]
+    n_ugc: int  # UGC clips = rows (train + val + test)
+    val_fraction: float
+    test_fraction: float
+    n_uploaders: int
+    n_pgc: int
+    clip_seconds: tuple[float, float]
+    width: int = 160
+    height: int = 120
+    fps: int = 12
+    extract_fps: float = 0.5  # frames per second the video extractor samples (clips are steady between cuts)
+    max_piece_bytes: int | None = None  # skip corpus files with a larger catalog.parse_size (slow to parse)
+    zipf_s: float = 1.0  # genre popularity exponent
+    uploader_concentration: float = 1.0
+    beta: float = 1.5  # affinity sharpness of logged choices (a spreads over about 5 units per clip)
+    gamma: float = 1.5  # confounder strength
+    video_noise: float = 0.35  # σ: how far a UGC clip's look strays from its hidden mood
+    pgc_noise: float = 0.15  # σ_pgc: professional clips fit their track closely
+    genre_margin: float = 0.5  # video_genre marks groups whose best track is this close to the best
+    prior_smoothing: float = 1.0
+    pgc_val_fraction: float = 0.1
+    seed: int = 0
+
+    @property
+    def n_tracks(self) -> int:
+        return sum(self.quotas.values())
+
+
+SIZES: dict[str, CorpusConfig] = {
+    "tiny": CorpusConfig(
+        quotas={"folk-dance": 34, "classical-era": 12, "romantic": 8, "chorale": 30, "renaissance": 16, "medieval": 8},
+        track_seconds=(3.0, 4.0), n_ugc=140, val_fraction=0.15, test_fraction=0.25, n_uploaders=16, n_pgc=36,
+        clip_seconds=(2.0, 3.0), fps=8, max_piece_bytes=200_000),
+    "default": CorpusConfig(
+        quotas={"folk-dance": 66, "classical-era": 30, "romantic": 16, "chorale": 58, "renaissance": 46, "medieval": 34},
+        track_seconds=(20.0, 25.0), n_ugc=600, val_fraction=0.1, test_fraction=0.2, n_uploaders=50, n_pgc=200,
+        clip_seconds=(5.0, 15.0), max_piece_bytes=1_200_000),
+}
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds per stage (``render``: music, ``encode``: clips)."""
+
+    render: float = 0.0
+    encode: float = 0.0
+    extract: float = 0.0
+    assemble: float = 0.0
+    total: float = 0.0
+    detail: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- music
+
+
+def render_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[music.Track]:
+    """Render each genre group's quota of tracks (spare pieces cover parse failures), ids in catalog order."""
+    rng = np.random.default_rng([cfg.seed, 11])
+    pieces = catalog.select(cfg.quotas, rng, max_bytes=cfg.max_piece_bytes)
+    lo, hi = cfg.track_seconds
+    jobs = [music.assign(i, p, rng, float(round(rng.uniform(lo, hi), 1)), cfg.seed) for i, p in enumerate(pieces)]
+    done: dict[int, music.Track] = {}
+    ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=music.worker_init) as pool:
+        futures = {pool.submit(music.render_track, job, str(out)): job for job in jobs}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="render tracks", unit="track"):
+            job = futures[fut]
+            try:
+                done[job.index] = fut.result()
+            except BrokenProcessPool:
+                raise
+            except Exception as e:  # a corpus file music21 cannot use: skip it, a spare replaces it
+                log.warning("skipped %s: %s", job.piece.rel, e)
+    kept: list[music.Track] = []
+    for genre in catalog.GENRES:
+        ok = [done[j.index] for j in jobs if j.piece.genre == genre and j.index in done][: cfg.quotas.get(genre, 0)]
+        if len(ok) < cfg.quotas.get(genre, 0):
+            log.warning("%s: only %d of %d tracks rendered", genre, len(ok), cfg.quotas[genre])
+        kept.extend(ok)
+    for t in done.values():
+        if t not in kept:
+            for name in (t.midi, t.audio):
+                (out / name).unlink(missing_ok=True)
+    return kept
+
+
+def _renumber_tracks(tracks: list[music.Track], out: Path) -> list[music.Track]:
+    """Give the kept tracks ids 0..M-1 and file names that match (via temp names: old and new ids overlap)."""
+    staged = []
+    for t in tracks:
+        for name in (t.midi, t.audio):
+            (out / name).rename(out / f"tmp-{name}")
+        staged.append(t)
+    result = []
+    for new, t in enumerate(staged):
+        stem = f"{new:04d}"
+        for name, ext in ((t.midi, ".mid"), (t.audio, ".mp3")):
+            (out / f"tmp-{name}").rename(out / f"{stem}{ext}")
+        result.append(replace(t, index=new, midi=f"{stem}.mid", audio=f"{stem}.mp3"))
+    return result
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _extract(kind: str, paths: list[Path], ids: list[str], out: Path, workers: int, **options: Any) -> tuple[Any, list[int]]:
+    """Extract features (content-hash cached under ``$DECCM_HOME/cache/features``, so a rerun is cheap).
+
+    Returns the store and, for each of its rows, the position of its input in ``paths``;
+    inputs the extractor could not use are logged and left out.
+    """
+    from deccm.features import extract_batch
+
+    store = extract_batch(kind, inputs=list(paths), out=out, ids=ids, workers=workers, strict=False, **options)
+    for path, reason in store.failures:
+        log.warning("no %s features for %s (%s): dropping it", kind, path, reason)
+    pos = {i: k for k, i in enumerate(ids)}
+    return store, [pos[i] for i in store.ids]
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class World:
+    """Uploaders, clips' visual vectors and every drawn choice (before any clip exists)."""
+
+    popularity: np.ndarray  # (G,)
+    uploader_pref: np.ndarray  # (U, G)
+    ugc_props: np.ndarray  # (N, 5)
+    ugc_uploader: np.ndarray  # (N,)
+    ugc_mood: np.ndarray  # (N,) hidden mood track
+    ugc_pick: np.ndarray  # (N,) logged (biased) choice
+    video_genre: np.ndarray  # (N, G) uint8
+    oracle_pick: np.ndarray  # (N,) affinity-only choice (used for test clips)
+    pgc_track: np.ndarray  # (P,)
+    pgc_props: np.ndarray  # (P, 5)
+    ugc_seconds: np.ndarray
+    pgc_seconds: np.ndarray
+
+
+def sample_world(cfg: CorpusConfig, q: np.ndarray, genre: np.ndarray) -> World:
+    """Draw uploaders, clips and choices for a catalog with music vectors ``q`` and groups ``genre``."""
+    rng = np.random.default_rng([cfg.seed, 22])
+    g, m = len(catalog.GENRES), len(q)
+    pop = np.arange(1, g + 1, dtype=np.float64) ** -cfg.zipf_s
+    pop /= pop.sum()
+    pref = rng.dirichlet(cfg.uploader_concentration * g * pop, size=cfg.n_uploaders)
+    pref = np.clip(pref, 1e-6, None)
+    pref /= pref.sum(axis=1, keepdims=True)
+    activity = rng.lognormal(0.0, 1.0, cfg.n_uploaders)
+    uploader = rng.choice(cfg.n_uploaders, size=cfg.n_ugc, p=activity / activity.sum()).astype(np.int64)
+    phi = relation.mapped(q)
+    mood = rng.integers(m, size=cfg.n_ugc)
+    props = np.clip(phi[mood] + cfg.video_noise * rng.standard_normal((cfg.n_ugc, 5)), -1, 1)
+    a = relation.affinity(props, q)  # (N, M)
+    logits = cfg.beta * a + cfg.gamma * np.log(pref[uploader][:, genre])
+    pick = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+    oracle = np.argmax(cfg.beta * a + rng.gumbel(size=a.shape), axis=1)
+    onehot = np.eye(g, dtype=bool)[genre]
+    best = np.stack([np.where(onehot[:, j], a, -np.inf).max(axis=1) for j in range(g)], axis=1)
+    vgenre = (best >= best.max(axis=1, keepdims=True) - cfg.genre_margin).astype(np.uint8)
+    pgc_track = rng.permutation(np.resize(np.arange(m), cfg.n_pgc))
+    pgc_props = np.clip(phi[pgc_track] + cfg.pgc_noise * rng.standard_normal((cfg.n_pgc, 5)), -1, 1)
+    lo, hi = cfg.clip_seconds
+    return World(popularity=pop, uploader_pref=pref, ugc_props=props, ugc_uploader=uploader, ugc_mood=mood,
+                 ugc_pick=pick, video_genre=vgenre, oracle_pick=oracle, pgc_track=pgc_track, pgc_props=pgc_props,
+                 ugc_seconds=np.round(rng.uniform(lo, hi, cfg.n_ugc), 1), pgc_seconds=np.round(rng.uniform(lo, hi, cfg.n_pgc), 1))
+
+
+# --------------------------------------------------------------------------- clips
+
+
+def make_clips(cfg: CorpusConfig, specs: list[tuple[Path, np.ndarray, float, int]], workers: int) -> list[bool]:
+    """Draw every clip (dest, visual vector, seconds, seed) with ffmpeg; returns which succeeded."""
+    ok = [False] * len(specs)
+
+    def one(k: int) -> None:
+        dest, props, seconds, seed = specs[k]
+        video.make_clip(dest, props, seconds, cfg.width, cfg.height, cfg.fps, seed)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(one, k): k for k in range(len(specs))}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="encode clips", unit="clip"):
+            k = futures[fut]
+            try:
+                fut.result()
+                ok[k] = True
+            except Exception as e:
+                log.warning("clip %s failed, dropping it: %s", specs[k][0].name, e)
+    return ok
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _rank_rows(rng: np.random.Generator, ids: np.ndarray, positives: np.ndarray, m: int, tr_music: np.ndarray,
+               uploader: np.ndarray, genre: np.ndarray, cfg: CorpusConfig, tr_up: np.ndarray, tr_genre: np.ndarray) -> RankRows:
+    return RankRows(
+        video=ids, music=positives, negatives=sample_negatives(rng, positives, m),
+        weight=inverse_popularity_weights(tr_music, positives, m),
+        prior=uploader_priors(uploader[ids], genre[positives], cfg.n_uploaders, len(catalog.GENRES), cfg.prior_smoothing,
+                              False, tr_up, tr_genre),
+        uploader=uploader[ids])
+
+
+def build_corpus(dest: str | Path, size: str = "default", seed: int = 0, workers: int = 2, overwrite: bool = False,
+          **overrides: Any) -> tuple[Path, Timings]:
+    """Make the demo corpus of ``size`` and write it atomically to ``dest``; returns the path and stage timings."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
+    cfg = replace(SIZES[size], seed=seed, **overrides)
+    if cfg.n_tracks <= N_NEGATIVES:
+        raise ValueError(f"the catalog needs more than {N_NEGATIVES} tracks, this size asks for {cfg.n_tracks}")
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise FileExistsError(f"{dest} already exists; pass --overwrite to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.build-", dir=dest.parent))
+    try:
+        return _build(cfg, size, dest, work, workers, overwrite)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build(cfg: CorpusConfig, size: str, dest: Path, work: Path, workers: int, overwrite: bool) -> tuple[Path, Timings]:
+    tm = Timings()
+    t_all = time.perf_counter()
+    media = work / MEDIA
+    tdir, udir, pdir = media / "tracks", media / "clips" / "ugc", media / "clips" / "pgc"
+    for d in (tdir, udir, pdir):
+        d.mkdir(parents=True)
+
+    t0 = time.perf_counter()
+    tracks = render_catalog(cfg, tdir, workers)
+    tm.render = time.perf_counter() - t0
+    tm.detail["render_cpu_s"] = sum(t.render_s for t in tracks)
+    tm.detail["audio_encode_cpu_s"] = sum(t.encode_s for t in tracks)
+
+    t0 = time.perf_counter()
+    mstore, kept = _extract("music", [tdir / t.audio for t in tracks], [f"track-{t.index:04d}" for t in tracks],
+                            work / "features", workers)
+    tm.detail["extract_music_s"] = time.perf_counter() - t0
+    dropped = [tracks[k] for k in range(len(tracks)) if k not in set(kept)]
+    for t in dropped:
+        (tdir / t.audio).unlink(missing_ok=True)
+        (tdir / t.midi).unlink(missing_ok=True)
+    tracks = _renumber_tracks([tracks[k] for k in kept], tdir)
+    if len(tracks) <= N_NEGATIVES:
+        raise RuntimeError(f"only {len(tracks)} tracks survived rendering and extraction; the protocol needs {N_NEGATIVES + 1}")
+    music_features = np.asarray(mstore.features, dtype=np.float32)
+
+    genre = np.array([catalog.GENRES.index(t.genre) for t in tracks], dtype=np.int64)
+    q = relation.music_vector(*(np.array([getattr(t, f) for t in tracks]) for f in
+                                ("tempo_bpm", "mode", "onsets_per_s", "rms_db", "voices")))
+    w = sample_world(cfg, q, genre)
+
+    t0 = time.perf_counter()
+    specs = [(udir / f"{i:05d}.mp4", w.ugc_props[i], float(w.ugc_seconds[i]), cfg.seed * 100_003 + i) for i in range(cfg.n_ugc)]
+    specs += [(pdir / f"{i:05d}.mp4", w.pgc_props[i], float(w.pgc_seconds[i]), cfg.seed * 100_003 + 50_000 + i)
+              for i in range(cfg.n_pgc)]
+    made = make_clips(cfg, specs, workers)
+    tm.encode = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    todo = [k for k in range(len(specs)) if made[k]]
+    vstore, vkept = _extract("videos", [specs[k][0] for k in todo], [specs[k][0].relative_to(media).as_posix() for k in todo],
+                             work / "features", workers, fps=cfg.extract_fps)
+    tm.detail["extract_video_s"] = time.perf_counter() - t0
+    tm.extract = tm.detail["extract_music_s"] + tm.detail["extract_video_s"]
+    good = np.zeros(len(specs), dtype=bool)
+    good[[todo[k] for k in vkept]] = True
+    vfeat = np.zeros((len(specs), np.asarray(vstore.features).shape[1]), dtype=np.float32)
+    vfeat[[todo[k] for k in vkept]] = np.asarray(vstore.features, dtype=np.float32)
+    for k in np.flatnonzero(~good):
+        specs[k][0].unlink(missing_ok=True)
+
+    t0 = time.perf_counter()
+    path = _assemble(cfg, size, dest, work, tracks, genre, q, w, specs, good, vfeat, music_features, mstore, vstore, overwrite)
+    tm.assemble = time.perf_counter() - t0
+    tm.total = time.perf_counter() - t_all
+    log.info("demo corpus (%s) in %.1f s: render %.1f, encode %.1f, extract %.1f, assemble %.1f",
+             size, tm.total, tm.render, tm.encode, tm.extract, tm.assemble)
+    return path, tm
+
+
+def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list[music.Track], genre: np.ndarray,
+              q: np.ndarray, w: World, specs: list[tuple[Path, np.ndarray, float, int]], good: np.ndarray,
+              vfeat: np.ndarray, music_features: np.ndarray, mstore: Any, vstore: Any, overwrite: bool) -> Path:
+    """Rows, priors, weights, CSVs and manifest from what survived; written atomically to ``dest``."""
+    rng = np.random.default_rng([cfg.seed, 33])
+    media = work / MEDIA
+    m, n = len(tracks), cfg.n_ugc
+    g = len(catalog.GENRES)
+    ugc_ok = np.flatnonzero(good[:n])  # surviving UGC clips, in draw order
+    pgc_ok = np.flatnonzero(good[n:])
+    n_test = int(round(cfg.test_fraction * len(ugc_ok)))
+    n_val = int(round(cfg.val_fraction * len(ugc_ok)))
+    n_train = len(ugc_ok) - n_val - n_test
+    ids = np.arange(len(ugc_ok))  # new video id = position among surviving UGC clips
+    tr, va, te = ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
+    uploader = w.ugc_uploader[ugc_ok]
+    pick = w.ugc_pick[ugc_ok]
+    tr_music, tr_up = pick[tr], uploader[tr]
+    tr_genre = genre[tr_music]
+    prior = uploader_priors(tr_up, tr_genre, cfg.n_uploaders, g, cfg.prior_smoothing, True, tr_up, tr_genre)
+    propensity = np.clip(prior[np.arange(len(tr)), tr_genre], 0.01, 1.0).astype(np.float32)
+    args = (m, tr_music, uploader, genre, cfg, tr_up, tr_genre)
+    ugc = UGC(
+        video_features=vfeat[ugc_ok], music_features=music_features,
+        prior_mean=(prior.mean(axis=0) / prior.mean(axis=0).sum()).astype(np.float32), music_genre=genre,
+        music_norm_mean=getattr(mstore, "norm_mean", None), music_norm_std=getattr(mstore, "norm_std", None),
+        train=TrainRows(video=tr, music=tr_music, video_genre=w.video_genre[ugc_ok][tr], prior=prior, propensity=propensity,
+                        uploader=tr_up),
+        val=_rank_rows(rng, va, pick[va], *args),
+        test=_rank_rows(rng, te, pick[te], *args),
+        test_oracle=_rank_rows(rng, te, w.oracle_pick[ugc_ok][te], *args),
+    )
+    n_pval = max(1, int(round(len(pgc_ok) * cfg.pgc_val_fraction)))
+    seg = np.arange(len(pgc_ok))
+    pgc_music = w.pgc_track[pgc_ok]
+    pgc = PGC(segment_features=vfeat[n + pgc_ok], music_features=music_features,
+              train=PairRows(segment=seg[n_pval:], music=pgc_music[n_pval:]),
+              val=PairRows(segment=seg[:n_pval], music=pgc_music[:n_pval]))
+
+    videos = []
+    for kind, src, props, secs in (("ugc", ugc_ok, w.ugc_props, w.ugc_seconds), ("pgc", pgc_ok, w.pgc_props, w.pgc_seconds)):
+        off = 0 if kind == "ugc" else n
+        for new, k in enumerate(src):
+            row: dict[str, Any] = {"id": new, "kind": kind, "path": specs[off + k][0].relative_to(work).as_posix(),
+                                   "seconds": float(secs[k]), "uploader": int(w.ugc_uploader[k]) if kind == "ugc" else "",
+                                   "track": int(w.pgc_track[k]) if kind == "pgc" else ""}
+            row.update({p: round(float(props[k, j]), 4) for j, p in enumerate(relation.VISUAL_PROPERTIES)})
+            videos.append(row)
+    track_rows = [{"id": t.index, "title": t.title, "artist": t.artist, "genre": t.genre, "source": t.source,
+                   "licence": t.licence, "path": f"{MEDIA}/tracks/{t.audio}"} for t in tracks]
+    manifest = _manifest(cfg, size, tracks, q, w, mstore, vstore)
+    return write_dataset(dest, manifest, ugc, pgc, tracks=track_rows, videos=videos, attach={MEDIA: media}, overwrite=overwrite)
+
+
+def _manifest(cfg: CorpusConfig, size: str, tracks: list[music.Track], q: np.ndarray, w: World, mstore: Any,
+              vstore: Any) -> dict[str, Any]:
+    keys = ("ensemble", "programs", "duration_s", "velocity", "tempo_bpm", "beat_quarters", "key", "mode",
+            "key_correlation", "onsets_per_s", "voices", "rms_db", "n_parts")
+    music_spec = dict(mstore.spec)
+    blocks = [b for b in music_spec.get("blocks", []) if "start" in b and "stop" in b]
+    dims: dict[str, Any] = {}
+    if blocks:
+        dims["music_blocks"] = [{"name": b["name"], "dim": int(b["stop"]) - int(b["start"])} for b in blocks]
+    return {
+        "name": f"demo-corpus-{size}-seed{cfg.seed}",
+        "provenance": "extracted",
+        "description": (
+            "Demo corpus made offline by deccm.data.corpus: real audio rendered from public-domain music21 corpus "
+            "scores through a General-MIDI soundfont, and real H.264 clips drawn with ffmpeg from visual-property "
+            "vectors that have a planted relation to the tracks' measured musical properties. Logged (UGC) choices "
+            "carry an uploader genre-preference confounder; test_oracle is drawn from the planted affinity alone; "
+            "PGC clips are generated from their track. Features were extracted from the media files."),
+        "genres": list(catalog.GENRES),
+        "genre_descriptions": dict(catalog.GENRE_DESCRIPTIONS),
+        "dims": dims,
+        "features": {"video": dict(vstore.spec), "music": music_spec},
+        "generator": {"module": "deccm.data.corpus", "size": size,
+                      **{k: v for k, v in asdict(cfg).items() if k != "quotas"}, "quotas": dict(cfg.quotas)},
+        "corpus": {
+            "relation": relation.describe(),
+            "genre_popularity": w.popularity.tolist(),
+            "uploader_preference": np.round(w.uploader_pref, 6).tolist(),
+            "tracks": {**{k: [getattr(t, k) for t in tracks] for k in keys},
+                       "music_vector": np.round(q, 6).tolist()},
+            "videos_csv": "id = row of ugc/video_features (kind ugc) or pgc/segment_features (kind pgc); "
+                          "brightness..texture = the clip's visual-property vector; uploader (ugc) or track (pgc)",
+            "media": "tracks: media/tracks/NNNN.mp3 (VBR MP3, 22.05 kHz mono) + NNNN.mid (what was synthesised); "
+                     f"clips: media/clips/{{ugc,pgc}}/NNNNN.mp4 (H.264 {cfg.width}x{cfg.height} @ {cfg.fps} fps, silent)",
+            "soundfont": "TimGM6mb.sf2 (General MIDI, shipped with pretty-midi)",
+        },
+        "weights": "inverse popularity 1/(n+1) of the positive among training positives, normalised to sum to 1",
+        "prior": "leave-one-out smoothed genre distribution of the uploader's training rows",
+        "propensity": "the row's prior mass on its positive's genre, clipped to [0.01, 1]",
+    }
+
+
+def default_dest(size: str) -> Path:
+    """``$DECCM_HOME/data/demo`` (``demo-tiny`` for the tiny size)."""
+    return config.data_dir("demo" if size == "default" else f"demo-{size}")
