@@ -114,6 +114,7 @@ def render_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[music.Tra
     pieces = catalog.select(cfg.quotas, rng, max_bytes=cfg.max_piece_bytes)
     lo, hi = cfg.track_seconds
     jobs = [music.assign(i, p, rng, float(round(rng.uniform(lo, hi), 1)), cfg.seed) for i, p in enumerate(pieces)]
+    log.info("rendering up to %d tracks from %d corpus pieces with %d workers", cfg.n_tracks, len(jobs), workers)
     done: dict[int, music.Track] = {}
     ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=music.worker_init) as pool:
@@ -132,22 +133,21 @@ def render_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[music.Tra
         if len(ok) < cfg.quotas.get(genre, 0):
             log.warning("%s: only %d of %d tracks rendered", genre, len(ok), cfg.quotas[genre])
         kept.extend(ok)
-    for t in done.values():
-        if t not in kept:
-            for name in (t.midi, t.audio):
-                (out / name).unlink(missing_ok=True)
+    spare = set(done) - {t.index for t in kept}
+    for i in spare:
+        for name in (done[i].midi, done[i].audio):
+            (out / name).unlink(missing_ok=True)
+    log.info("rendered %d tracks (%d spares unused)", len(kept), len(spare))
     return kept
 
 
 def _renumber_tracks(tracks: list[music.Track], out: Path) -> list[music.Track]:
-    """Give the kept tracks ids 0..M-1 and file names that match (via temp names: old and new ids overlap)."""
-    staged = []
+    """Give the kept tracks ids 0..M-1 and matching file names (via temp names: old and new ids overlap)."""
     for t in tracks:
         for name in (t.midi, t.audio):
             (out / name).rename(out / f"tmp-{name}")
-        staged.append(t)
     result = []
-    for new, t in enumerate(staged):
+    for new, t in enumerate(tracks):
         stem = f"{new:04d}"
         for name, ext in ((t.midi, ".mid"), (t.audio, ".mp3")):
             (out / f"tmp-{name}").rename(out / f"{stem}{ext}")
@@ -234,6 +234,7 @@ def make_clips(cfg: CorpusConfig, specs: list[tuple[Path, np.ndarray, float, int
         dest, props, seconds, seed = specs[k]
         video.make_clip(dest, props, seconds, cfg.width, cfg.height, cfg.fps, seed)
 
+    log.info("drawing %d clips with ffmpeg (%d at a time)", len(specs), workers)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(one, k): k for k in range(len(specs))}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="encode clips", unit="clip"):
@@ -416,7 +417,7 @@ def _manifest(cfg: CorpusConfig, size: str, tracks: list[music.Track], q: np.nda
         "dims": dims,
         "features": {"video": dict(vstore.spec), "music": music_spec},
         "generator": {"module": "deccm.data.corpus", "size": size,
-                      **{k: v for k, v in asdict(cfg).items() if k != "quotas"}, "quotas": dict(cfg.quotas)},
+                      **asdict(cfg)},
         "corpus": {
             "relation": relation.describe(),
             "genre_popularity": w.popularity.tolist(),

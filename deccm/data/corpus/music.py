@@ -23,10 +23,9 @@ The properties the planted relation uses are *measured from what was rendered*:
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +104,6 @@ class Track:
     audio: str
     render_s: float
     encode_s: float
-
-    def row(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def soundfont_path() -> Path:
@@ -292,8 +288,7 @@ def render_track(job: TrackJob, out_dir: str) -> Track:
 
 
 def worker_init() -> None:
-    """Keep each worker to one thread and quiet music21's warnings about odd encodings."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    """Quiet music21's warnings about odd encodings in the worker (a skipped file is logged by the caller)."""
     import warnings
 
     warnings.filterwarnings("ignore")
