@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deccm import config
 from deccm.data.corpus import catalog, music, relation, video
@@ -52,6 +53,8 @@ MEDIA = "media"
 
 @dataclass(frozen=True)
 class CorpusConfig:
+    """Every knob of one corpus size; all of it is recorded under ``generator`` in the manifest."""
+
     quotas: dict[str, int]  # tracks per genre group
     track_seconds: tuple[float, float]
     n_ugc: int  # UGC clips = rows (train + val + test)
@@ -117,7 +120,7 @@ def render_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[music.Tra
     log.info("rendering up to %d tracks from %d corpus pieces with %d workers", cfg.n_tracks, len(jobs), workers)
     done: dict[int, music.Track] = {}
     ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=music.worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=music.worker_init) as pool, logging_redirect_tqdm():
         futures = {pool.submit(music.render_track, job, str(out)): job for job in jobs}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="render tracks", unit="track"):
             job = futures[fut]
@@ -235,7 +238,7 @@ def make_clips(cfg: CorpusConfig, specs: list[tuple[Path, np.ndarray, float, int
         video.make_clip(dest, props, seconds, cfg.width, cfg.height, cfg.fps, seed)
 
     log.info("drawing %d clips with ffmpeg (%d at a time)", len(specs), workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool, logging_redirect_tqdm():
         futures = {pool.submit(one, k): k for k in range(len(specs))}
         for fut in tqdm(as_completed(futures), total=len(futures), desc="encode clips", unit="clip"):
             k = futures[fut]
@@ -261,7 +264,7 @@ def _rank_rows(rng: np.random.Generator, ids: np.ndarray, positives: np.ndarray,
 
 
 def build_corpus(dest: str | Path, size: str = "default", seed: int = 0, workers: int = 2, overwrite: bool = False,
-          **overrides: Any) -> tuple[Path, Timings]:
+                 **overrides: Any) -> tuple[Path, Timings]:
     """Make the demo corpus of ``size`` and write it atomically to ``dest``; returns the path and stage timings."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
@@ -297,10 +300,9 @@ def _build(cfg: CorpusConfig, size: str, dest: Path, work: Path, workers: int, o
     mstore, kept = _extract("music", [tdir / t.audio for t in tracks], [f"track-{t.index:04d}" for t in tracks],
                             work / "features", workers)
     tm.detail["extract_music_s"] = time.perf_counter() - t0
-    dropped = [tracks[k] for k in range(len(tracks)) if k not in set(kept)]
-    for t in dropped:
-        (tdir / t.audio).unlink(missing_ok=True)
-        (tdir / t.midi).unlink(missing_ok=True)
+    for k in set(range(len(tracks))) - set(kept):
+        (tdir / tracks[k].audio).unlink(missing_ok=True)
+        (tdir / tracks[k].midi).unlink(missing_ok=True)
     tracks = _renumber_tracks([tracks[k] for k in kept], tdir)
     if len(tracks) <= N_NEGATIVES:
         raise RuntimeError(f"only {len(tracks)} tracks survived rendering and extraction; the protocol needs {N_NEGATIVES + 1}")
@@ -365,7 +367,7 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
     ugc = UGC(
         video_features=vfeat[ugc_ok], music_features=music_features,
         prior_mean=(prior.mean(axis=0) / prior.mean(axis=0).sum()).astype(np.float32), music_genre=genre,
-        music_norm_mean=getattr(mstore, "norm_mean", None), music_norm_std=getattr(mstore, "norm_std", None),
+        music_norm_mean=mstore.norm_mean, music_norm_std=mstore.norm_std,
         train=TrainRows(video=tr, music=tr_music, video_genre=w.video_genre[ugc_ok][tr], prior=prior, propensity=propensity,
                         uploader=tr_up),
         val=_rank_rows(rng, va, pick[va], *args),
@@ -385,7 +387,8 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
         for new, k in enumerate(src):
             row: dict[str, Any] = {"id": new, "kind": kind, "path": specs[off + k][0].relative_to(work).as_posix(),
                                    "seconds": float(secs[k]), "uploader": int(w.ugc_uploader[k]) if kind == "ugc" else "",
-                                   "track": int(w.pgc_track[k]) if kind == "pgc" else ""}
+                                   "track": int(w.pgc_track[k]) if kind == "pgc" else "",
+                                   "mood_track": int(w.ugc_mood[k]) if kind == "ugc" else ""}
             row.update({p: round(float(props[k, j]), 4) for j, p in enumerate(relation.VISUAL_PROPERTIES)})
             videos.append(row)
     track_rows = [{"id": t.index, "title": t.title, "artist": t.artist, "genre": t.genre, "source": t.source,
@@ -415,7 +418,7 @@ def _manifest(cfg: CorpusConfig, size: str, tracks: list[music.Track], q: np.nda
         "genres": list(catalog.GENRES),
         "genre_descriptions": dict(catalog.GENRE_DESCRIPTIONS),
         "dims": dims,
-        "features": {"video": dict(vstore.spec), "music": music_spec},
+        "features": {"video": dict(vstore.spec), "music": music_spec, "music_normalisation": mstore.normalisation},
         "generator": {"module": "deccm.data.corpus", "size": size,
                       **asdict(cfg)},
         "corpus": {
@@ -425,7 +428,8 @@ def _manifest(cfg: CorpusConfig, size: str, tracks: list[music.Track], q: np.nda
             "tracks": {**{k: [getattr(t, k) for t in tracks] for k in keys},
                        "music_vector": np.round(q, 6).tolist()},
             "videos_csv": "id = row of ugc/video_features (kind ugc) or pgc/segment_features (kind pgc); "
-                          "brightness..texture = the clip's visual-property vector; uploader (ugc) or track (pgc)",
+                          "brightness..texture = the clip's visual-property vector; uploader (ugc); track = the track a "
+                          "PGC clip was made from; mood_track = the track whose look a UGC clip was drawn around (hidden)",
             "media": "tracks: media/tracks/NNNN.mp3 (VBR MP3, 22.05 kHz mono) + NNNN.mid (what was synthesised); "
                      f"clips: media/clips/{{ugc,pgc}}/NNNNN.mp4 (H.264 {cfg.width}x{cfg.height} @ {cfg.fps} fps, silent)",
             "soundfont": "TimGM6mb.sf2 (General MIDI, shipped with pretty-midi)",
