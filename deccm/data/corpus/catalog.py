@@ -36,7 +36,7 @@ GENRE_DESCRIPTIONS = {
     "medieval": "14th-century Italian polyphony (trecento: Landini, Jacopo da Bologna, Ciconia, Luca and anonymous works)",
 }
 
-ENCODING_LICENCE = ("encoding distributed with music21 by permission of its encoder (music21 corpus/license.txt; "
+ENCODING_LICENCE = ("distributed with music21 by permission of its encoder (music21 corpus/license.txt; "
                     "some encodings restrict commercial use)")
 
 
@@ -162,6 +162,6 @@ def describe(piece: Piece, title: str | None, composer: str | None, copyright_: 
         t = f"{_title_from_path(piece.rel)}: {t}"
     artist = piece.source.composer or _clean(composer) or piece.source.anonymous
     rights = _clean(copyright_)
-    licence = "work: public domain; " + (f"encoding: {rights} ({ENCODING_LICENCE})" if rights and rights not in ("©", "Copyright ©")
-                                         else ENCODING_LICENCE)
+    stated = f"{rights}; " if rights and rights not in ("©", "Copyright ©") else ""
+    licence = f"work: public domain; encoding: {stated}{ENCODING_LICENCE}"
     return {"title": t, "artist": artist, "source": f"music21 corpus: {piece.rel}", "licence": licence}

@@ -1,11 +1,10 @@
 """Render a music21 corpus piece into a short real audio track and measure its musical properties.
 
 One track = the opening of a piece from the bar where its last voice enters (looped if
-the piece is shorter), arranged for an
-ensemble drawn from its genre group's palette, played at an assigned tempo and dynamic
-level, written as a Standard MIDI file (pretty-midi) and synthesised with tinysoundfont
-through the General-MIDI soundfont that pretty-midi ships (TimGM6mb.sf2), then encoded
-to MP3 with imageio-ffmpeg's ffmpeg.
+the piece is shorter), arranged for an ensemble drawn from its genre group's palette,
+played at an assigned tempo and dynamic level, written as a Standard MIDI file
+(pretty-midi), synthesised with tinysoundfont through the General-MIDI soundfont that
+pretty-midi ships (TimGM6mb.sf2), then encoded to MP3 with imageio-ffmpeg's ffmpeg.
 
 The properties the planted relation uses are *measured from what was rendered*:
 
