@@ -24,6 +24,7 @@ from deccm import config, io, metrics
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.serve import Ranker, load_ranker, popularity_ranker
+from deccm.train import TrainingError, check_feature_specs
 
 log = logging.getLogger(__name__)
 KS = (10, 15, 20, 25)
@@ -179,6 +180,8 @@ def evaluate(models: list[str], data: str | Path | None = None, splits: list[str
         if dims and (dims.get("video_dim"), dims.get("music_dim")) != (ds.manifest["dims"]["video"], ds.manifest["dims"]["music"]):
             raise DatasetError(f"{spec}: trained on {dims.get('video_dim')}/{dims.get('music_dim')}-d features, {ds.root} has "
                                f"{ds.manifest['dims']['video']}/{ds.manifest['dims']['music']}. Fix: evaluate on data with the same feature spec.")
+        if "data" in rk.info:
+            check_feature_specs(rk.info["data"].get("features"), ds.manifest.get("features"), f"model {spec}", f"data {ds.root}")
         if rk.info.get("data", {}).get("manifest_hash") not in (None, ds.manifest_hash):
             log.warning("%s was trained on %s, evaluating on %s", spec, rk.info["data"]["name"], ds.manifest.get("name"))
         name, i = rk.name, 2
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm evaluate") -> int:
         return 2
     try:
         results, payload = evaluate(models, args.data, args.split, args.bootstrap, args.device)
-    except (DatasetError, FileNotFoundError, RuntimeError) as e:
+    except (DatasetError, TrainingError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if payload["data"]["synthetic"]:

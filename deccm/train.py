@@ -148,6 +148,23 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Cr
     return model.to(device).eval(), conf
 
 
+def check_feature_specs(a: dict[str, Any] | None, b: dict[str, Any] | None, what_a: str, what_b: str) -> None:
+    """Refuse to pair models and data whose features were extracted differently (issue: never mix specs)."""
+    from deccm.features.spec import SpecMismatch, require_same
+
+    for kind in ("video", "music"):
+        sa, sb = (a or {}).get(kind), (b or {}).get(kind)
+        if sa is None and sb is None:
+            continue
+        if sa is None or sb is None:
+            raise TrainingError(f"{what_a} and {what_b}: only one side records a {kind} extractor spec. "
+                                "Fix: use features extracted by deccm.features on both sides.")
+        try:
+            require_same(sa, sb, what_a, what_b)
+        except SpecMismatch as e:
+            raise TrainingError(f"{kind}: {e}") from None
+
+
 def _load_teacher(path: Path, ds: Dataset, cfg: ModelConfig, device: torch.device) -> tuple[CrossModalVAE, dict[str, Any]]:
     """The frozen teacher, refused when its dims or data differ from the student's (fixes §9.4)."""
     tconf = _read_config(path if path.is_dir() else path.parent)
@@ -158,6 +175,7 @@ def _load_teacher(path: Path, ds: Dataset, cfg: ModelConfig, device: torch.devic
         if tm[key] != getattr(cfg, key):
             raise TrainingError(f"{path}: teacher {key}={tm[key]} but the student needs {getattr(cfg, key)}. "
                                 f"Fix: train the teacher on {ds.root} with the same latent size.")
+    check_feature_specs(tconf["data"].get("features"), ds.manifest.get("features"), f"teacher {path}", f"student data {ds.root}")
     if tconf["data"]["manifest_hash"] != ds.manifest_hash:
         raise TrainingError(f"{path}: teacher was trained on data {tconf['data']['name']} (manifest {tconf['data']['manifest_hash'][:12]}), "
                             f"the student's data is {ds.manifest.get('name')} (manifest {ds.manifest_hash[:12]}). "

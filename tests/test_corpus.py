@@ -4,6 +4,7 @@ One ``--size tiny`` build through the ``deccm data demo-corpus`` CLI serves ever
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from deccm.data import load_dataset
+from deccm.data import DatasetError, load_dataset
 from deccm.data.corpus import build as corpus_build
 from deccm.data.corpus import relation, video
 from deccm.data.format import Dataset
@@ -227,3 +228,22 @@ def test_unknown_size_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown size"):
         corpus_build.build_corpus(tmp_path / "x", size="huge")
     assert not (tmp_path / "x").exists()
+
+
+def test_models_train_and_evaluate_on_the_extracted_corpus(corpus: Path, tmp_path: Path, tiny_dataset: Path) -> None:
+    """The real-media dataset goes through the same training and evaluation as synthetic data."""
+    from deccm.evaluate import evaluate
+    from deccm.models import ModelConfig
+    from deccm.train import TrainConfig, train
+
+    tc = TrainConfig(epochs=2, batch_size=64, device="cpu")
+    teacher = train("teacher", corpus, tmp_path / "t", ModelConfig.for_mode("fixed"), tc)
+    student = train("student", corpus, tmp_path / "s", ModelConfig.for_mode("fixed"), tc, teacher=teacher)
+    conf = json.loads((student / "config.json").read_text())
+    assert conf["model"]["video_dim"] == 1280 and conf["data"]["provenance"] == "extracted"
+    assert conf["data"]["features"]["music"]["weights"] == "untrained"  # VGGish without its weights, said so
+    results, payload = evaluate([str(student), "popularity"], corpus, ["test", "test_oracle"], n_boot=0, device="cpu")
+    assert {r.split for r in results} == {"test", "test_oracle"}
+    assert all(0.0 <= r.values["HR_w@10"] <= 1.0 for r in results)
+    with pytest.raises(DatasetError, match="1280/256-d features"):
+        evaluate([str(student)], tiny_dataset, ["test"], n_boot=0, device="cpu")

@@ -135,3 +135,16 @@ def test_cli_train_and_evaluate_end_to_end(tiny_dataset: Path, tmp_path: Path) -
     r = subprocess.run([sys.executable, "-m", "deccm.train", "student", "--data", str(tiny_dataset), "--out", str(s)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_feature_specs_must_match() -> None:
+    from deccm.train import check_feature_specs
+
+    spec = {"kind": "video", "name": "efficientnet-lite0", "version": 1, "dims": 1280, "weights": "untrained"}
+    other = {**spec, "name": "resnet50", "dims": 2048}
+    check_feature_specs({"video": spec}, {"video": dict(spec)}, "a", "b")
+    check_feature_specs(None, None, "a", "b")  # synthetic data has no extractor
+    with pytest.raises(TrainingError, match="video: a features .* extracted differently"):
+        check_feature_specs({"video": spec}, {"video": other}, "a", "b")
+    with pytest.raises(TrainingError, match="only one side"):
+        check_feature_specs({"video": spec}, None, "a", "b")
