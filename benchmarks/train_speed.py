@@ -53,9 +53,9 @@ def main() -> None:
         runs[name] = train(kind, data, out, ModelConfig.for_mode(mode), tc, teacher=runs.get(teacher))
         h = json.loads((out / "config.json").read_text())["history"]
         rows.append((name, sum(e["rows_per_s"] for e in h) / len(h), sum(e["seconds"] for e in h) / len(h)))
-    print(f"\n{'model':<24} {'rows/s':>10} {'s/epoch (incl. validation)':>28}")
+    print(f"\n{'model':<24} {'train rows/s':>12} {'s/epoch (incl. validation)':>28}")
     for name, rps, sec in rows:
-        print(f"{name:<24} {rps:>10.0f} {sec:>28.1f}")
+        print(f"{name:<24} {rps:>12.0f} {sec:>28.1f}")
     ranker = load_ranker(runs["student fixed (DecCM)"], device=args.device)
     t = time.perf_counter()
     res = evaluate_split(ranker, ds, "test")

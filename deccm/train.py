@@ -315,8 +315,9 @@ def train(kind: Kind, data: str | Path, out: str | Path, model_cfg: ModelConfig,
             bar.update(len(idx))
             bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
+        train_s = time.perf_counter() - t0
         val = validate(model, ds, kind, train_cfg.eval_k, device)
-        entry = {"epoch": epoch, "val": val, "seconds": time.perf_counter() - t0, "rows_per_s": n / (time.perf_counter() - t0),
+        entry = {"epoch": epoch, "val": val, "seconds": time.perf_counter() - t0, "rows_per_s": n / train_s,
                  **{k: v / n_batches for k, v in sums.items()}}
         conf["history"].append(entry)
         improved = conf["best_val"] is None or val > conf["best_val"]
