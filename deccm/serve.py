@@ -40,7 +40,7 @@ class Ranker:
         out = []
         with torch.no_grad():
             for s in range(0, len(x), BATCH):
-                xb = torch.as_tensor(np.asarray(x[s:s + BATCH], dtype=np.float32), device=self.device)
+                xb = torch.as_tensor(np.array(x[s:s + BATCH], dtype=np.float32), device=self.device)  # copy: x may be a read-only memory map
                 out.append(fn(xb).float().cpu().numpy())
         return np.concatenate(out, axis=0) if out else np.zeros((0, 1), np.float32)
 
