@@ -93,3 +93,26 @@ def test_unknown_format_version_is_refused(tiny_dataset: Path, tmp_path: Path) -
     r = _run_validate(bad)
     assert r.returncode == 2
     assert "format_version 99 is unknown" in r.stderr and "upgrade deccm" in r.stderr
+
+
+def test_media_paths_must_exist_inside_the_dataset(tiny_dataset: Path, tmp_path: Path) -> None:
+    import csv
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dataset, bad)
+    (bad / "media").mkdir()
+    with open(bad / "tracks.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for i, row in enumerate(rows):
+        row["path"] = f"media/{i}.mp3"
+        (bad / row["path"]).write_bytes(b"x")
+    rows[3]["path"] = "media/missing.mp3"
+    rows[4]["path"] = "../outside.mp3"
+    (tmp_path / "outside.mp3").write_bytes(b"x")
+    with open(bad / "tracks.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = _run_validate(bad)
+    assert r.returncode == 1
+    assert f"{bad / 'tracks.csv'}: rows 3, 4: path is missing, or points outside the dataset directory" in r.stderr

@@ -16,6 +16,8 @@ from deccm import io
 from deccm.data.format import (
     MANIFEST,
     N_NEGATIVES,
+    TRACKS_CSV,
+    VIDEOS_CSV,
     Dataset,
     DatasetError,
     PairRows,
@@ -256,7 +258,25 @@ def check(ds: Dataset, verify_hashes: bool = False) -> Report:
         _check_pairs(report, "val", p.val, ns, nm)
     if ds.truth is not None:
         report.summary.append(("truth", "yes", "synthetic latents (true affinity known)"))
+    _check_media(ds, report, nm)
     return report
+
+
+def _check_media(ds: Dataset, report: Report, n_tracks: int) -> None:
+    """tracks.csv has one row per track; every ``path`` in the CSVs is a file inside the dataset."""
+    if ds.tracks and len(ds.tracks) != n_tracks:
+        report.add(TRACKS_CSV, f"{len(ds.tracks)} rows for {n_tracks} tracks", "give tracks.csv one row per track id")
+    root = ds.root.resolve()
+    for name, rows in ((TRACKS_CSV, ds.tracks), (VIDEOS_CSV, ds.videos)):
+        paths = [r.get("path") or "" for r in rows]
+        if not any(paths):
+            continue
+        bad = np.array([bool(p) and not ((root / p).resolve().is_relative_to(root) and (root / p).is_file()) for p in paths])
+        report.add(name, "path is missing, or points outside the dataset directory",
+                   "restore the media file under the dataset (paths are relative to its root)", bad)
+        if bad.any():
+            continue
+        report.summary.append((name.removesuffix(".csv") + " media", str(sum(map(bool, paths))), "files present"))
 
 
 def validate_dir(root: str | Path, verify_hashes: bool = True) -> Report:
