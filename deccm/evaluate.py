@@ -24,7 +24,7 @@ from deccm import config, io, metrics
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.serve import Ranker, load_ranker, popularity_ranker
-from deccm.train import TrainingError, check_feature_specs
+from deccm.train import TrainingError, check_feature_specs, read_config
 
 log = logging.getLogger(__name__)
 KS = (10, 15, 20, 25)
@@ -171,7 +171,7 @@ def evaluate(models: list[str], data: str | Path | None = None, splits: list[str
         first = next((m for m in models if m != "popularity"), None)
         if first is None:
             raise DatasetError("no dataset given. Fix: --data DIR")
-        data = load_ranker(first, device="cpu").info["data"]["path"]
+        data = read_config(Path(first) if Path(first).is_dir() else Path(first).parent)["data"]["path"]
     ds = load_dataset(data)
     rankers: dict[str, Ranker] = {}
     for spec in models:

@@ -10,6 +10,7 @@ checkpoint intact, and a resumed run ends with exactly the weights of an uninter
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import sys
@@ -119,9 +120,8 @@ def build_model(kind: Kind, cfg: ModelConfig, prior_mean: np.ndarray | None = No
     return DecCMStudent(cfg, teacher, torch.as_tensor(prior_mean if prior_mean is not None else np.full(cfg.n_genres, 1 / cfg.n_genres)))
 
 
-def _read_config(run: Path) -> dict[str, Any]:
-    import json
-
+def read_config(run: Path) -> dict[str, Any]:
+    """A run dir's ``config.json`` (model, data, history), without loading any weights."""
     path = run / "config.json"
     if not path.is_file():
         raise TrainingError(f"{run}: no config.json, so this is not a deccm run dir. Fix: pass the directory written by `python -m deccm.train`.")
@@ -137,7 +137,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Cr
     path = Path(path)
     run, ckpt = (path, path / "best.pt") if path.is_dir() else (path.parent, path)
     device = torch.device(device) if isinstance(device, str) else device
-    conf = _read_config(run)
+    conf = read_config(run)
     if not ckpt.is_file():
         raise TrainingError(f"{ckpt}: missing; the run has not finished an epoch yet. Fix: train it (or --resume it) first.")
     cfg = ModelConfig.from_dict(conf["model"])
@@ -167,7 +167,7 @@ def check_feature_specs(a: dict[str, Any] | None, b: dict[str, Any] | None, what
 
 def _load_teacher(path: Path, ds: Dataset, cfg: ModelConfig, device: torch.device) -> tuple[CrossModalVAE, dict[str, Any]]:
     """The frozen teacher, refused when its dims or data differ from the student's (fixes §9.4)."""
-    tconf = _read_config(path if path.is_dir() else path.parent)
+    tconf = read_config(path if path.is_dir() else path.parent)
     if tconf.get("kind") != "teacher":
         raise TrainingError(f"{path}: is a {tconf.get('kind')} run, not a teacher. Fix: pass a run of `python -m deccm.train teacher`.")
     tm = tconf["model"]
@@ -266,7 +266,7 @@ def train(kind: Kind, data: str | Path, out: str | Path, model_cfg: ModelConfig,
     }
     start = 0
     if resume:
-        old = _read_config(out)
+        old = read_config(out)
         for key in ("kind", "variant", "model", "train"):
             if old[key] != conf[key]:
                 raise TrainingError(f"{out}: --resume with a different {key} ({old[key]} vs {conf[key]}). Fix: resume with the run's own settings.")
@@ -283,7 +283,7 @@ def train(kind: Kind, data: str | Path, out: str | Path, model_cfg: ModelConfig,
     log.info("training %s (%s, %s mode) on %s: %d rows, %d epochs, batch %d, lr %g, device %s%s", kind, conf["variant"], model_cfg.mode,
              ds.manifest.get("name"), n, train_cfg.epochs, train_cfg.batch_size, train_cfg.learning_rate(kind), device,
              " [SYNTHETIC data]" if ds.is_synthetic else "")
-    stale = 0 if not conf["history"] else len(conf["history"]) - 1 - conf["history"].index(max(conf["history"], key=lambda h: h["val"]))
+    stale = conf["history"][-1]["epoch"] - conf["best_epoch"] if conf["history"] else 0  # epochs since the best
     for epoch in range(start, train_cfg.epochs):
         model.train()
         gen = torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch)  # epoch order independent of resumes
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm train") -> int:
             default = config.state_path("runs", f"teacher-{mcfg.mode}-s{tcfg.seed}")
             teacher = default if default.exists() else None
         run = train(args.kind, data, out, mcfg, tcfg, teacher=teacher, variant=variant, resume=args.resume, overwrite=args.overwrite)
-        conf = _read_config(run)
+        conf = read_config(run)
         print(f"{run}: best epoch {conf['best_epoch'] + 1} val {conf['best_val']:.4f}")
     except (TrainingError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -147,7 +147,7 @@ def _check_len(report: Report, base: str, rows: Any) -> int:
     return n
 
 
-def _check_train(ds: Dataset, report: Report, rows: TrainRows, nv: int, nm: int, g: int) -> None:
+def _check_train(report: Report, rows: TrainRows, nv: int, nm: int, g: int) -> None:
     base = "ugc/train"
     n = _check_len(report, base, rows)
     report.summary.append((base, str(n), f"{len(np.unique(rows.music))} distinct positives"))
@@ -166,7 +166,7 @@ def _check_train(ds: Dataset, report: Report, rows: TrainRows, nv: int, nm: int,
                "clip propensities to [eps, 1] before writing", ~np.isfinite(p) | (p <= 0) | (p > 1))
 
 
-def _check_rank(ds: Dataset, report: Report, name: str, rows: RankRows, nv: int, nm: int, g: int) -> None:
+def _check_rank(report: Report, name: str, rows: RankRows, nv: int, nm: int, g: int) -> None:
     base = f"ugc/{name}"
     n = _check_len(report, base, rows)
     report.summary.append((base, str(n), f"{rows.negatives.shape[1] if rows.negatives.ndim == 2 else '?'} negatives/row"))
@@ -242,9 +242,9 @@ def check(ds: Dataset, verify_hashes: bool = False) -> Report:
     if nm <= N_NEGATIVES:
         report.add("ugc/music_features.npy", f"{nm} tracks cannot provide {N_NEGATIVES} distinct negatives plus a positive",
                    f"use a catalog of at least {N_NEGATIVES + 1} tracks")
-    _check_train(ds, report, u.train, nv, nm, g)
+    _check_train(report, u.train, nv, nm, g)
     for name, rows in u.rank_splits().items():
-        _check_rank(ds, report, name, rows, nv, nm, g)
+        _check_rank(report, name, rows, nv, nm, g)
     if ds.pgc is not None:
         p = ds.pgc
         ns = int(p.segment_features.shape[0])

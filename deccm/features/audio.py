@@ -21,7 +21,7 @@ import numpy as np
 
 from deccm.features import decode, vggish
 from deccm.features.runtime import librosa
-from deccm.features.spec import ExtractorSpec, SpecMismatch, require_same
+from deccm.features.spec import ExtractorSpec, HasSpec, SpecMismatch, require_same
 
 VERSION = 1
 NAME = "vggish+egemaps+librosa"
@@ -120,7 +120,7 @@ NORMALISATION = {"method": "zscore per dimension over the whole vector", "fitted
                  "constant_dims": f"std < {NORM_STD_FLOOR:g} set to 1"}
 
 
-class MusicExtractor:
+class MusicExtractor(HasSpec):
     """One track → (256,) music vector; ``norm=(mean, std)`` applies the catalog's normalisation."""
 
     def __init__(self, *, vggish_weights: str | os.PathLike | None = None, max_seconds: float = 60.0, device: str = "auto",
@@ -169,15 +169,6 @@ class MusicExtractor:
         ext = cls(vggish_weights=vggish_weights, max_seconds=spec["preprocessing"]["max_seconds"], device=device, norm=norm)
         require_same(spec, ext.spec, "requested", "rebuilt")
         return ext
-
-    @property
-    def spec(self) -> dict:
-        """The spec of the raw vector (normalisation is data, stored beside the features)."""
-        return dict(self._spec)
-
-    @property
-    def trained(self) -> bool:
-        return bool(self._spec["trained"])
 
     def raw_from_samples(self, samples: np.ndarray) -> np.ndarray:
         """(256,) unnormalised vector from 16 kHz mono audio."""

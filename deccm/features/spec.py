@@ -72,6 +72,21 @@ def diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
+class HasSpec:
+    """The ``spec``/``trained`` accessors every extractor shares (its ``_spec`` dict)."""
+
+    _spec: dict[str, Any]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """A copy of the spec of the raw vector (normalisation is data, stored beside features)."""
+        return dict(self._spec)
+
+    @property
+    def trained(self) -> bool:
+        return bool(self._spec["trained"])
+
+
 def require_same(a: dict[str, Any], b: dict[str, Any], what_a: str = "first", what_b: str = "second") -> None:
     """Raise :class:`SpecMismatch` naming the differing fields unless both specs are identical."""
     if spec_id(a) == spec_id(b):

@@ -25,7 +25,7 @@ from torch import nn
 
 from deccm.features import decode
 from deccm.features.runtime import resolve_device
-from deccm.features.spec import UNTRAINED, ExtractorSpec, SpecMismatch, require_same
+from deccm.features.spec import UNTRAINED, ExtractorSpec, HasSpec, SpecMismatch, require_same
 from deccm.features.weights import WeightsError, load_state_dict, weights_info
 
 log = logging.getLogger("deccm.features.visual")
@@ -116,7 +116,7 @@ def center_crop(images: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     return images[:, top:top + size, left:left + size]
 
 
-class VideoExtractor:
+class VideoExtractor(HasSpec):
     """One clip → one vector. Build once (loads the network), call :meth:`extract` per clip."""
 
     def __init__(self, backbone: str = "efficientnet-lite0", *, resnet_weights: str | os.PathLike | None = None,
@@ -168,14 +168,6 @@ class VideoExtractor:
                   device=device, batch_size=batch_size)
         require_same(spec, ext.spec, "requested", "rebuilt")
         return ext
-
-    @property
-    def spec(self) -> dict:
-        return dict(self._spec)
-
-    @property
-    def trained(self) -> bool:
-        return bool(self._spec["trained"])
 
     @torch.inference_mode()
     def frame_features(self, images: np.ndarray) -> np.ndarray:
