@@ -19,7 +19,7 @@ CHILD = """
 import json, resource, sys, time, logging
 logging.disable(logging.INFO)
 from deccm.data.synth import synth
-from deccm.data.format import load_dataset
+from deccm.data.validate import load_dataset
 t = time.perf_counter(); path = synth(sys.argv[1], preset=sys.argv[2], seed=0); gen = time.perf_counter() - t
 t = time.perf_counter(); load_dataset(path); val = time.perf_counter() - t
 size = sum(p.stat().st_size for p in path.rglob('*') if p.is_file())

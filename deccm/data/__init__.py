@@ -8,11 +8,12 @@ from deccm.data.format import (
     RankRows,
     TrainRows,
     Truth,
-    load_dataset,
+    read_dataset,
     write_dataset,
 )
+from deccm.data.validate import load_dataset
 
 __all__ = [
     "PGC", "UGC", "Dataset", "DatasetError", "PairRows", "RankRows", "TrainRows", "Truth",
-    "load_dataset", "write_dataset",
+    "load_dataset", "read_dataset", "write_dataset",
 ]

@@ -361,8 +361,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def load_dataset(root: str | Path, validate: bool = True) -> Dataset:
-    """Open a dataset dir; by default run every validation check and raise on the first problems."""
+def read_dataset(root: str | Path) -> Dataset:
+    """Open a dataset dir without running the checks (``deccm.data.load_dataset`` validates too)."""
     root = Path(root)
     manifest = read_manifest(root)
     files = manifest.get("files", {})
@@ -372,10 +372,4 @@ def load_dataset(root: str | Path, validate: bool = True) -> Dataset:
     }
     if sections["ugc"] is None:
         raise DatasetError(f"{root / MANIFEST}: no ugc/ arrays listed. Fix: every dataset needs the UGC part.")
-    ds = Dataset(root=root, manifest=manifest, tracks=read_csv(root / TRACKS_CSV), videos=read_csv(root / VIDEOS_CSV), **sections)
-    if validate:
-        from deccm.data.validate import check
-
-        report = check(ds)
-        report.raise_if_failed()
-    return ds
+    return Dataset(root=root, manifest=manifest, tracks=read_csv(root / TRACKS_CSV), videos=read_csv(root / VIDEOS_CSV), **sections)

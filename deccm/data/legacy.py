@@ -141,7 +141,7 @@ def import_legacy(src: str | Path, dest: str | Path, trust_pickle: bool = False,
                    "weights_renormalised": bool(abs(val_sum - 1) > 1e-6 or abs(test_sum - 1) > 1e-6)},
     }
     write_dataset(dest, manifest, ugc=ugc, pgc=pgc, overwrite=overwrite)
-    from deccm.data.format import load_dataset
+    from deccm.data.validate import load_dataset
 
     try:
         load_dataset(dest)

@@ -2,7 +2,8 @@
 
 Each problem names the file, the first offending rows and the fix, so a user can
 repair a dataset without reading this code. ``deccm data validate DIR`` prints the
-summary table and every problem; ``load_dataset`` runs the same checks.
+summary table and every problem; :func:`load_dataset` (the one way to open a dataset
+for use) runs the same checks.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from deccm.data.format import (
     RankRows,
     TrainRows,
     iter_arrays,
+    read_dataset,
 )
 
 PRIOR_TOL = 1e-3  # |sum(prior) - 1| allowed per row
@@ -281,7 +283,12 @@ def _check_media(ds: Dataset, report: Report, n_tracks: int) -> None:
 
 def validate_dir(root: str | Path, verify_hashes: bool = True) -> Report:
     """Load without validating, then run every check (the CLI's entry point)."""
-    from deccm.data.format import load_dataset
+    return check(read_dataset(root), verify_hashes=verify_hashes)
 
-    ds = load_dataset(root, validate=False)
-    return check(ds, verify_hashes=verify_hashes)
+
+def load_dataset(root: str | Path, validate: bool = True) -> Dataset:
+    """Open a dataset dir; by default run every validation check and raise on the first problems."""
+    ds = read_dataset(root)
+    if validate:
+        check(ds).raise_if_failed()
+    return ds
