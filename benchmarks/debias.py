@@ -52,16 +52,9 @@ COLUMNS = [("test_oracle", "HR_w@10"), ("test_oracle", "NDCG_w@10"), ("test_orac
 
 
 def _run(kind: str, data: Path, out: Path, mode: str, variant: str, tcfg: TrainConfig, teacher: Path | None) -> Path:
-    """Train unless a finished run is there; resume a partial one."""
-    conf = out / "config.json"
-    resume = conf.exists() and (out / "last.pt").exists()
-    if resume:
-        c = json.loads(conf.read_text())
-        if len(c["history"]) >= tcfg.epochs or (tcfg.patience and c["best_epoch"] is not None
-                                                 and len(c["history"]) - 1 - c["best_epoch"] >= tcfg.patience):
-            return out
+    """Train unless a finished run of the same settings is there; resume a partial one."""
     return train(kind, data, out, ModelConfig.for_mode(mode, **VARIANTS.get(variant, {})), tcfg, teacher=teacher,
-                 variant=variant, resume=resume, overwrite=not resume)
+                 variant=variant, resume="auto", overwrite=True)
 
 
 def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str) -> dict[str, list[SplitResult]]:

@@ -9,7 +9,6 @@ Usage: python benchmarks/train_speed.py [--data DIR] [--epochs 1] [--device auto
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import resource
@@ -23,6 +22,7 @@ from deccm.data import load_dataset
 from deccm.data.synth import synth
 from deccm.evaluate import evaluate_split
 from deccm.models import ModelConfig
+from deccm.runs import read_config
 from deccm.serve import load_ranker
 from deccm.train import TrainConfig, train
 
@@ -51,7 +51,7 @@ def main() -> None:
                                       ("student faithful", "student", "faithful", "teacher faithful")):
         out = tmp / name.replace(" ", "-").replace("(", "").replace(")", "")
         runs[name] = train(kind, data, out, ModelConfig.for_mode(mode), tc, teacher=runs.get(teacher))
-        h = json.loads((out / "config.json").read_text())["history"]
+        h = read_config(out).history
         rows.append((name, sum(e["rows_per_s"] for e in h) / len(h), sum(e["seconds"] for e in h) / len(h)))
     print(f"\n{'model':<24} {'train rows/s':>12} {'s/epoch (incl. validation)':>28}")
     for name, rps, sec in rows:

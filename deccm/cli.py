@@ -9,6 +9,7 @@ COMMANDS = {
     "features": ("deccm.features.__main__", "extract video/music features from media files"),
     "train": ("deccm.train", "train a teacher, student or baseline"),
     "evaluate": ("deccm.evaluate", "score models on a split: tables, JSON, comparisons"),
+    "recommend": ("deccm.serve", "rank a trained run's music catalog for a video clip"),
 }
 
 

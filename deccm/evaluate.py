@@ -5,7 +5,7 @@
 same rows with bootstrap 95% intervals over test rows. On synthetic data every metric is
 also computed on ``test_oracle`` and against the true affinity.
 
-Protocols (``deccm-method.md`` §7): each row ranks its positive among 100 fixed
+Protocols (docs/method.md §7): each row ranks its positive among 100 fixed
 negatives; HR@K/NDCG@K are reported popularity-weighted (the authors' numbers, weights
 summing to 1) and unweighted, K ∈ {10, 15, 20, 25}. Ties count against the positive.
 """
@@ -22,9 +22,9 @@ import numpy as np
 
 from deccm import config, io, metrics
 from deccm import log as _log
-from deccm.data import Dataset, DatasetError, load_dataset
+from deccm.data import Dataset, DatasetError, RankRows, load_dataset
+from deccm.runs import RunError, check_data, read_config
 from deccm.serve import Ranker, load_ranker, popularity_ranker
-from deccm.train import TrainingError, check_feature_specs, read_config
 
 log = logging.getLogger(__name__)
 KS = (10, 15, 20, 25)
@@ -42,6 +42,7 @@ class SplitResult:
     values: dict[str, float] = field(default_factory=dict)
     per_row: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    top: np.ndarray | None = None  # (N, bias_k) full-catalog top track ids per row, best first
 
 
 def _head_tail(ds: Dataset) -> tuple[np.ndarray, int]:
@@ -57,17 +58,34 @@ def _head_tail(ds: Dataset) -> tuple[np.ndarray, int]:
     return tail, top_genre
 
 
-def evaluate_split(ranker: Ranker, ds: Dataset, split: str, ks: tuple[int, ...] = KS, bias_k: int = BIAS_K) -> SplitResult:
-    """Every metric of one model on one split (rows × candidates and rows × catalog)."""
+def split_rows(ds: Dataset, split: str) -> RankRows:
     splits = ds.ugc.rank_splits()
     if split not in splits:
         raise DatasetError(f"{ds.root}: no split '{split}' (has {sorted(splits)}). Fix: pick one of those with --split.")
-    rows = splits[split]
+    return splits[split]
+
+
+def sampled_scores(q: np.ndarray, p: np.ndarray, rows: RankRows) -> np.ndarray:
+    """(N, 101) scores of each row's candidates, column 0 the positive: q_i · p_c."""
+    return np.einsum("nd,ncd->nc", q, p[rows.candidates()])
+
+
+def sampled_hit_rate(ranker: Ranker, ds: Dataset, split: str, k: int) -> float:
+    """Popularity-weighted HR@k of the sampled protocol on ``split`` (what training validates with)."""
+    rows = split_rows(ds, split)
+    q = ranker.video_vectors(ds.ugc.video_features[rows.video])
+    s = sampled_scores(q, ranker.music_vectors(ds.ugc.music_features), rows)
+    return metrics.hit_rate(metrics.positive_rank(s), k, rows.weight)
+
+
+def evaluate_split(ranker: Ranker, ds: Dataset, split: str, ks: tuple[int, ...] = KS, bias_k: int = BIAS_K) -> SplitResult:
+    """Every metric of one model on one split (rows × candidates and rows × catalog)."""
+    rows = split_rows(ds, split)
     res = SplitResult(ranker.name, split)
     q = ranker.video_vectors(ds.ugc.video_features[rows.video])  # (N, D)
     p = ranker.music_vectors(ds.ugc.music_features)  # (M, D)
     cand = rows.candidates()  # (N, 101)
-    s = np.einsum("nd,ncd->nc", q, p[cand])  # (N, 101), column 0 the positive
+    s = sampled_scores(q, p, rows)  # (N, 101), column 0 the positive
     r = metrics.positive_rank(s)
     for k in ks:
         res.per_row[f"HR_w@{k}"] = (metrics.hit_vector(r, k), rows.weight)
@@ -85,18 +103,19 @@ def evaluate_split(ranker: Ranker, ds: Dataset, split: str, ks: tuple[int, ...] 
         top[a:a + CHUNK] = metrics.top_k(full, top.shape[1])
     for k in (10, 25):
         res.per_row[f"Recall@{k}"] = (metrics.hit_vector(cat_rank, k), None)
-    res.per_row["MRR"] = (1.0 / (cat_rank + 1.0), None)
+    res.per_row["MRR"] = (metrics.reciprocal_rank_vector(cat_rank), None)
+    res.top = top
     res.values["MedR"] = metrics.median_rank(cat_rank)
 
     tail, top_genre = _head_tail(ds)
     res.values[f"coverage@{bias_k}"] = metrics.catalog_coverage(top, ds.n_tracks)
     res.values[f"Gini@{bias_k}"] = metrics.gini(top, ds.n_tracks)
-    res.per_row[f"tail_share@{bias_k}"] = (tail[top].mean(axis=1), None)
+    res.per_row[f"tail_share@{bias_k}"] = (metrics.tail_share_vector(top, tail), None)
     if ds.ugc.music_genre is not None:
         genres = ds.ugc.music_genre[top]  # (N, K)
         history = rows.prior if rows.prior is not None else np.broadcast_to(ds.ugc.prior_mean, (len(rows), ds.n_genres))
         res.values[f"C_KL@{bias_k}"] = metrics.calibration_kl(np.asarray(history, dtype=np.float64), genres, ds.n_genres)
-        res.per_row[f"top_genre_share@{bias_k}"] = ((genres == top_genre).mean(axis=1), None)
+        res.per_row[f"top_genre_share@{bias_k}"] = (metrics.genre_share_vector(genres, top_genre), None)
         # miscalibration against the split's own positives: KL(genre mix of positives ‖ genre mix of all top-K slots)
         pos_mix = np.bincount(ds.ugc.music_genre[rows.music], minlength=ds.n_genres)[None, :].astype(np.float64)
         res.values[f"genre_KL@{bias_k}"] = metrics.calibration_kl(pos_mix, genres.reshape(1, -1), ds.n_genres)
@@ -171,19 +190,15 @@ def evaluate(models: list[str], data: str | Path | None = None, splits: list[str
         first = next((m for m in models if m != "popularity"), None)
         if first is None:
             raise DatasetError("no dataset given. Fix: --data DIR")
-        data = read_config(Path(first) if Path(first).is_dir() else Path(first).parent)["data"]["path"]
+        data = read_config(first).data_path
     ds = load_dataset(data)
     rankers: dict[str, Ranker] = {}
     for spec in models:
         rk = open_model(spec, ds, device)
-        dims = rk.info.get("model") or {}
-        if dims and (dims.get("video_dim"), dims.get("music_dim")) != (ds.manifest["dims"]["video"], ds.manifest["dims"]["music"]):
-            raise DatasetError(f"{spec}: trained on {dims.get('video_dim')}/{dims.get('music_dim')}-d features, {ds.root} has "
-                               f"{ds.manifest['dims']['video']}/{ds.manifest['dims']['music']}. Fix: evaluate on data with the same feature spec.")
-        if "data" in rk.info:
-            check_feature_specs(rk.info["data"].get("features"), ds.manifest.get("features"), f"model {spec}", f"data {ds.root}")
-        if rk.info.get("data", {}).get("manifest_hash") not in (None, ds.manifest_hash):
-            log.warning("%s was trained on %s, evaluating on %s", spec, rk.info["data"]["name"], ds.manifest.get("name"))
+        if rk.run is not None:
+            check_data(rk.run, ds, spec)
+            if rk.run.data["manifest_hash"] != ds.manifest_hash:
+                log.warning("%s was trained on %s, evaluating on %s", spec, rk.run.data["name"], ds.manifest.get("name"))
         name, i = rk.name, 2
         while name in rankers:
             name, i = f"{rk.name}#{i}", i + 1
@@ -218,7 +233,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm evaluate") -> int:
         return 2
     try:
         results, payload = evaluate(models, args.data, args.split, args.bootstrap, args.device)
-    except (DatasetError, TrainingError, FileNotFoundError) as e:
+    except (DatasetError, RunError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if payload["data"]["synthetic"]:

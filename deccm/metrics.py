@@ -144,10 +144,15 @@ def recall_at_k(catalog_ranks: np.ndarray, k: int) -> float:
     return hit_rate(catalog_ranks, k)
 
 
+def reciprocal_rank_vector(ranks: np.ndarray) -> np.ndarray:
+    """Per-row reciprocal rank 1 / (r_i + 1) (0-based ranks), the terms of MRR."""
+    return 1.0 / (np.asarray(ranks, dtype=np.float64) + 1.0)
+
+
 def mrr(ranks: np.ndarray, weights: np.ndarray | None = None) -> float:
     """MRR = Σ_i w_i / (r_i + 1)."""
-    r = np.asarray(ranks, dtype=np.float64)
-    return float(_weights(weights, r.shape[0]) @ (1.0 / (r + 1.0)))
+    rr = reciprocal_rank_vector(ranks)
+    return float(_weights(weights, rr.shape[0]) @ rr)
 
 
 def median_rank(ranks: np.ndarray) -> float:
@@ -209,6 +214,14 @@ def calibration_kl(history: np.ndarray, rec_genres: np.ndarray, n_genres: int, a
     return float((p * np.log(ratio)).sum(axis=1).mean())
 
 
+def genre_share_vector(rec_genres: np.ndarray, genre: int) -> np.ndarray:
+    """Per-row share of one genre among the row's K recommended slots (N, K) → (N,)."""
+    g = np.atleast_2d(np.asarray(rec_genres))
+    if g.shape[1] == 0:
+        raise ValueError("no recommended slots")
+    return (g == genre).mean(axis=1)
+
+
 def genre_share(rec_genres: np.ndarray, genre: int) -> float:
     """Share of one genre among all recommended slots: #{slots of genre g} / #slots.
 
@@ -249,6 +262,16 @@ def gini(top_items: np.ndarray, n_items: int) -> float:
     c = np.sort(_exposure(top_items, n_items)).astype(np.float64)
     i = np.arange(1, n_items + 1, dtype=np.float64)
     return float(np.sum((2.0 * i - n_items - 1.0) * c) / (n_items * c.sum()))
+
+
+def tail_share_vector(top_items: np.ndarray, tail_mask: np.ndarray) -> np.ndarray:
+    """Per-row share of the row's K recommended slots that hold a long-tail item (N, K) → (N,).
+
+    With the same K in every row, its mean is :func:`tail_share`.
+    """
+    mask = np.asarray(tail_mask, dtype=bool)
+    _exposure(top_items, mask.shape[0])  # validates the ids
+    return mask[np.atleast_2d(np.asarray(top_items, dtype=np.int64))].mean(axis=1)
 
 
 def tail_share(top_items: np.ndarray, tail_mask: np.ndarray) -> float:

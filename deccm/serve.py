@@ -1,29 +1,36 @@
-"""One scoring function for evaluation, the MLflow model and the demo.
+"""Serving: one scoring function, and the Recommender that turns a clip into ranked tracks.
 
-A ``Ranker`` turns video features into query vectors q and music features into track
-vectors p; the score of a (video, track) pair is q · p (§6). Precompute P for the
-catalog once, then rank any number of clips against it.
+A :class:`Ranker` turns video features into query vectors q and music features into track
+vectors p; the score of a (video, track) pair is q · p (docs/method.md §6). Validation,
+``deccm.evaluate``, the registry's model and the demo all score through it, so a ranking is
+the same wherever it is computed.
+
+:class:`Recommender` is a trained run made ready to serve: the model, the video extractor
+rebuilt from the run's recorded spec, the catalog's track vectors computed once, and the
+track rows (title, artist, genre, audio file). ``deccm recommend RUN CLIP`` prints its
+ranking. Nothing here imports training code.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from deccm import config, metrics
+from deccm import log as _log
+from deccm.data import Dataset, DatasetError, load_dataset
+from deccm.runs import RunConfig, RunError, check_data, load_for_inference
+
 log = logging.getLogger(__name__)
 BATCH = 4096
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else is passed to torch."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Ranker:
     music_fn: Callable[[torch.Tensor], torch.Tensor]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     info: dict[str, Any] = field(default_factory=dict)
+    run: RunConfig | None = None  # the run it was loaded from (None for popularity and ad-hoc rankers)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
         out = []
@@ -56,10 +64,8 @@ class Ranker:
 
     def rank(self, q: np.ndarray, catalog: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k track ids and scores for query vectors q (N, D) against catalog vectors (M, D)."""
-        from deccm.metrics import top_k
-
         s = np.atleast_2d(q) @ catalog.T
-        ids = top_k(s, min(k, catalog.shape[0]))
+        ids = metrics.top_k(s, min(k, catalog.shape[0]))
         return ids, np.take_along_axis(s, ids, axis=1)
 
 
@@ -85,13 +91,157 @@ def popularity_ranker(train_music: np.ndarray, n_tracks: int, seed: int = 0) -> 
 
 
 def load_ranker(path: str | Path, device: str = "auto") -> Ranker:
-    """A ranker from a run directory (or its ``best.pt``/``last.pt``) written by ``deccm.train``."""
-    from deccm.train import load_model
+    """A ranker from a run directory (or a checkpoint file in one) written by ``deccm.train``."""
+    dev = config.resolve_device(device)
+    model, conf = load_for_inference(path, device=dev)
+    return Ranker(conf.name, model.video_embed, model.music_embed, dev, info=conf.to_dict(), run=conf)
 
-    path = Path(path)
-    dev = resolve_device(device)
-    model, config = load_model(path, device=dev)
-    run = path if path.is_dir() else path.parent
-    name = config.get("name", run.name)
-    return Ranker(name, model.video_embed, model.music_embed, dev, info=config)
 
+# --------------------------------------------------------------------------- the recommender
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One ranked track, with what a person needs to see and hear it."""
+
+    rank: int  # 1-based
+    track: int  # row of the catalog (dataset track id)
+    title: str
+    artist: str
+    genre: str
+    score: float
+    audio: str | None  # absolute path of the audio file, when the catalog has media
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Recommender:
+    """A trained run ready to rank clips against its catalog; build with :meth:`from_run`."""
+
+    def __init__(self, ranker: Ranker, catalog: Dataset, extractor: Any | None = None):
+        self.ranker = ranker
+        self.run = ranker.run
+        self.catalog = catalog
+        self.extractor = extractor  # VideoExtractor rebuilt from the run's spec, or None (features only)
+        self.track_vectors = ranker.music_vectors(catalog.ugc.music_features)  # (M, D), computed once
+        self.genres = catalog.genres
+        self._genre = catalog.ugc.music_genre
+        self._rows = {int(r["id"]): r for r in catalog.tracks if str(r.get("id", "")).lstrip("-").isdigit()}
+
+    @classmethod
+    def from_run(cls, run: str | Path, device: str = "auto", extractor: bool = True) -> "Recommender":
+        """Load the run's best weights, its catalog (the training data's tracks) and its video extractor.
+
+        The extractor is rebuilt from the spec recorded in the data the run was trained on
+        and refuses other weights or settings; data without a spec (synthetic) serves
+        precomputed features only.
+        """
+        ranker = load_ranker(run, device)
+        conf = ranker.run
+        assert conf is not None
+        catalog = load_dataset(conf.data_path)
+        check_data(conf, catalog, str(run))
+        ext = None
+        spec = (conf.data.get("features") or {}).get("video")
+        if extractor and spec is not None:
+            from deccm.features import SpecMismatch, VideoExtractor, WeightsError
+
+            try:
+                ext = VideoExtractor.from_spec(spec, device=device)
+            except (SpecMismatch, WeightsError, ValueError) as e:
+                raise RunError(f"{run}: cannot rebuild the video extractor the run was trained with ({e}).") from e
+        return cls(ranker, catalog, ext)
+
+    @property
+    def name(self) -> str:
+        return self.ranker.name
+
+    def video_features(self, video: str | Path) -> np.ndarray:
+        """(1, D_v) features of one clip, extracted exactly as the training clips were.
+
+        Raises ``deccm.features.DecodeError`` (with the file and what is wrong) for unusable files.
+        """
+        if self.extractor is None:
+            raise RunError(f"{self.name}: its data records no video extractor (synthetic features), so it can only rank "
+                           "precomputed feature vectors. Fix: pass a (D_v,) or (N, D_v) array.")
+        from deccm.features import DecodeError
+
+        try:
+            return self.extractor.extract(video)[None, :]
+        except DecodeError as e:
+            raise DecodeError(f"{video}: {e}") from None
+
+    def rank_features(self, x_v: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores), each (N, k), for video features (N, D_v) or (D_v,)."""
+        x = np.atleast_2d(np.asarray(x_v, dtype=np.float32))
+        want = self.run.model.video_dim if self.run else x.shape[1]
+        if x.shape[1] != want or not np.isfinite(x).all():
+            raise ValueError(f"video features must be finite with {want} columns, got shape {x.shape}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        return self.ranker.rank(self.ranker.video_vectors(x), self.track_vectors, k)
+
+    def recommend(self, video: str | Path | np.ndarray, k: int = 10) -> list[Suggestion]:
+        """The top-k tracks for one clip (a media file path, or its precomputed (D_v,) features)."""
+        x = self.video_features(video) if isinstance(video, (str, Path)) else np.asarray(video, dtype=np.float32)
+        if x.ndim == 2 and x.shape[0] != 1:
+            raise ValueError(f"recommend takes one clip; got {x.shape[0]} feature rows (use rank_features for batches)")
+        ids, scores = self.rank_features(x, k)
+        return [self.suggestion(i + 1, int(t), float(s)) for i, (t, s) in enumerate(zip(ids[0], scores[0]))]
+
+    def suggestion(self, rank: int, track: int, score: float) -> Suggestion:
+        row = self._rows.get(track, {})
+        genre = int(self._genre[track]) if self._genre is not None else -1
+        path = row.get("path") or ""
+        return Suggestion(rank=rank, track=track, title=row.get("title") or f"track {track}", artist=row.get("artist") or "",
+                          genre=self.genres[genre] if 0 <= genre < len(self.genres) else (row.get("genre") or ""),
+                          score=score, audio=str((self.catalog.root / path).resolve()) if path else None)
+
+
+def format_suggestions(items: list[Suggestion]) -> str:
+    """A plain table: rank, score, genre, title, artist."""
+    head = ("rank", "score", "genre", "title", "artist")
+    rows = [(str(s.rank), f"{s.score:.4f}", s.genre, s.title, s.artist) for s in items]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows])
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser(prog: str = "deccm recommend") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Rank a run's music catalog for a video clip.")
+    p.add_argument("run", type=Path, help="run dir written by `python -m deccm.train` (its best epoch is used)")
+    p.add_argument("clip", type=Path, help="video file (mp4, mov, webm, ...) to suggest music for")
+    p.add_argument("--k", type=int, default=10, help="how many tracks (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default auto)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "deccm recommend") -> int:
+    args = build_parser(prog).parse_args(argv)
+    _log.setup(args.verbose)
+    from deccm.features import DecodeError
+
+    try:
+        rec = Recommender.from_run(args.run, device=args.device)
+        items = rec.recommend(args.clip, k=args.k)
+    except (RunError, DatasetError, DecodeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"run": str(args.run), "clip": str(args.clip), "model": rec.name,
+                          "synthetic": rec.run.synthetic if rec.run else None,
+                          "suggestions": [s.to_dict() for s in items]}, indent=2))
+    else:
+        if rec.run is not None and rec.run.synthetic:
+            print(f"[model {rec.name} was trained on SYNTHETIC data]")
+        print(format_suggestions(items))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m deccm.serve"))

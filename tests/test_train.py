@@ -2,17 +2,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from deccm.models import ModelConfig
-from deccm.train import TrainConfig, TrainingError, load_model, train
+from deccm.models import ModelConfig, DecCMStudent
+from deccm.runs import RunError, load_for_inference, read_config
+from deccm.train import TrainConfig, TrainingError, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, seed=7, device="cpu")
 
@@ -33,7 +32,7 @@ def test_run_dir_has_config_and_checkpoints(teacher_run: Path, tiny_dataset: Pat
     assert conf["kind"] == "teacher" and len(conf["history"]) == 3
     assert conf["data"]["synthetic"] is True and conf["data"]["manifest_hash"]
     assert conf["best_val"] == max(h["val"] for h in conf["history"])
-    model, _ = load_model(teacher_run)
+    model, _ = load_for_inference(teacher_run)
     assert not model.training
     assert not [p for p in teacher_run.iterdir() if p.name.startswith(".")], "temp files left behind"
 
@@ -42,15 +41,15 @@ def test_resume_equals_uninterrupted(tiny_dataset: Path, teacher_run: Path, tmp_
     cfg = ModelConfig.for_mode("fixed")
     full = train("student", tiny_dataset, tmp_path / "full", cfg, FAST, teacher=teacher_run)
 
-    def crash_after_first(epoch: int, val: float) -> None:
-        if epoch == 0:
+    def crash_after_first(entry: dict) -> None:
+        if entry["epoch"] == 0:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         train("student", tiny_dataset, tmp_path / "cut", cfg, FAST, teacher=teacher_run, on_epoch_end=crash_after_first)
     assert json.loads((tmp_path / "cut/config.json").read_text())["history"][-1]["epoch"] == 0
     train("student", tiny_dataset, tmp_path / "cut", cfg, FAST, teacher=teacher_run, resume=True)
-    assert _states_equal(full / "last.pt", tmp_path / "cut/last.pt")
+    assert _states_equal(full / "state.pt", tmp_path / "cut/state.pt")
     assert _states_equal(full / "best.pt", tmp_path / "cut/best.pt")
 
 
@@ -58,37 +57,43 @@ def test_student_refuses_teacher_of_other_data(tiny_dataset: Path, teacher_run: 
     from deccm.data.synth import synth
 
     other = synth(tmp_path / "other", preset="tiny", seed=5)
-    with pytest.raises(TrainingError, match="teacher was trained on data .* Fix: python -m deccm.train teacher"):
+    with pytest.raises(RunError, match="teacher was trained on data .* Fix: python -m deccm.train teacher"):
         train("student", other, tmp_path / "s", ModelConfig.for_mode("fixed"), FAST, teacher=teacher_run)
 
 
 def test_student_refuses_teacher_of_other_dims(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(TrainingError, match="latent_dim=128 but the student needs 64"):
+    with pytest.raises(RunError, match="latent_dim=128 but the student needs 64"):
         train("student", tiny_dataset, tmp_path / "s", ModelConfig.for_mode("fixed", latent_dim=64), FAST, teacher=teacher_run)
 
 
 def test_student_refuses_a_student_as_teacher(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
     s = train("student", tiny_dataset, tmp_path / "s", ModelConfig.for_mode("fixed", distill="off"), FAST.__class__(epochs=1, batch_size=64))
-    with pytest.raises(TrainingError, match="not a teacher"):
+    with pytest.raises(RunError, match="not a teacher"):
         train("student", tiny_dataset, tmp_path / "s2", ModelConfig.for_mode("fixed"), FAST, teacher=s)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_nan_loss_in_epoch_2_stops_and_keeps_epoch_1(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = ModelConfig.for_mode("fixed", distill="off")
-    run = train("student", tiny_dataset, tmp_path / "r", cfg, TrainConfig(epochs=1, batch_size=64, device="cpu"))
-    good = (run / "last.pt").read_bytes()
-    bad = tmp_path / "bad"
-    shutil.copytree(tiny_dataset, bad)
-    feats = np.load(bad / "ugc/music_features.npy")
-    feats[:] = 1e30  # finite, valid features whose squares overflow float32: the loss becomes inf/nan
-    np.save(bad / "ugc/music_features.npy", feats)
-    m = json.loads((bad / "dataset.json").read_text())
-    m["files"]["ugc/music_features.npy"].pop("sha256")  # a deliberate edit, not corruption
-    (bad / "dataset.json").write_text(json.dumps(m))
-    shutil.copytree(run, tmp_path / "r2")
-    with pytest.raises(TrainingError, match=r"loss became .* at epoch 1, step 1/"):
-        train("student", bad, tmp_path / "r2", cfg, TrainConfig(epochs=2, batch_size=64, device="cpu"), overwrite=True)
-    assert (run / "last.pt").read_bytes() == good
+    tcfg = TrainConfig(epochs=3, batch_size=64, seed=3, device="cpu")
+    one = train("student", tiny_dataset, tmp_path / "one", cfg, TrainConfig(epochs=1, batch_size=64, seed=3, device="cpu"))
+    real = DecCMStudent.loss
+    steps = [0]
+    per_epoch = -(-400 // 64)  # the tiny preset has 400 training rows
+
+    def poisoned(self, *args, **kwargs):
+        loss, parts = real(self, *args, **kwargs)
+        steps[0] += 1
+        return (loss * float("nan"), parts) if steps[0] == per_epoch + 2 else (loss, parts)
+
+    monkeypatch.setattr(DecCMStudent, "loss", poisoned)
+    with pytest.raises(TrainingError, match=r"loss became nan at epoch 2, step 2/7 .* last good epoch \(1\) is kept"):
+        train("student", tiny_dataset, tmp_path / "r", cfg, tcfg)
+    conf = read_config(tmp_path / "r")
+    assert len(conf.history) == 1 and not conf.finished
+    assert _states_equal(tmp_path / "r/best.pt", one / "best.pt")  # exactly the weights after epoch 1
+    monkeypatch.setattr(DecCMStudent, "loss", real)
+    train("student", tiny_dataset, tmp_path / "r", cfg, tcfg, resume=True)  # and the run resumes from there
+    assert len(read_config(tmp_path / "r").history) == 3
 
 
 def test_tiny_dataset_errors_are_clear(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -138,13 +143,31 @@ def test_cli_train_and_evaluate_end_to_end(tiny_dataset: Path, tmp_path: Path) -
 
 
 def test_feature_specs_must_match() -> None:
-    from deccm.train import check_feature_specs
+    from deccm.runs import check_feature_specs
 
     spec = {"kind": "video", "name": "efficientnet-lite0", "version": 1, "dims": 1280, "weights": "untrained"}
     other = {**spec, "name": "resnet50", "dims": 2048}
     check_feature_specs({"video": spec}, {"video": dict(spec)}, "a", "b")
     check_feature_specs(None, None, "a", "b")  # synthetic data has no extractor
-    with pytest.raises(TrainingError, match="video: a features .* extracted differently"):
+    with pytest.raises(RunError, match="video: a features .* extracted differently"):
         check_feature_specs({"video": spec}, {"video": other}, "a", "b")
-    with pytest.raises(TrainingError, match="only one side"):
+    with pytest.raises(RunError, match="only one side"):
         check_feature_specs({"video": spec}, None, "a", "b")
+
+
+def test_validation_score_is_evaluates_number(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
+    from deccm.evaluate import evaluate
+
+    run = train("student", tiny_dataset, tmp_path / "s", ModelConfig.for_mode("fixed"), FAST, teacher=teacher_run)
+    conf = read_config(run)
+    results, _ = evaluate([str(run)], splits=["val"], n_boot=0, device="cpu")
+    assert results[0].values[f"HR_w@{conf.train.eval_k}"] == pytest.approx(conf.best_val, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind,lr", [("teacher", "0.0001"), ("student", "0.001")])
+def test_cli_help_shows_real_defaults(kind: str, lr: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "deccm.train", kind, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert f"learning rate (default: {lr})" in text and "default None" not in text and "(default: 50)" in text
+    assert ("--teacher" in text and "--variant" in text) == (kind == "student")

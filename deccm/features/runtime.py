@@ -1,4 +1,4 @@
-"""Where extraction runs: device choice, thread counts and librosa's JIT cache.
+"""Where extraction runs: thread counts and librosa's JIT cache (the device: ``deccm.config.resolve_device``).
 
 Kept in one place so every extractor (and every worker process) makes the same choices.
 """
@@ -10,16 +10,6 @@ from types import ModuleType
 import torch
 
 from deccm import config
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else is passed to torch as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device auto or cpu")
-    return dev
 
 
 def set_threads(n: int) -> None:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deccm.features.runtime import librosa, resolve_device
+from deccm.config import resolve_device
+from deccm.features.runtime import librosa
 from deccm.features.spec import UNTRAINED
 from deccm.features.weights import WeightsError, load_state_dict, weights_info
 

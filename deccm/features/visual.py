@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from deccm.features import decode
-from deccm.features.runtime import resolve_device
+from deccm.config import resolve_device
 from deccm.features.spec import UNTRAINED, ExtractorSpec, HasSpec, SpecMismatch, require_same
 from deccm.features.weights import WeightsError, load_state_dict, weights_info
 

@@ -1,0 +1,379 @@
+"""The run directory: the contract for "a trained run" that training writes and everyone else reads.
+
+A run dir holds::
+
+    state.pt      THE record: model, optimiser and RNG state, history, best-so-far (epoch,
+                  score, weights) and whether the run finished. Written atomically once per
+                  epoch, so a crash at any point leaves the previous epoch's record whole.
+    config.json   a JSON copy of the run config (what to rebuild, the data, the history);
+                  rewritten from state.pt after it, and again whenever a run is reopened
+    best.pt       a copy of the best epoch's weights, for inference
+
+Everything else goes through this module: :class:`RunConfig` (typed), reading and
+writing, :func:`load_for_inference`, the compatibility checks between a run and data
+or a teacher (dims, data manifest hash, extractor specs), run naming, and one
+:class:`RunError`. Paths a run records (its data, its teacher) are absolute, so they
+resolve from any working directory; a recorded path under ``$DECCM_HOME`` is also kept
+relative to it, so a moved state dir still finds its data.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from deccm import config, io
+from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig
+
+if TYPE_CHECKING:
+    from deccm.data import Dataset
+
+Kind = Literal["teacher", "student"]
+CONFIG = "config.json"
+STATE = "state.pt"
+BEST = "best.pt"
+RUN_FORMAT = "deccm-run"
+RUN_FORMAT_VERSION = 2
+
+
+class RunError(RuntimeError):
+    """A run cannot be used as asked; the message names the run and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings; defaults are the authors' script defaults (docs/method.md §4, §5.5)."""
+
+    lr: float | None = None  # None → 1e-4 for the teacher, 1e-3 for the student
+    weight_decay: float = 1e-3
+    batch_size: int = 1024
+    epochs: int = 50
+    seed: int = 1234
+    eval_k: int = 25  # validation metric: (weighted) HR@25
+    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
+    device: str = "auto"
+
+    def learning_rate(self, kind: Kind) -> float:
+        return self.lr if self.lr is not None else (1e-4 if kind == "teacher" else 1e-3)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a plain dict (a TOML table, Airflow params); unknown keys are an error."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise RunError(f"unknown training settings {sorted(unknown)}. Fix: use {sorted(known)}.")
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if v is None:
+                continue
+            if k == "device":
+                out[k] = str(v)
+            elif k == "lr" or k == "weight_decay":
+                out[k] = float(v)
+            else:
+                out[k] = int(v)
+        return cls(**out)
+
+
+def default_lr(kind: Kind) -> float:
+    return TrainConfig().learning_rate(kind)
+
+
+# --------------------------------------------------------------------------- paths and names
+
+
+def resolve_recorded(path: str, home_rel: str | None) -> Path:
+    """A path a run recorded: as recorded when it exists, else relative to the current state dir."""
+    p = Path(path)
+    if not p.exists() and home_rel is not None and (config.home() / home_rel).exists():
+        return config.home() / home_rel
+    return p
+
+
+def record_path(path: str | Path) -> dict[str, str | None]:
+    """``{"path": absolute, "home_rel": relative to $DECCM_HOME or None}`` for a run to store."""
+    p = Path(path).resolve()
+    try:
+        rel: str | None = p.relative_to(config.home()).as_posix()
+    except ValueError:
+        rel = None
+    return {"path": str(p), "home_rel": rel}
+
+
+def run_name(kind: Kind, variant: str, mode: str, seed: int) -> str:
+    """The default name of a run: ``teacher-<mode>-s<seed>`` or ``student-<variant>-<mode>-s<seed>``."""
+    return f"teacher-{mode}-s{seed}" if kind == "teacher" else f"student-{variant}-{mode}-s{seed}"
+
+
+def default_run_dir(kind: Kind, variant: str, mode: str, seed: int) -> Path:
+    """``$DECCM_HOME/runs/<run_name>``."""
+    return config.runs_dir() / run_name(kind, variant, mode, seed)
+
+
+def default_teacher(mode: str, seed: int) -> Path | None:
+    """The teacher a student of this mode and seed distils from by default, if it was trained."""
+    path = default_run_dir("teacher", "teacher", mode, seed)
+    return path if (path / CONFIG).is_file() else None
+
+
+# --------------------------------------------------------------------------- the config
+
+
+@dataclass
+class RunConfig:
+    """Everything needed to rebuild, judge and reproduce a run; ``config.json`` is its JSON form."""
+
+    name: str
+    kind: Kind
+    variant: str  # "teacher" for teachers
+    model: ModelConfig
+    train: TrainConfig
+    data: dict[str, Any]  # path, home_rel, name, manifest_hash, provenance, synthetic, features, confounder
+    prior_mean: list[float]
+    teacher: dict[str, Any] | None = None  # path, home_rel, name, best_sha256 (which weights it distilled from)
+    teacher_model: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val: float | None = None
+    finished: bool = False
+    code_version: str = ""
+
+    @property
+    def mode(self) -> str:
+        return self.model.mode
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.data.get("synthetic"))
+
+    @property
+    def data_path(self) -> Path:
+        """The training data, resolved from any working directory."""
+        return resolve_recorded(self.data["path"], self.data.get("home_rel"))
+
+    @property
+    def teacher_path(self) -> Path | None:
+        if not self.teacher:
+            return None
+        return resolve_recorded(self.teacher["path"], self.teacher.get("home_rel"))
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a resume or an idempotent rerun to be the same run."""
+        train = {k: v for k, v in asdict(self.train).items() if k != "device"}  # where it runs does not change the run
+        return {"kind": self.kind, "variant": self.variant, "model": self.model.to_dict(), "train": train,
+                "manifest_hash": self.data["manifest_hash"],
+                "teacher": (self.teacher or {}).get("best_sha256")}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        d["mode"] = self.mode
+        return {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "RunConfig":
+        if d.get("format") != RUN_FORMAT:
+            raise RunError(f"{where}: not a deccm run config (format {d.get('format')!r}). "
+                           "Fix: point at a run dir written by `python -m deccm.train` (retrain runs of older deccm versions).")
+        body = {k: v for k, v in d.items() if k not in ("format", "format_version", "mode")}
+        try:
+            body["model"] = ModelConfig.from_dict(body["model"])
+            body["train"] = TrainConfig(**body["train"])
+            return cls(**body)
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunError(f"{where}: malformed run config ({e}). Fix: retrain the run.") from e
+
+
+def _run_dir_of(path: Path) -> Path:
+    """The run dir for a run dir or a checkpoint file in one; a missing path names itself."""
+    if not path.exists():
+        raise RunError(f"{path}: no such run directory. Fix: pass a directory written by `python -m deccm.train` "
+                       f"(runs live under {config.runs_dir()} by default).")
+    return path if path.is_dir() else path.parent
+
+
+def read_config(path: str | Path) -> RunConfig:
+    """A run's config (from a run dir, or a checkpoint file in one) without loading any weights."""
+    run = _run_dir_of(Path(path))
+    cfg = run / CONFIG
+    if not cfg.is_file():
+        raise RunError(f"{run}: no {CONFIG}, so this is not a deccm run dir. Fix: pass the directory written by "
+                       "`python -m deccm.train`.")
+    try:
+        d = json.loads(cfg.read_text())
+    except json.JSONDecodeError as e:
+        raise RunError(f"{cfg}: not valid JSON ({e}). Fix: reopen the run with `python -m deccm.train ... --resume` "
+                       f"(it rewrites {CONFIG} from {STATE}).") from e
+    return RunConfig.from_dict(d, str(cfg))
+
+
+def write_config(run: Path, conf: RunConfig) -> None:
+    io.write_json(run / CONFIG, conf.to_dict())
+
+
+def has_run(path: Path) -> bool:
+    return (path / STATE).is_file() or (path / CONFIG).is_file()
+
+
+# --------------------------------------------------------------------------- state
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint, never unpickling anything but tensors and plain containers."""
+    try:
+        return torch.load(path, weights_only=True, map_location=device)
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; the run has not finished an epoch yet. Fix: train it (or resume it) first.") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file: one clear message
+        raise RunError(f"{path}: cannot be read as a deccm checkpoint ({type(e).__name__}: {e}). "
+                       "Fix: resume the run to rewrite it, or retrain.") from e
+
+
+def save_epoch(run: Path, conf: RunConfig, state: dict[str, Any], best_model: dict[str, torch.Tensor], improved: bool) -> None:
+    """Record one finished epoch: ``state.pt`` (the atomic unit), then its copies ``best.pt`` and ``config.json``.
+
+    ``state`` holds model, optimizer, rng and epoch; the run config with its history and
+    best-so-far and the best weights go in beside them. A crash after ``state.pt`` leaves
+    stale copies that :func:`restore` rewrites when the run is reopened.
+    """
+    with io.atomic_path(run / STATE) as tmp:
+        torch.save({**state, "run": conf.to_dict(), "best_model": best_model}, tmp)
+    if improved or not (run / BEST).is_file():
+        with io.atomic_path(run / BEST) as tmp:
+            torch.save({"model": best_model, "epoch": conf.best_epoch}, tmp)
+    write_config(run, conf)
+
+
+def restore(run: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, dict[str, Any]]:
+    """The run config and state recorded in ``state.pt``, with the copies made to agree with them.
+
+    Temp files a killed writer left behind are removed (the one process that trains a run
+    is the only writer, and it is reopening the run now).
+    """
+    for tmp in run.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    state = load_checkpoint(run / STATE, device)
+    conf = RunConfig.from_dict(state["run"], str(run / STATE))
+    sync_copies(run, conf, state)
+    return conf, state
+
+
+def sync_copies(run: Path, conf: RunConfig, state: dict[str, Any]) -> None:
+    """Rewrite ``best.pt`` and ``config.json`` from the state (a crash may have cut them off)."""
+    best = run / BEST
+    try:
+        current = load_checkpoint(best, "cpu") if best.is_file() else None
+    except RunError:
+        current = None  # unreadable copy: rewrite it
+    if current is None or current.get("epoch") != conf.best_epoch:
+        with io.atomic_path(best) as tmp:
+            torch.save({"model": state["best_model"], "epoch": conf.best_epoch}, tmp)
+    try:
+        on_disk = json.loads((run / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        on_disk = None
+    if on_disk != json.loads(json.dumps(conf.to_dict())):
+        write_config(run, conf)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_model(kind: Kind, cfg: ModelConfig, prior_mean: np.ndarray | list[float] | None = None,
+                teacher: CrossModalVAE | None = None) -> CrossModalVAE | DecCMStudent:
+    """A fresh model of ``kind``; the student's inference prior d̄ is ``prior_mean`` (uniform if None)."""
+    if kind == "teacher":
+        return CrossModalVAE(cfg)
+    prior = np.asarray(prior_mean if prior_mean is not None else np.full(cfg.n_genres, 1 / cfg.n_genres), dtype=np.float32)
+    return DecCMStudent(cfg, teacher, torch.as_tensor(prior))
+
+
+def load_for_inference(path: str | Path, device: torch.device | str = "cpu") -> tuple[CrossModalVAE | DecCMStudent, RunConfig]:
+    """Rebuild a trained model in eval mode from a run dir (its best epoch) or a ``best.pt``/``state.pt`` in one."""
+    path = Path(path)
+    run = _run_dir_of(path)
+    conf = read_config(run)
+    ckpt = path if path.is_file() else run / BEST
+    device = torch.device(device) if isinstance(device, str) else device
+    teacher = CrossModalVAE(ModelConfig.from_dict(conf.teacher_model)) if conf.teacher_model else None
+    model = build_model(conf.kind, conf.model, conf.prior_mean, teacher)
+    state = load_checkpoint(ckpt, device)
+    model.load_state_dict(state["best_model"] if ckpt.name == STATE else state["model"])
+    return model.to(device).eval(), conf
+
+
+# --------------------------------------------------------------------------- compatibility
+
+
+def check_feature_specs(a: dict[str, Any] | None, b: dict[str, Any] | None, what_a: str, what_b: str) -> None:
+    """Refuse to pair models and data whose features were extracted differently."""
+    from deccm.features.spec import SpecMismatch, require_same
+
+    for kind in ("video", "music"):
+        sa, sb = (a or {}).get(kind), (b or {}).get(kind)
+        if sa is None and sb is None:
+            continue
+        if sa is None or sb is None:
+            raise RunError(f"{what_a} and {what_b}: only one side records a {kind} extractor spec. "
+                           "Fix: use features extracted by deccm.features on both sides.")
+        try:
+            require_same(sa, sb, what_a, what_b)
+        except SpecMismatch as e:
+            raise RunError(f"{kind}: {e}") from None
+
+
+def check_data(conf: RunConfig, ds: "Dataset", what: str) -> None:
+    """A run can score ``ds``: same feature dims and extractor specs (other data only warns elsewhere)."""
+    dims = ds.manifest["dims"]
+    if (conf.model.video_dim, conf.model.music_dim) != (dims["video"], dims["music"]):
+        raise RunError(f"{what}: trained on {conf.model.video_dim}/{conf.model.music_dim}-d features, {ds.root} has "
+                       f"{dims['video']}/{dims['music']}. Fix: use data with the run's feature spec.")
+    check_feature_specs(conf.data.get("features"), ds.manifest.get("features"), f"model {what}", f"data {ds.root}")
+
+
+def check_teacher(teacher: RunConfig, where: Path, ds: "Dataset", cfg: ModelConfig) -> None:
+    """The teacher a student distils from: a teacher, same dims, same features, same data (fixes §9.4)."""
+    if teacher.kind != "teacher":
+        raise RunError(f"{where}: is a {teacher.kind} run, not a teacher. Fix: pass a run of `python -m deccm.train teacher`.")
+    for key in ("video_dim", "music_dim", "latent_dim"):
+        if getattr(teacher.model, key) != getattr(cfg, key):
+            raise RunError(f"{where}: teacher {key}={getattr(teacher.model, key)} but the student needs {getattr(cfg, key)}. "
+                           f"Fix: train the teacher on {ds.root} with the same latent size.")
+    check_feature_specs(teacher.data.get("features"), ds.manifest.get("features"), f"teacher {where}", f"student data {ds.root}")
+    if teacher.data["manifest_hash"] != ds.manifest_hash:
+        raise RunError(f"{where}: teacher was trained on data {teacher.data['name']} (manifest {teacher.data['manifest_hash'][:12]}), "
+                       f"the student's data is {ds.manifest.get('name')} (manifest {ds.manifest_hash[:12]}). "
+                       f"Fix: python -m deccm.train teacher --data {ds.root}")
+    if not teacher.finished:
+        raise RunError(f"{where}: the teacher has not finished training. Fix: resume it first "
+                       f"(python -m deccm.train teacher --data {ds.root} --out {where} --resume).")
+
+
+def data_record(ds: "Dataset") -> dict[str, Any]:
+    """What a run stores about its data."""
+    return {**record_path(ds.root), "name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash,
+            "provenance": ds.manifest.get("provenance"), "synthetic": ds.is_synthetic,
+            "features": ds.manifest.get("features"), "confounder": ds.manifest.get("confounder")}
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout (for provenance)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("deccm")
+    except PackageNotFoundError:
+        v = "unknown"
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head.parent / ref[5:]).read_text().strip()
+        return f"{v}+g{ref[:12]}"
+    except OSError:
+        return v
