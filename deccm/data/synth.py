@@ -24,7 +24,8 @@ genre distribution estimated *leave-one-out* from their other training rows (smo
 toward the global genre share, so it carries no label of its own row, §9.13);
 ``propensity`` is that prior's mass on the chosen track's genre; ``video_genre`` marks
 the genres whose best track fits the video nearly best; val/test weights are inverse
-popularity ``1/(n(m)+1)`` from training positives only, normalised to sum to 1.
+popularity ``1/(n(m)+1)`` from training positives only, normalised to sum to 1. The
+formulas live in ``deccm.data.protocol``, shared with the demo corpus and user data.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from deccm.data.format import N_NEGATIVES, PGC, UGC, PairRows, RankRows, TrainRows, Truth, write_dataset
+from deccm.data import protocol
+from deccm.data.format import N_NEGATIVES, PGC, UGC, PairRows, RankRows, Truth, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -152,37 +154,6 @@ class _World:
         return picks, vgenre
 
 
-def sample_negatives(rng: np.random.Generator, positives: np.ndarray, n_tracks: int, k: int = N_NEGATIVES) -> np.ndarray:
-    """(N, k) distinct uniform negatives per row, never the row's positive; no Python row loop."""
-    out = np.empty((len(positives), k), dtype=np.int64)
-    for s in range(0, len(positives), CHUNK):
-        pos = positives[s:s + CHUNK]
-        keys = rng.random((len(pos), n_tracks))
-        keys[np.arange(len(pos)), pos] = np.inf  # the positive sorts last, never among the k smallest
-        out[s:s + CHUNK] = np.argpartition(keys, k - 1, axis=1)[:, :k]
-    return out
-
-
-def inverse_popularity_weights(train_music: np.ndarray, positives: np.ndarray, n_tracks: int) -> np.ndarray:
-    """w_i = (1/(n(m_i)+1)) / Σ_j (1/(n(m_j)+1)), n = count among training positives (§7)."""
-    counts = np.bincount(train_music, minlength=n_tracks)
-    w = 1.0 / (counts[positives] + 1.0)
-    return w / w.sum()
-
-
-def uploader_priors(uploader: np.ndarray, genre: np.ndarray, n_uploaders: int, g: int,
-                    alpha: float, leave_one_out: bool, train_uploader: np.ndarray, train_genre: np.ndarray) -> np.ndarray:
-    """Smoothed genre distribution of each row's uploader from training rows (optionally minus the row itself)."""
-    counts = np.zeros((n_uploaders, g))
-    np.add.at(counts, (train_uploader, train_genre), 1.0)
-    glob = np.bincount(train_genre, minlength=g) / len(train_genre)
-    c = counts[uploader]
-    if leave_one_out:
-        c[np.arange(len(uploader)), genre] -= 1.0
-    p = (c + alpha * glob) / (c.sum(axis=1, keepdims=True) + alpha)
-    return p.astype(np.float32)
-
-
 def generate(cfg: SynthConfig) -> dict[str, Any]:
     """Build every part of a synthetic dataset in memory (chunked where it is large)."""
     if cfg.n_tracks <= N_NEGATIVES:
@@ -200,33 +171,24 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
     oracle, _ = w.draw(zv[test_ids], None, cfg.beta, 0.0, "oracle choices")
 
     tr = np.arange(cfg.n_train)
-    tr_music, tr_up = biased[tr], uploader[tr]
-    tr_genre = w.track_genre[tr_music]
-    prior = uploader_priors(tr_up, tr_genre, cfg.n_uploaders, g, cfg.prior_smoothing, True, tr_up, tr_genre)
-    propensity = np.clip(prior[np.arange(len(tr)), tr_genre], 0.01, 1.0).astype(np.float32)
-    train = TrainRows(video=tr, music=tr_music, video_genre=vgenre[tr], prior=prior, propensity=propensity, uploader=tr_up)
+    train = protocol.train_rows(tr, biased[tr], vgenre[tr], w.track_genre, g, uploader=uploader[tr],
+                                n_uploaders=cfg.n_uploaders, alpha=cfg.prior_smoothing)
 
     def rank_rows(ids: np.ndarray, positives: np.ndarray) -> RankRows:
-        return RankRows(
-            video=ids, music=positives,
-            negatives=sample_negatives(rng, positives, cfg.n_tracks),
-            weight=inverse_popularity_weights(tr_music, positives, cfg.n_tracks),
-            prior=uploader_priors(uploader[ids], w.track_genre[positives], cfg.n_uploaders, g, cfg.prior_smoothing, False, tr_up, tr_genre),
-            uploader=uploader[ids],
-        )
+        return protocol.rank_rows(rng, ids, positives, train, w.track_genre, g, uploader=uploader[ids],
+                                  n_uploaders=cfg.n_uploaders, alpha=cfg.prior_smoothing)
 
     val_ids = np.arange(cfg.n_train, cfg.n_train + cfg.n_val)
     ugc = UGC(
         video_features=w.video_features(zv, "video features"),
         music_features=w.music_features(),
-        prior_mean=prior.mean(axis=0).astype(np.float32),
+        prior_mean=protocol.prior_mean(train.prior),
         music_genre=w.track_genre,
         train=train,
         val=rank_rows(val_ids, biased[val_ids]),
         test=rank_rows(test_ids, biased[test_ids]),
         test_oracle=rank_rows(test_ids, oracle),
     )
-    ugc.prior_mean /= ugc.prior_mean.sum()
 
     log.info("drawing %d professional (PGC) pairs", cfg.n_pgc)
     zs = rng.standard_normal((cfg.n_pgc, k)).astype(np.float32)
@@ -264,8 +226,6 @@ def synth(dest: str | Path, preset: str = "small", seed: int = 0, overwrite: boo
         "dims": {"music_blocks": [{"name": "embedding", "dim": cfg.music_embed_dim},
                                   {"name": "descriptor", "dim": cfg.music_desc_dim}]},
         "generator": {"module": "deccm.data.synth", "preset": preset, **asdict(cfg)},
-        "weights": "inverse popularity 1/(n+1) of the positive among training positives, normalised to sum to 1",
-        "prior": "leave-one-out smoothed genre distribution of the uploader's training rows",
-        "propensity": "the row's prior mass on its positive's genre, clipped to [0.01, 1]",
+        **protocol.NOTES,
     }
     return write_dataset(dest, manifest, overwrite=overwrite, **parts)

@@ -21,8 +21,8 @@ Stages (each timed, see :class:`Timings`):
 5. **extract** (video): features of every clip; a clip that fails drops its rows.
 6. **assemble**: train rows carry leave-one-out uploader priors and propensities, ranked
    splits 100 uniform negatives and inverse-popularity weights from training counts only
-   (the helpers of ``deccm.data.synth``); written atomically by ``write_dataset`` with the
-   media attached under ``media/``.
+   (``deccm.data.protocol``, shared with the synthetic benchmark and user data); written
+   atomically by ``write_dataset`` with the media attached under ``media/``.
 """
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deccm import config
+from deccm.data import protocol
 from deccm.data.corpus import catalog, music, relation, video
-from deccm.data.format import N_NEGATIVES, PGC, UGC, PairRows, RankRows, TrainRows, write_dataset
-from deccm.data.synth import inverse_popularity_weights, sample_negatives, uploader_priors
+from deccm.data.format import N_NEGATIVES, PGC, UGC, PairRows, RankRows, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -253,16 +253,6 @@ def make_clips(cfg: CorpusConfig, specs: list[tuple[Path, np.ndarray, float, int
 # --------------------------------------------------------------------------- assembly
 
 
-def _rank_rows(rng: np.random.Generator, ids: np.ndarray, positives: np.ndarray, m: int, tr_music: np.ndarray,
-               uploader: np.ndarray, genre: np.ndarray, cfg: CorpusConfig, tr_up: np.ndarray, tr_genre: np.ndarray) -> RankRows:
-    return RankRows(
-        video=ids, music=positives, negatives=sample_negatives(rng, positives, m),
-        weight=inverse_popularity_weights(tr_music, positives, m),
-        prior=uploader_priors(uploader[ids], genre[positives], cfg.n_uploaders, len(catalog.GENRES), cfg.prior_smoothing,
-                              False, tr_up, tr_genre),
-        uploader=uploader[ids])
-
-
 def build_corpus(dest: str | Path, size: str = "default", seed: int = 0, workers: int = 2, overwrite: bool = False,
                  **overrides: Any) -> tuple[Path, Timings]:
     """Make the demo corpus of ``size`` and write it atomically to ``dest``; returns the path and stage timings."""
@@ -348,7 +338,7 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
     """Rows, priors, weights, CSVs and manifest from what survived; written atomically to ``dest``."""
     rng = np.random.default_rng([cfg.seed, 33])
     media = work / MEDIA
-    m, n = len(tracks), cfg.n_ugc
+    n = cfg.n_ugc
     g = len(catalog.GENRES)
     ugc_ok = np.flatnonzero(good[:n])  # surviving UGC clips, in draw order
     pgc_ok = np.flatnonzero(good[n:])
@@ -359,20 +349,21 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
     tr, va, te = ids[:n_train], ids[n_train:n_train + n_val], ids[n_train + n_val:]
     uploader = w.ugc_uploader[ugc_ok]
     pick = w.ugc_pick[ugc_ok]
-    tr_music, tr_up = pick[tr], uploader[tr]
-    tr_genre = genre[tr_music]
-    prior = uploader_priors(tr_up, tr_genre, cfg.n_uploaders, g, cfg.prior_smoothing, True, tr_up, tr_genre)
-    propensity = np.clip(prior[np.arange(len(tr)), tr_genre], 0.01, 1.0).astype(np.float32)
-    args = (m, tr_music, uploader, genre, cfg, tr_up, tr_genre)
+    train = protocol.train_rows(tr, pick[tr], w.video_genre[ugc_ok][tr], genre, g, uploader=uploader[tr],
+                                n_uploaders=cfg.n_uploaders, alpha=cfg.prior_smoothing)
+
+    def rank_rows(rows: np.ndarray, positives: np.ndarray) -> RankRows:
+        return protocol.rank_rows(rng, rows, positives, train, genre, g, uploader=uploader[rows],
+                                  n_uploaders=cfg.n_uploaders, alpha=cfg.prior_smoothing)
+
     ugc = UGC(
         video_features=vfeat[ugc_ok], music_features=music_features,
-        prior_mean=(prior.mean(axis=0) / prior.mean(axis=0).sum()).astype(np.float32), music_genre=genre,
+        prior_mean=protocol.prior_mean(train.prior), music_genre=genre,
         music_norm_mean=mstore.norm_mean, music_norm_std=mstore.norm_std,
-        train=TrainRows(video=tr, music=tr_music, video_genre=w.video_genre[ugc_ok][tr], prior=prior, propensity=propensity,
-                        uploader=tr_up),
-        val=_rank_rows(rng, va, pick[va], *args),
-        test=_rank_rows(rng, te, pick[te], *args),
-        test_oracle=_rank_rows(rng, te, w.oracle_pick[ugc_ok][te], *args),
+        train=train,
+        val=rank_rows(va, pick[va]),
+        test=rank_rows(te, pick[te]),
+        test_oracle=rank_rows(te, w.oracle_pick[ugc_ok][te]),
     )
     n_pval = max(1, int(round(len(pgc_ok) * cfg.pgc_val_fraction)))
     seg = np.arange(len(pgc_ok))
@@ -434,9 +425,7 @@ def _manifest(cfg: CorpusConfig, size: str, tracks: list[music.Track], q: np.nda
                      f"clips: media/clips/{{ugc,pgc}}/NNNNN.mp4 (H.264 {cfg.width}x{cfg.height} @ {cfg.fps} fps, silent)",
             "soundfont": "TimGM6mb.sf2 (General MIDI, shipped with pretty-midi)",
         },
-        "weights": "inverse popularity 1/(n+1) of the positive among training positives, normalised to sum to 1",
-        "prior": "leave-one-out smoothed genre distribution of the uploader's training rows",
-        "propensity": "the row's prior mass on its positive's genre, clipped to [0.01, 1]",
+        **protocol.NOTES,
     }
 
 
