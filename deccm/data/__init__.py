@@ -1,4 +1,6 @@
-"""The data layer: native format, validation, legacy import and the synthetic benchmark."""
+"""The data layer: native format, validation, legacy import, the synthetic benchmark, the demo
+corpus and user data (``deccm.data.assemble``: feature stores + usage logs → dataset), all
+sharing one row protocol (``deccm.data.protocol``: priors, propensities, weights, negatives)."""
 from deccm.data.format import (
     PGC,
     UGC,

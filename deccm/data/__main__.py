@@ -37,6 +37,25 @@ def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
     c.add_argument("--workers", type=int, default=2, help="processes for rendering, threads for clips, extractor workers")
     c.add_argument("--overwrite", action="store_true", help="replace DST (only once the new data is complete)")
 
+    a = sub.add_parser("assemble", help="build a dataset from your own feature stores, usage logs and track metadata",
+                       description="Assemble your feature stores (python -m deccm.features videos|music --out DIR), usage "
+                                   "logs and track metadata into a validated dataset. STORE is the --out DIR of the "
+                                   "features CLI or its features/<kind>/ directory. Safe to re-run: the same inputs "
+                                   "return the existing dataset.")
+    a.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/NAME)")
+    a.add_argument("--videos", required=True, type=Path, metavar="STORE", help="feature store of the uploaded videos")
+    a.add_argument("--tracks", required=True, type=Path, metavar="STORE", help="music feature store of the track catalog")
+    a.add_argument("--logs", required=True, type=Path, metavar="CSV", help="usage logs: video,track[,uploader]")
+    a.add_argument("--tracks-meta", required=True, type=Path, metavar="CSV",
+                   help="id,title,artist,genre,licence,path (path = audio file relative to the CSV; genre may be empty)")
+    a.add_argument("--pgc", type=Path, metavar="STORE", help="videos feature store of professionally edited segments")
+    a.add_argument("--pgc-pairs", type=Path, metavar="CSV", help="segment,track pairs for --pgc")
+    a.add_argument("--seed", type=int)
+    a.add_argument("--val-fraction", type=float, help="share of the logged videos in val (default 0.1)")
+    a.add_argument("--test-fraction", type=float, help="share of the logged videos in test (default 0.2)")
+    a.add_argument("--name", help="dataset name in the manifest and default DST (default: assembled)")
+    a.add_argument("--overwrite", action="store_true", help="replace a different dataset at DST (only once the new one is complete)")
+
     i = sub.add_parser("import-legacy", help="convert the authors' data_matching/ + data_pgc/ layout")
     i.add_argument("src", type=Path, help="folder holding data_matching/ (and optionally data_pgc/)")
     i.add_argument("dst", type=Path)
@@ -74,6 +93,13 @@ def main(argv: list[str] | None = None, prog: str = "deccm data") -> int:
                     print(f"  {prob}", file=sys.stderr)
                 return 1
             print(f"\n{args.dir}: OK")
+        elif args.cmd == "assemble":
+            from deccm.data.assemble import DEFAULT_NAME, AssembleConfig, assemble, summary
+
+            keys = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs", "seed", "val_fraction", "test_fraction", "name")
+            cfg = AssembleConfig.from_dict({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
+            out = assemble(cfg, args.dst or config.data_dir(cfg.name or DEFAULT_NAME), overwrite=args.overwrite)
+            print(summary(out))
         elif args.cmd == "import-legacy":
             from deccm.data.legacy import import_legacy
 
