@@ -13,10 +13,11 @@ import av
 import numpy as np
 import pytest
 
-from deccm.data import DatasetError, load_dataset
+from deccm.data import load_dataset
 from deccm.data.corpus import build as corpus_build
 from deccm.data.corpus import relation, video
 from deccm.data.format import Dataset
+from deccm.runs import RunError
 
 
 @pytest.fixture(scope="module")
@@ -245,5 +246,23 @@ def test_models_train_and_evaluate_on_the_extracted_corpus(corpus: Path, tmp_pat
     results, payload = evaluate([str(student), "popularity"], corpus, ["test", "test_oracle"], n_boot=0, device="cpu")
     assert {r.split for r in results} == {"test", "test_oracle"}
     assert all(0.0 <= r.values["HR_w@10"] <= 1.0 for r in results)
-    with pytest.raises(DatasetError, match="1280/256-d features"):
+    with pytest.raises(RunError, match="1280/256-d features"):
         evaluate([str(student)], tiny_dataset, ["test"], n_boot=0, device="cpu")
+
+    # served from the run: the extractor rebuilt from the recorded spec ranks a real clip like evaluate does
+    from deccm.features import DecodeError
+    from deccm.serve import Recommender
+
+    rec = Recommender.from_run(student, device="cpu")
+    assert rec.extractor is not None and rec.extractor.spec == conf["data"]["features"]["video"]
+    ds = load_dataset(corpus)
+    row = next(v for v in ds.videos if v["kind"] == "ugc")
+    clip = corpus / row["path"]
+    top = rec.recommend(clip, k=5)
+    ids, _ = rec.rank_features(ds.ugc.video_features[int(row["id"])][None, :], k=5)
+    assert [s.track for s in top] == list(ids[0])  # the clip re-extracted equals its stored features' ranking
+    assert all(s.audio and Path(s.audio).is_file() for s in top)
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(DecodeError, match=f"{bad}: not a media file"):
+        rec.recommend(bad)

@@ -1,4 +1,4 @@
-"""Import of the authors' pickled layout (deccm-method.md §2)."""
+"""Import of the authors' pickled layout (docs/method.md §2)."""
 from __future__ import annotations
 
 import subprocess

@@ -28,7 +28,7 @@ Layout (every array is numeric and loaded with ``allow_pickle=False``)::
     pgc/{train,val}/{segment,music}.npy  (N,) int64
     truth/...                         synthetic data only: latents behind the true affinity
 
-Names follow the method (``deccm-method.md`` §2); ``deccm.data.legacy`` converts the
+Names follow the method (``docs/method.md`` §2); ``deccm.data.legacy`` converts the
 authors' pickled layout into this one.
 """
 from __future__ import annotations

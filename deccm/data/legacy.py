@@ -1,4 +1,4 @@
-"""Import the authors' layout (``data_matching/``, ``data_pgc/``, ``deccm-method.md`` §2).
+"""Import the authors' layout (``data_matching/``, ``data_pgc/``, ``docs/method.md`` §2).
 
 Their row files are numpy *object* arrays, i.e. pickles, and unpickling can execute
 arbitrary code. Reading them therefore needs an explicit ``trust_pickle=True``
@@ -53,7 +53,7 @@ def _find(root: Path, rel: str) -> Path:
     alt = path.with_suffix(".py")  # the authors' README names some files *.py
     if alt.is_file():
         return alt
-    raise DatasetError(f"{path}: missing. Fix: copy it from the authors' data release (expected layout in deccm-method.md §2).")
+    raise DatasetError(f"{path}: missing. Fix: copy it from the authors' data release (expected layout in docs/method.md §2).")
 
 
 def _load(root: Path, rel: str, trust_pickle: bool) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 One implementation for the synthetic benchmark (``deccm.data.synth``), the demo corpus
 (``deccm.data.corpus``) and user data (``deccm.data.assemble``), so a row means the same
-thing whatever made it (``deccm-method.md`` §2, §7, §9.13):
+thing whatever made it (``docs/method.md`` §2, §7, §9.13):
 
 * ``prior`` (uploader prior ``d_b``): the uploader's genre distribution over training
   rows, smoothed toward the global training genre share ``s``,

@@ -1,6 +1,6 @@
 """Feature-level synthetic benchmark with a planted confounder and a known truth.
 
-The generative story (the one DecCM's causal graph assumes, ``deccm-method.md`` §1):
+The generative story (the one DecCM's causal graph assumes, ``docs/method.md`` §1):
 
 * ``G`` genre groups with Zipf-like popularity ``π_g ∝ (g+1)^-s``; every track has a
   genre, a content latent ``z_m`` (partly genre-dependent: genres do differ in what they

@@ -1,4 +1,4 @@
-"""DecCM models: pure torch, no I/O (``deccm-method.md`` §3–§6)."""
+"""DecCM models: pure torch, no I/O (``docs/method.md`` §3–§6)."""
 from deccm.models.config import MODE_SWITCHES, ModelConfig
 from deccm.models.student import DecCMStudent
 from deccm.models.teacher import CrossModalVAE

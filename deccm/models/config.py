@@ -1,6 +1,6 @@
 """Model configuration: the paper's hyper-parameters and the named fixed-mode switches.
 
-``faithful`` reproduces the authors' computations, bugs included (``deccm-method.md`` §9);
+``faithful`` reproduces the authors' computations, bugs included (``docs/method.md`` §9);
 ``fixed`` (the default) turns on each correction below. Every switch is one field so a
 measurement can attribute a change to it (see ``docs/results.md``).
 """

@@ -1,4 +1,4 @@
-"""VAE building blocks shared by teacher and student (``deccm-method.md`` §3).
+"""VAE building blocks shared by teacher and student (``docs/method.md`` §3).
 
 Shapes: B batch, F input features (2048 video / 256 music), D latent (128).
 """
