@@ -347,6 +347,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deccm.data", "assemble", *map(str, args)], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_cli_assembles_summarises_and_reruns_safely(inputs: Inputs, tmp_path: Path, _state_dir: Path) -> None:
     common = ["--videos", inputs.out, "--tracks", inputs.out, "--logs", inputs.logs, "--tracks-meta", inputs.meta,
               "--pgc", inputs.pgc, "--pgc-pairs", inputs.pairs, "--seed", 2, "--name", "mine"]
@@ -366,6 +367,7 @@ def test_cli_assembles_summarises_and_reruns_safely(inputs: Inputs, tmp_path: Pa
     assert r.returncode == 2 and "--overwrite" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_input_and_confounder_off(tmp_path: Path) -> None:
     inp = Inputs(tmp_path / "in", uploaders=False)
     r = _cli(tmp_path / "ds", "--videos", inp.out, "--tracks", store_dir(inp.out, "music"), "--logs", inp.logs,

@@ -64,6 +64,7 @@ def _audio(path: Path) -> tuple[np.ndarray, int]:
         return x.astype(np.float64), s.codec_context.sample_rate
 
 
+@pytest.mark.slow
 def test_dataset_is_extracted_native_format_with_honest_specs(ds: Dataset) -> None:
     m = ds.manifest
     assert m["provenance"] == "extracted" and not ds.is_synthetic
@@ -84,6 +85,7 @@ def test_dataset_is_extracted_native_format_with_honest_specs(ds: Dataset) -> No
     assert ds.pgc.music_features.shape == u.music_features.shape
 
 
+@pytest.mark.slow
 def test_tracks_are_real_licensed_audio_of_the_stated_length(ds: Dataset) -> None:
     lo, hi = ds.manifest["generator"]["track_seconds"]
     assert len(ds.tracks) == ds.n_tracks >= 101
@@ -97,6 +99,7 @@ def test_tracks_are_real_licensed_audio_of_the_stated_length(ds: Dataset) -> Non
         assert np.sqrt(np.mean(x ** 2)) > 1e-3, f"{t['path']} is silent"
 
 
+@pytest.mark.slow
 def test_clips_have_the_stated_size_and_duration(ds: Dataset) -> None:
     gen = ds.manifest["generator"]
     lo, hi = gen["clip_seconds"]
@@ -107,6 +110,7 @@ def test_clips_have_the_stated_size_and_duration(ds: Dataset) -> None:
         assert abs(seconds - float(v["seconds"])) <= 1.01 / gen["fps"] and lo - 0.2 <= seconds <= hi + 0.2
 
 
+@pytest.mark.slow
 def test_dataset_clips_show_their_brightness_and_warmth(ds: Dataset) -> None:
     rows = ds.videos[::2]
     got = []
@@ -120,6 +124,7 @@ def test_dataset_clips_show_their_brightness_and_warmth(ds: Dataset) -> None:
     assert _spearman(want[:, 1], got_a[:, 1]) > 0.85  # warmth → red vs blue
 
 
+@pytest.mark.slow
 def test_clip_generator_obeys_motion_cuts_and_texture(tmp_path: Path) -> None:
     """Controlled sweeps: one property varies, the others stay at 0 (slow, few cuts where they would blur the measure)."""
     def grey(props: list[float], seconds: float = 4.0) -> np.ndarray:
@@ -147,6 +152,7 @@ def test_clip_generator_obeys_motion_cuts_and_texture(tmp_path: Path) -> None:
     assert detail[0] < detail[1] < detail[2]  # more blobs per width → finer texture
 
 
+@pytest.mark.slow
 def test_rendered_tracks_carry_their_assigned_tempo_mode_and_loudness(ds: Dataset) -> None:
     import pretty_midi
     from music21 import converter
@@ -177,6 +183,7 @@ def test_rendered_tracks_carry_their_assigned_tempo_mode_and_loudness(ds: Datase
     np.testing.assert_allclose(q, relation.music_vector(tempo, modes, tr["onsets_per_s"], tr["rms_db"], tr["voices"]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_logged_choices_over_represent_popular_genres(ds: Dataset) -> None:
     u = ds.ugc
     popular = np.isin(u.music_genre, [0, 1])  # the two most popular groups
@@ -194,6 +201,7 @@ def test_logged_choices_over_represent_popular_genres(ds: Dataset) -> None:
     assert abs(share(u.test.music) - share(u.train.music)) < 0.2  # biased test is drawn like training
 
 
+@pytest.mark.slow
 def test_true_affinity_is_stored_and_drives_oracle_and_pgc_pairs(ds: Dataset) -> None:
     v, q = relation.from_manifest(ds.manifest, ds.videos)
     rows = ds.ugc.test_oracle
@@ -209,6 +217,7 @@ def test_true_affinity_is_stored_and_drives_oracle_and_pgc_pairs(ds: Dataset) ->
     assert np.median(own_rank) < 0.05 * ds.n_tracks  # a PGC clip is made from its track
 
 
+@pytest.mark.slow
 def test_existing_destination_is_refused_before_any_work(corpus: Path) -> None:
     with pytest.raises(FileExistsError):
         corpus_build.build_corpus(corpus, size="tiny")
@@ -231,6 +240,7 @@ def test_unknown_size_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_models_train_and_evaluate_on_the_extracted_corpus(corpus: Path, tmp_path: Path, tiny_dataset: Path) -> None:
     """The real-media dataset goes through the same training and evaluation as synthetic data."""
     from deccm.evaluate import evaluate

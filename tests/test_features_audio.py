@@ -40,6 +40,7 @@ def _named(extractor: MusicExtractor, vec: np.ndarray, name: str) -> float:
     return float(vec[names.index(name)])
 
 
+@pytest.mark.slow
 def test_music_vector_is_vggish_then_egemaps_then_librosa(music: MusicExtractor, tracks: dict[str, Path]) -> None:
     vec = music.extract(tracks["tone"])
     assert vec.shape == (256,) and vec.dtype == np.float32 and np.isfinite(vec).all()

@@ -127,6 +127,7 @@ def _empty(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_music_batch_keeps_raw_fits_norm_and_can_reuse_given_stats(folder: Path, tmp_path: Path) -> None:
     src = tmp_path / "music"
     src.mkdir()
@@ -173,6 +174,7 @@ def _cli(*args: str, env_home: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deccm.features", *args], capture_output=True, text=True, cwd=REPO, env=env)
 
 
+@pytest.mark.slow
 def test_cli_two_workers_match_one_and_strict_exits_nonzero_naming_the_file(folder: Path, tmp_path: Path) -> None:
     one = extract_batch("videos", folder, tmp_path / "one", cache_dir=tmp_path / "cache1", progress=False)
     proc = _cli("videos", "--in", str(folder), "--out", str(tmp_path / "two"), "--workers", "2",

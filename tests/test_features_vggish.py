@@ -46,6 +46,7 @@ def test_network_has_exactly_the_published_parameter_names_and_shapes() -> None:
     assert got == PUBLISHED_SHAPES
 
 
+@pytest.mark.slow
 def test_published_state_dict_loads_strictly_and_is_recorded(published_file: Path) -> None:
     net, info = vggish.load_vggish(published_file)
     assert info == {"file": "vggish-10086976.pth", "source": "file", "sha256": io.sha256_file(published_file)}

@@ -164,6 +164,7 @@ def test_configs_from_a_plain_dict() -> None:
         configs_from_dict({"variant": "best"})
 
 
+@pytest.mark.slow
 def test_a_mistyped_run_dir_names_itself(tmp_path: Path) -> None:
     wrong = tmp_path / "runs" / "studnet"
     (tmp_path / "runs").mkdir()

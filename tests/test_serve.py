@@ -56,6 +56,7 @@ def test_recommender_ranks_like_evaluate(student_run: Path, tiny_dataset: Path) 
         rec.recommend(feats[3][:100])
 
 
+@pytest.mark.slow
 def test_serving_never_imports_training(student_run: Path, tiny_dataset: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
@@ -74,6 +75,7 @@ def test_serving_never_imports_training(student_run: Path, tiny_dataset: Path) -
     assert "IMPORTED []" in r.stdout
 
 
+@pytest.mark.slow
 def test_recommend_cli_on_features_only_run_says_why(student_run: Path, tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"\x00" * 64)

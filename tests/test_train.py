@@ -112,6 +112,7 @@ def test_faithful_mode_config_has_authors_settings() -> None:
     assert TrainConfig().learning_rate("teacher") == 1e-4 and TrainConfig().learning_rate("student") == 1e-3
 
 
+@pytest.mark.slow
 def test_cli_train_and_evaluate_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "train.toml"
     cfg.write_text("[train]\nepochs = 2\nbatch_size = 64\nseed = 3\n[model]\nlatent_dim = 32\n")
@@ -155,6 +156,7 @@ def test_feature_specs_must_match() -> None:
         check_feature_specs({"video": spec}, None, "a", "b")
 
 
+@pytest.mark.slow
 def test_validation_score_is_evaluates_number(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
     from deccm.evaluate import evaluate
 
@@ -164,6 +166,7 @@ def test_validation_score_is_evaluates_number(tiny_dataset: Path, teacher_run: P
     assert results[0].values[f"HR_w@{conf.train.eval_k}"] == pytest.approx(conf.best_val, abs=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,lr", [("teacher", "0.0001"), ("student", "0.001")])
 def test_cli_help_shows_real_defaults(kind: str, lr: str) -> None:
     r = subprocess.run([sys.executable, "-m", "deccm.train", kind, "--help"], capture_output=True, text=True)

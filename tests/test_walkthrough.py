@@ -7,6 +7,7 @@ drift from what works: clips and tracks → features → ``deccm data assemble``
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import subprocess
@@ -74,3 +75,15 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         assert cells[0] == str(rank) and cells[2] in GENRES and f"{cells[3]} {cells[4]}" in titles
     data = tmp_path / ".deccm/data/mine"
     assert (data / "dataset.json").is_file() and len(list((data / "media/tracks").iterdir())) == N_TRACKS
+
+    # the same suggestions as JSON, and a file that is not a video gets the decoder's reason, not a traceback
+    run = ".deccm/runs/student-plain-fixed-s1234"
+    r = subprocess.run(["deccm", "recommend", run, "clips/clip-000.mp4", "--k", "5", "--json"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)["suggestions"]
+    assert [s["title"] for s in got] == [" ".join(line.split()[3:5]) for line in lines[1:]]
+    assert all(Path(s["audio"]).is_file() and s["genre"] in GENRES for s in got)
+    (tmp_path / "notes.mp4").write_text("hello")
+    r = subprocess.run(["deccm", "recommend", run, "notes.mp4"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "notes.mp4: not a media file" in r.stderr and "Traceback" not in r.stderr
