@@ -10,6 +10,8 @@ COMMANDS = {
     "train": ("deccm.train", "train a teacher, student or baseline"),
     "evaluate": ("deccm.evaluate", "score models on a split: tables, JSON, comparisons"),
     "recommend": ("deccm.serve", "rank a trained run's music catalog for a video clip"),
+    "registry": ("deccm.registry", "the deccm-student model registry: list, promote, rollback"),
+    "pipeline": ("deccm.pipeline", "run the retraining pipeline's stages in this process (no Airflow)"),
 }
 
 

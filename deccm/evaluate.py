@@ -220,6 +220,7 @@ def build_parser(prog: str = "deccm evaluate") -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: $DECCM_HOME/eval/<models>.json)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0 = none)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-track", action="store_true", help="do not log the figures to the models' MLflow runs")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -242,7 +243,29 @@ def main(argv: list[str] | None = None, prog: str = "deccm evaluate") -> int:
     out = args.out or config.state_path("eval", "-".join(Path(m).name for m in models)[:120] + ".json")
     io.write_json(out, payload)
     print(f"\nwrote {out}")
+    if not args.no_track:
+        _log_to_mlflow(models, results)
     return 0
+
+
+def _log_to_mlflow(models: list[str], results: list[SplitResult]) -> None:
+    """Each evaluated run's figures go to its training's MLflow run (when it was tracked)."""
+    from deccm import tracking
+
+    names = {r.model for r in results}
+    for spec in models:
+        if spec == "popularity":
+            continue
+        try:
+            conf = read_config(spec)
+            run_id = tracking.find_run(spec, conf)
+            name = conf.name if conf.name in names else None
+            if run_id is None or name is None:
+                continue
+            tracking.log_metrics(run_id, {f"eval.{r.split}.{m}": v for r in results if r.model == name for m, v in r.values.items()})
+            print(f"logged {name}'s figures to MLflow run {run_id}")
+        except Exception as e:  # noqa: BLE001 - tracking is a side channel: never fail the evaluation for it
+            log.warning("could not log %s to MLflow: %s", spec, e)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ relative to it, so a moved state dir still finds its data.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -165,8 +166,8 @@ class RunConfig:
     def settings(self) -> dict[str, Any]:
         """What must match for a resume or an idempotent rerun to be the same run."""
         train = {k: v for k, v in asdict(self.train).items() if k != "device"}  # where it runs does not change the run
-        return {"kind": self.kind, "variant": self.variant, "model": self.model.to_dict(), "train": train,
-                "manifest_hash": self.data["manifest_hash"],
+        data = self.data.get("pgc_hash") if self.kind == "teacher" else self.data["manifest_hash"]  # a teacher sees PGC only
+        return {"kind": self.kind, "variant": self.variant, "model": self.model.to_dict(), "train": train, "data": data,
                 "teacher": (self.teacher or {}).get("best_sha256")}
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,7 +190,7 @@ class RunConfig:
             raise RunError(f"{where}: malformed run config ({e}). Fix: retrain the run.") from e
 
 
-def _run_dir_of(path: Path) -> Path:
+def run_dir_of(path: Path) -> Path:
     """The run dir for a run dir or a checkpoint file in one; a missing path names itself."""
     if not path.exists():
         raise RunError(f"{path}: no such run directory. Fix: pass a directory written by `python -m deccm.train` "
@@ -199,7 +200,7 @@ def _run_dir_of(path: Path) -> Path:
 
 def read_config(path: str | Path) -> RunConfig:
     """A run's config (from a run dir, or a checkpoint file in one) without loading any weights."""
-    run = _run_dir_of(Path(path))
+    run = run_dir_of(Path(path))
     cfg = run / CONFIG
     if not cfg.is_file():
         raise RunError(f"{run}: no {CONFIG}, so this is not a deccm run dir. Fix: pass the directory written by "
@@ -296,7 +297,7 @@ def build_model(kind: Kind, cfg: ModelConfig, prior_mean: np.ndarray | list[floa
 def load_for_inference(path: str | Path, device: torch.device | str = "cpu") -> tuple[CrossModalVAE | DecCMStudent, RunConfig]:
     """Rebuild a trained model in eval mode from a run dir (its best epoch) or a ``best.pt``/``state.pt`` in one."""
     path = Path(path)
-    run = _run_dir_of(path)
+    run = run_dir_of(path)
     conf = read_config(run)
     ckpt = path if path.is_file() else run / BEST
     device = torch.device(device) if isinstance(device, str) else device
@@ -337,7 +338,7 @@ def check_data(conf: RunConfig, ds: "Dataset", what: str) -> None:
 
 
 def check_teacher(teacher: RunConfig, where: Path, ds: "Dataset", cfg: ModelConfig) -> None:
-    """The teacher a student distils from: a teacher, same dims, same features, same data (fixes §9.4)."""
+    """The teacher a student distils from: a teacher, same dims, same features, same PGC data (fixes §9.4)."""
     if teacher.kind != "teacher":
         raise RunError(f"{where}: is a {teacher.kind} run, not a teacher. Fix: pass a run of `python -m deccm.train teacher`.")
     for key in ("video_dim", "music_dim", "latent_dim"):
@@ -345,18 +346,33 @@ def check_teacher(teacher: RunConfig, where: Path, ds: "Dataset", cfg: ModelConf
             raise RunError(f"{where}: teacher {key}={getattr(teacher.model, key)} but the student needs {getattr(cfg, key)}. "
                            f"Fix: train the teacher on {ds.root} with the same latent size.")
     check_feature_specs(teacher.data.get("features"), ds.manifest.get("features"), f"teacher {where}", f"student data {ds.root}")
-    if teacher.data["manifest_hash"] != ds.manifest_hash:
-        raise RunError(f"{where}: teacher was trained on data {teacher.data['name']} (manifest {teacher.data['manifest_hash'][:12]}), "
-                       f"the student's data is {ds.manifest.get('name')} (manifest {ds.manifest_hash[:12]}). "
-                       f"Fix: python -m deccm.train teacher --data {ds.root}")
+    same = (teacher.data.get("pgc_hash") == pgc_hash(ds) if teacher.data.get("pgc_hash")
+            else teacher.data["manifest_hash"] == ds.manifest_hash)
+    if not same:
+        raise RunError(f"{where}: teacher was trained on data {teacher.data['name']} (manifest {teacher.data['manifest_hash'][:12]}) "
+                       f"whose PGC part differs from that of the student's data {ds.manifest.get('name')} "
+                       f"(manifest {ds.manifest_hash[:12]}). Fix: python -m deccm.train teacher --data {ds.root}")
     if not teacher.finished:
         raise RunError(f"{where}: the teacher has not finished training. Fix: resume it first "
                        f"(python -m deccm.train teacher --data {ds.root} --out {where} --resume).")
 
 
+def pgc_hash(ds: "Dataset") -> str | None:
+    """Identity of what a teacher learns from: the PGC arrays' sha256 and the extractor specs (None without PGC).
+
+    New uploads change the dataset's manifest but not this, so a teacher stays valid for them.
+    """
+    files = ds.manifest.get("files", {})
+    pgc = {k: v.get("sha256") for k, v in sorted(files.items()) if k.startswith("pgc/")}
+    if not pgc:
+        return None
+    body = json.dumps({"pgc": pgc, "features": ds.manifest.get("features"), "dims": ds.manifest.get("dims")}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def data_record(ds: "Dataset") -> dict[str, Any]:
     """What a run stores about its data."""
-    return {**record_path(ds.root), "name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash,
+    return {**record_path(ds.root), "name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash, "pgc_hash": pgc_hash(ds),
             "provenance": ds.manifest.get("provenance"), "synthetic": ds.is_synthetic,
             "features": ds.manifest.get("features"), "confounder": ds.manifest.get("confounder")}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from deccm import config, metrics
+from deccm import config, io, metrics
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
-from deccm.runs import RunConfig, RunError, check_data, load_for_inference
+from deccm.runs import BEST, CONFIG, RunConfig, RunError, check_data, load_for_inference, run_dir_of
 
 log = logging.getLogger(__name__)
 BATCH = 4096
@@ -43,6 +44,7 @@ class Ranker:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     info: dict[str, Any] = field(default_factory=dict)
     run: RunConfig | None = None  # the run it was loaded from (None for popularity and ad-hoc rankers)
+    run_dir: Path | None = None
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray) -> np.ndarray:
         out = []
@@ -94,7 +96,8 @@ def load_ranker(path: str | Path, device: str = "auto") -> Ranker:
     """A ranker from a run directory (or a checkpoint file in one) written by ``deccm.train``."""
     dev = config.resolve_device(device)
     model, conf = load_for_inference(path, device=dev)
-    return Ranker(conf.name, model.video_embed, model.music_embed, dev, info=conf.to_dict(), run=conf)
+    return Ranker(conf.name, model.video_embed, model.music_embed, dev, info=conf.to_dict(), run=conf,
+                  run_dir=run_dir_of(Path(path)))
 
 
 # --------------------------------------------------------------------------- the recommender
@@ -116,18 +119,59 @@ class Suggestion:
         return asdict(self)
 
 
-class Recommender:
-    """A trained run ready to rank clips against its catalog; build with :meth:`from_run`."""
+@dataclass
+class Catalog:
+    """The tracks a model ranks: its vectors for them (computed once) and what a person sees and hears."""
 
-    def __init__(self, ranker: Ranker, catalog: Dataset, extractor: Any | None = None):
+    vectors: np.ndarray  # (M, D') the model's track vectors
+    tracks: list[dict[str, str]]  # per track id: title, artist, genre, audio (absolute path or "")
+    genres: list[str]
+    source: dict[str, Any]  # the dataset it came from: name, manifest_hash, path
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset, ranker: Ranker) -> "Catalog":
+        genre = ds.ugc.music_genre
+        rows = {int(r["id"]): r for r in ds.tracks if str(r.get("id", "")).lstrip("-").isdigit()}
+        tracks = []
+        for t in range(ds.n_tracks):
+            row = rows.get(t, {})
+            g = int(genre[t]) if genre is not None else -1
+            path = row.get("path") or ""
+            tracks.append({"title": row.get("title") or f"track {t}", "artist": row.get("artist") or "",
+                           "genre": ds.genres[g] if 0 <= g < ds.n_genres else (row.get("genre") or ""),
+                           "audio": str((ds.root / path).resolve()) if path else ""})
+        return cls(ranker.music_vectors(ds.ugc.music_features), tracks, ds.genres,
+                   {"name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash, "path": str(ds.root.resolve())})
+
+    def save(self, dest: Path) -> None:
+        io.save_npy(dest / "vectors.npy", self.vectors.astype(np.float32))
+        io.write_json(dest / "catalog.json", {"genres": self.genres, "source": self.source, "tracks": self.tracks})
+
+    @classmethod
+    def load(cls, src: Path) -> "Catalog":
+        meta = json.loads((src / "catalog.json").read_text())
+        vectors = io.load_npy(src / "vectors.npy")
+        if vectors.shape[0] != len(meta["tracks"]):
+            raise RunError(f"{src}: {vectors.shape[0]} track vectors for {len(meta['tracks'])} tracks. Fix: export the bundle again.")
+        return cls(vectors, meta["tracks"], meta["genres"], meta["source"])
+
+    def genre_mix(self) -> dict[str, float]:
+        """Share of each genre in the whole catalog (what a suggestion list is compared with)."""
+        names = [t["genre"] for t in self.tracks]
+        return {g: names.count(g) / len(names) for g in self.genres}
+
+
+class Recommender:
+    """A trained run ready to rank clips against its catalog; build with :meth:`from_run` or :meth:`from_bundle`."""
+
+    def __init__(self, ranker: Ranker, catalog: Catalog, extractor: Any | None = None):
+        if ranker.run is None:
+            raise RunError("a Recommender needs a trained run's ranker")
         self.ranker = ranker
-        self.run = ranker.run
+        self.run: RunConfig = ranker.run
         self.catalog = catalog
         self.extractor = extractor  # VideoExtractor rebuilt from the run's spec, or None (features only)
-        self.track_vectors = ranker.music_vectors(catalog.ugc.music_features)  # (M, D), computed once
-        self.genres = catalog.genres
-        self._genre = catalog.ugc.music_genre
-        self._rows = {int(r["id"]): r for r in catalog.tracks if str(r.get("id", "")).lstrip("-").isdigit()}
+        self.card: dict[str, Any] = {}  # the model card, when served from a registered bundle
 
     @classmethod
     def from_run(cls, run: str | Path, device: str = "auto", extractor: bool = True) -> "Recommender":
@@ -138,24 +182,52 @@ class Recommender:
         precomputed features only.
         """
         ranker = load_ranker(run, device)
-        conf = ranker.run
-        assert conf is not None
-        catalog = load_dataset(conf.data_path)
-        check_data(conf, catalog, str(run))
-        ext = None
-        spec = (conf.data.get("features") or {}).get("video")
-        if extractor and spec is not None:
-            from deccm.features import SpecMismatch, VideoExtractor, WeightsError
+        assert ranker.run is not None
+        ds = load_dataset(ranker.run.data_path)
+        check_data(ranker.run, ds, str(run))
+        return cls(ranker, Catalog.from_dataset(ds, ranker), _extractor(ranker.run, device) if extractor else None)
 
-            try:
-                ext = VideoExtractor.from_spec(spec, device=device)
-            except (SpecMismatch, WeightsError, ValueError) as e:
-                raise RunError(f"{run}: cannot rebuild the video extractor the run was trained with ({e}).") from e
-        return cls(ranker, catalog, ext)
+    def save_bundle(self, dest: str | Path) -> Path:
+        """Everything serving needs, in one directory: ``run/`` (config + best weights), ``catalog/``, ``card.json``.
+
+        Written atomically; :meth:`from_bundle` serves it without the training data.
+        """
+        run_dir = self.ranker.run_dir
+        assert run_dir is not None
+        with io.atomic_dir(dest, overwrite=True) as tmp:
+            (tmp / "run").mkdir()
+            for name in (CONFIG, BEST):
+                shutil.copy2(run_dir / name, tmp / "run" / name)
+            (tmp / "catalog").mkdir()
+            self.catalog.save(tmp / "catalog")
+        return Path(dest)
+
+    @classmethod
+    def from_bundle(cls, bundle: str | Path, device: str = "auto", extractor: bool = True) -> "Recommender":
+        """Serve a bundle written by :meth:`save_bundle` (e.g. a registered model's artifacts)."""
+        bundle = Path(bundle)
+        if not (bundle / "run" / CONFIG).is_file() or not (bundle / "catalog" / "catalog.json").is_file():
+            raise RunError(f"{bundle}: not a deccm serving bundle (needs run/{CONFIG} and catalog/catalog.json). "
+                           "Fix: export it with Recommender.save_bundle or register the run again.")
+        ranker = load_ranker(bundle / "run", device)
+        assert ranker.run is not None
+        catalog = Catalog.load(bundle / "catalog")
+        want = ranker.music_vectors(np.zeros((1, ranker.run.model.music_dim), np.float32)).shape[1]
+        if catalog.vectors.shape[1] != want:
+            raise RunError(f"{bundle}: catalog vectors have {catalog.vectors.shape[1]} columns, the model makes {want}. "
+                           "Fix: export the bundle again from its run.")
+        rec = cls(ranker, catalog, _extractor(ranker.run, device) if extractor else None)
+        if (bundle / "card.json").is_file():
+            rec.card = json.loads((bundle / "card.json").read_text())
+        return rec
 
     @property
     def name(self) -> str:
         return self.ranker.name
+
+    @property
+    def track_vectors(self) -> np.ndarray:
+        return self.catalog.vectors
 
     def video_features(self, video: str | Path) -> np.ndarray:
         """(1, D_v) features of one clip, extracted exactly as the training clips were.
@@ -175,12 +247,12 @@ class Recommender:
     def rank_features(self, x_v: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores), each (N, k), for video features (N, D_v) or (D_v,)."""
         x = np.atleast_2d(np.asarray(x_v, dtype=np.float32))
-        want = self.run.model.video_dim if self.run else x.shape[1]
+        want = self.run.model.video_dim
         if x.shape[1] != want or not np.isfinite(x).all():
             raise ValueError(f"video features must be finite with {want} columns, got shape {x.shape}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        return self.ranker.rank(self.ranker.video_vectors(x), self.track_vectors, k)
+        return self.ranker.rank(self.ranker.video_vectors(x), self.catalog.vectors, k)
 
     def recommend(self, video: str | Path | np.ndarray, k: int = 10) -> list[Suggestion]:
         """The top-k tracks for one clip (a media file path, or its precomputed (D_v,) features)."""
@@ -191,12 +263,22 @@ class Recommender:
         return [self.suggestion(i + 1, int(t), float(s)) for i, (t, s) in enumerate(zip(ids[0], scores[0]))]
 
     def suggestion(self, rank: int, track: int, score: float) -> Suggestion:
-        row = self._rows.get(track, {})
-        genre = int(self._genre[track]) if self._genre is not None else -1
-        path = row.get("path") or ""
-        return Suggestion(rank=rank, track=track, title=row.get("title") or f"track {track}", artist=row.get("artist") or "",
-                          genre=self.genres[genre] if 0 <= genre < len(self.genres) else (row.get("genre") or ""),
-                          score=score, audio=str((self.catalog.root / path).resolve()) if path else None)
+        row = self.catalog.tracks[track]
+        return Suggestion(rank=rank, track=track, title=row["title"], artist=row["artist"], genre=row["genre"], score=score,
+                          audio=row["audio"] or None)
+
+
+def _extractor(conf: RunConfig, device: str) -> Any | None:
+    """The video extractor a run's data was made with, rebuilt from its recorded spec (None for synthetic features)."""
+    spec = (conf.data.get("features") or {}).get("video")
+    if spec is None:
+        return None
+    from deccm.features import SpecMismatch, VideoExtractor, WeightsError
+
+    try:
+        return VideoExtractor.from_spec(spec, device=device)
+    except (SpecMismatch, WeightsError, ValueError) as e:
+        raise RunError(f"{conf.name}: cannot rebuild the video extractor the run was trained with ({e}).") from e
 
 
 def format_suggestions(items: list[Suggestion]) -> str:

@@ -404,6 +404,8 @@ def build_parser(prog: str = "deccm train") -> argparse.ArgumentParser:
                 typ = str if f.name == "device" else (float if f.name == "weight_decay" else int)
                 s.add_argument(flag, type=typ, default=None, help=f"(default: {getattr(defaults, f.name)})")
         s.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
+        s.add_argument("--no-track", action="store_true", help="do not log the run to MLflow (default: logged live to "
+                       "$MLFLOW_TRACKING_URI, else SQLite under $DECCM_HOME/mlflow)")
         s.add_argument("--overwrite", action="store_true",
                        help="replace an existing run (the old one stays until the new one has finished an epoch)")
         s.add_argument("-v", "--verbose", action="count", default=0)
@@ -436,8 +438,16 @@ def main(argv: list[str] | None = None, prog: str = "deccm train") -> int:
         mcfg, tcfg, variant = configs_from_dict(settings_from_args(args))
         if args.kind == "teacher":
             variant = "teacher"
-        run = train(args.kind, args.data, args.out, mcfg, tcfg, teacher=getattr(args, "teacher", None), variant=variant,
-                    resume=args.resume, overwrite=args.overwrite)
+        out = args.out or default_run_dir(args.kind, variant, mcfg.mode, tcfg.seed)
+        tracker = None
+        if not args.no_track:
+            from deccm.tracking import TrainingTracker
+
+            tracker = TrainingTracker(out)
+        run = train(args.kind, args.data, out, mcfg, tcfg, teacher=getattr(args, "teacher", None), variant=variant,
+                    resume=args.resume, overwrite=args.overwrite, on_epoch_end=tracker.on_epoch if tracker else None)
+        if tracker is not None:
+            tracker.finish()
         conf = read_config(run)
         print(f"{run}: best epoch {conf.best_epoch + 1} val {conf.best_val:.4f}")
     except (RunError, DatasetError) as e:

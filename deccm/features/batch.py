@@ -258,14 +258,14 @@ def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[
         run={"inputs": len(items), **counts, "workers": workers, "cache": "on" if cache_root else "off"},
     )
     if kind == "music":
-        _normalise(store, norm)
+        normalise(store, norm)
     store.save(store_dir(out, kind))
     log.info("%s: %d ok, %d failed (%d extracted, %d from cache) → %s", kind, len(ok), counts["failed"],
              counts["extracted"], counts["cached"], store_dir(out, kind))
     return store
 
 
-def _normalise(store: FeatureStore, norm: tuple[np.ndarray, np.ndarray] | None) -> None:
+def normalise(store: FeatureStore, norm: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Keep the raw vectors, fit (or apply given) z-score stats, and say which in ``store.normalisation``."""
     store.raw = store.features
     if norm is None:

@@ -96,6 +96,33 @@ class FeatureStore:
         return dest
 
 
+def merge_stores(stores: list[FeatureStore]) -> FeatureStore:
+    """One store from several of the same kind and spec (e.g. the shards of a parallel extraction).
+
+    Music stores are merged on their raw vectors (``raw``): normalisation statistics must be
+    fitted on the whole catalog again (``deccm.features.batch.normalise``). Ids must be unique.
+    """
+    if not stores:
+        raise StoreError("nothing to merge: no stores given")
+    first = stores[0]
+    for st in stores[1:]:
+        if st.kind != first.kind or st.spec.get("spec_id") != first.spec.get("spec_id"):
+            raise StoreError(f"cannot merge a {st.kind} store of spec {st.spec.get('spec_id')} into a {first.kind} store of spec "
+                             f"{first.spec.get('spec_id')}: re-extract the shards with the same settings")
+    ids = [i for st in stores for i in st.ids]
+    dup = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+    if dup:
+        raise StoreError(f"the same id in several shards: {', '.join(dup[:5])}; give every file a unique id")
+    music = first.kind == "music"
+    parts = [st.raw if music and st.raw is not None else st.features for st in stores]
+    return FeatureStore(kind=first.kind, ids=ids, paths=[p for st in stores for p in st.paths],
+                        sha256=[h for st in stores for h in st.sha256], features=np.concatenate(parts).astype(np.float32),
+                        spec=first.spec, failures=[f for st in stores for f in st.failures],
+                        failed_ids=[f for st in stores for f in st.failed_ids],
+                        run={"merged": len(stores), **{k: sum(int(st.run.get(k, 0)) for st in stores)
+                                                       for k in ("inputs", "extracted", "cached", "failed")}})
+
+
 def _csv(columns: tuple[str, ...], rows: list[tuple]) -> str:
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -1,0 +1,345 @@
+"""The retraining pipeline as plain stage functions; the Airflow DAG (``dags/deccm_retrain.py``) calls them in order.
+
+extract (mapped over shards of new media) → prepare data → train the teacher → train the
+student → evaluate challenger and champion → gate → register (and promote).
+
+Every stage takes and returns JSON-able values (Airflow passes them between tasks) and is
+safe to call again: extraction answers from the content-hash cache, datasets are reused
+or re-assembled only when their inputs changed, training resumes or returns a finished run
+(``train(resume="auto")``), and registering the same weights returns their version. Run dirs
+are named after the data they saw, so new data means new runs and a rerun means none.
+``python -m deccm.pipeline run`` runs every stage in this process (no Airflow needed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from deccm import config, registry, tracking
+from deccm import log as _log
+from deccm.data import DatasetError, load_dataset
+from deccm.runs import RunError, TrainConfig, check_data, pgc_hash, read_config
+from deccm.train import VARIANTS, configs_from_dict, train
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo", "media")
+MEDIA_KEYS = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
+DEFAULTS: dict[str, Any] = {
+    "source": "demo",  # one of SOURCES; "media" reads the media keys below
+    "seed": 0,  # data seed of generated sources, split seed of assembled ones
+    "videos": None, "tracks": None, "logs": None, "tracks_meta": None, "pgc": None, "pgc_pairs": None,
+    "epochs": 50, "teacher_epochs": None,  # None: the same as epochs
+    "batch_size": 1024, "lr": None, "train_seed": 1234,
+    "variant": "no-deconf",  # the best model measured (docs/results.md); without PGC data: its non-distilled form
+    "mode": "fixed",
+    "gate_metric": "HR_w@10", "gate_split": "val", "gate_margin": 0.005, "gate_floor": 0.15, "bias_tolerance": 0.05,
+    "shards": 4,  # extraction shards (parallel mapped tasks)
+    "device": "auto",
+}
+_INT = ("seed", "epochs", "batch_size", "train_seed", "shards")
+_FLOAT = ("gate_margin", "gate_floor", "bias_tolerance")
+
+
+def make_config(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults ← params (Airflow params, CLI values), validated; the one config every stage takes."""
+    params = {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown pipeline settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **params}
+    try:
+        for k in _INT:
+            cfg[k] = int(cfg[k])
+        for k in _FLOAT:
+            cfg[k] = float(cfg[k])
+        if cfg["teacher_epochs"] is not None:
+            cfg["teacher_epochs"] = int(cfg["teacher_epochs"])
+        if cfg["lr"] is not None:
+            cfg["lr"] = float(cfg["lr"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"pipeline settings: {e}") from None
+    if cfg["source"] not in SOURCES:
+        raise ValueError(f"source {cfg['source']!r} is unknown; choose one of {', '.join(SOURCES)}")
+    if cfg["variant"] not in VARIANTS:
+        raise ValueError(f"variant {cfg['variant']!r} is unknown; choose one of {', '.join(sorted(VARIANTS))}")
+    if cfg["mode"] not in ("fixed", "faithful"):
+        raise ValueError(f"mode {cfg['mode']!r} is unknown; choose fixed or faithful")
+    if cfg["epochs"] < 1 or cfg["shards"] < 1 or cfg["batch_size"] < 2:
+        raise ValueError("epochs and shards must be at least 1, batch_size at least 2")
+    if cfg["source"] == "media":
+        missing = [k for k in ("videos", "tracks", "logs", "tracks_meta") if not cfg.get(k)]
+        if missing:
+            raise ValueError(f"source 'media' needs {', '.join(missing)} (folders of clips and tracks, the usage-log CSV "
+                             "video,track[,uploader] and the track metadata CSV)")
+        if bool(cfg.get("pgc")) != bool(cfg.get("pgc_pairs")):
+            raise ValueError("give both pgc (a folder of professionally edited clips) and pgc_pairs (CSV segment,track), or neither")
+        for k in MEDIA_KEYS:
+            if cfg.get(k):
+                cfg[k] = str(Path(cfg[k]).expanduser().resolve())
+    return cfg
+
+
+def _work(*parts: str) -> Path:
+    return config.state_path("pipeline", *parts)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+def plan_shards(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The media files to extract, in ``cfg['shards']`` shards per kind; [] for generated sources."""
+    from deccm.features import collect_inputs
+
+    if cfg["source"] != "media":
+        return []
+    out = []
+    for kind, key in (("videos", "videos"), ("music", "tracks"), ("pgc", "pgc")):
+        if not cfg.get(key):
+            continue
+        items = collect_inputs("music" if kind == "music" else "videos", cfg[key])
+        n = min(cfg["shards"], len(items))
+        for i in range(n):
+            part = items[i::n]
+            out.append({"kind": kind, "index": i, "of": n, "ids": [it.id for it in part], "paths": [str(it.path) for it in part]})
+    return out
+
+
+def extract_shard(cfg: dict[str, Any], shard: dict[str, Any]) -> str:
+    """Extract one shard into its own feature store (cached by content: a rerun extracts nothing); returns the store dir."""
+    from deccm.features import extract_batch
+    from deccm.features.store import store_dir
+
+    kind = "music" if shard["kind"] == "music" else "videos"
+    out = _work("shards", shard["kind"], f"shard-{shard['index']:03d}-of-{shard['of']:03d}")
+    store = extract_batch(kind, [Path(p) for p in shard["paths"]], out, ids=list(shard["ids"]), workers=1,
+                          device=cfg["device"], progress=True)
+    log.info("%s shard %d/%d: %s", shard["kind"], shard["index"] + 1, shard["of"], store.run)
+    return str(store_dir(out, kind))
+
+
+def _merge(kind: str, stores: list[str]) -> Path:
+    from deccm.features import load_store
+    from deccm.features.batch import normalise
+    from deccm.features.store import merge_stores, store_dir
+
+    merged = merge_stores([load_store(s) for s in sorted(stores)])
+    if merged.kind == "music":
+        normalise(merged)  # fitted on the whole catalog, not per shard
+    dest = store_dir(_work("stores", kind), "music" if kind == "music" else "videos")
+    merged.save(dest)
+    return dest
+
+
+# --------------------------------------------------------------------------- data
+
+
+def prepare_data(cfg: dict[str, Any], stores: list[str] | None = None) -> str:
+    """The dataset to train on: generated once per (source, seed), or assembled from the extracted shards."""
+    source, seed = cfg["source"], cfg["seed"]
+    if source.startswith("synth-"):
+        from deccm.data.synth import synth
+
+        dest = config.data_dir(f"{source}-s{seed}")
+        if not (dest / "dataset.json").is_file():
+            synth(dest, preset=source.removeprefix("synth-"), seed=seed, overwrite=dest.exists())
+        return str(dest)
+    if source.startswith("demo"):
+        from deccm.data.corpus import build_corpus
+
+        size = "tiny" if source == "demo-tiny" else "default"
+        dest = config.data_dir(("demo" if size == "default" else "demo-tiny") + (f"-s{seed}" if seed else ""))
+        if not (dest / "dataset.json").is_file():
+            build_corpus(dest, size=size, seed=seed, overwrite=dest.exists())
+        return str(dest)
+    from deccm.data.assemble import AssembleConfig, assemble
+
+    by_kind: dict[str, list[str]] = {}
+    for s in stores or []:
+        by_kind.setdefault(Path(s).resolve().relative_to(_work("shards").resolve()).parts[0], []).append(s)  # shards/<kind>/…
+    if not by_kind.get("videos") or not by_kind.get("music"):
+        raise DatasetError("source 'media': no extracted video or music shards were passed to prepare_data. "
+                           "Fix: run plan_shards and extract_shard first (the DAG does).")
+    merged = {kind: _merge(kind, paths) for kind, paths in by_kind.items()}
+    acfg = AssembleConfig(videos=merged["videos"], tracks=merged["music"], logs=cfg["logs"], tracks_meta=cfg["tracks_meta"],
+                          pgc=merged.get("pgc"), pgc_pairs=cfg.get("pgc_pairs") if "pgc" in merged else None, seed=seed,
+                          name="media")
+    return str(assemble(acfg, config.data_dir("media"), overwrite=True))  # same inputs: returned untouched
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_config(cfg: dict[str, Any], epochs: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["train_seed"], device=cfg["device"])
+
+
+def _tracked(kind: str, data: str, out: Path, variant: str, cfg: dict[str, Any], epochs: int, teacher: str | None) -> str:
+    mcfg, _, _ = configs_from_dict({"mode": cfg["mode"], "variant": variant if kind == "student" else "deccm"})
+    tracker = tracking.TrainingTracker(out, strict=True)  # the pipeline registers from MLflow: tracking must work
+    run = train(kind, data, out, mcfg, _train_config(cfg, epochs), teacher=teacher, variant=variant,  # type: ignore[arg-type]
+                resume="auto", overwrite=True, on_epoch_end=tracker.on_epoch)
+    tracker.finish()
+    return str(run)
+
+
+def train_teacher(cfg: dict[str, Any], data: str) -> str | None:
+    """The PGC teacher; an unchanged PGC part and config return the existing teacher untouched. None without PGC data."""
+    ds = load_dataset(data)
+    h = pgc_hash(ds)
+    if h is None:
+        log.info("%s has no PGC part: no teacher; the student trains without distillation", data)
+        return None
+    epochs = cfg["teacher_epochs"] or cfg["epochs"]
+    out = config.runs_dir() / "pipeline" / f"teacher-{cfg['mode']}-e{epochs}-s{cfg['train_seed']}-pgc{h[:12]}"
+    return _tracked("teacher", data, out, "teacher", cfg, epochs, None)
+
+
+def student_variant(cfg: dict[str, Any], teacher: str | None) -> str:
+    """The configured variant, or its non-distilled form when the data has no PGC part to train a teacher on."""
+    variant = cfg["variant"]
+    if teacher is None and VARIANTS[variant].get("distill") != "off":
+        fallback = {"deccm": "no-distill", "no-deconf": "plain"}[variant]
+        log.warning("variant %s distils from a teacher and this data has no PGC part: training %s instead", variant, fallback)
+        return fallback
+    return variant
+
+
+def train_student(cfg: dict[str, Any], data: str, teacher: str | None) -> str:
+    """The student (tracked live in MLflow); a finished run of the same data and config is returned untouched."""
+    ds = load_dataset(data)
+    variant = student_variant(cfg, teacher)
+    out = (config.runs_dir() / "pipeline"
+           / f"student-{variant}-{cfg['mode']}-e{cfg['epochs']}-s{cfg['train_seed']}-{ds.manifest_hash[:12]}")
+    if cfg["lr"] is not None:
+        out = out.with_name(out.name + f"-lr{cfg['lr']:g}")
+    return _tracked("student", data, out, variant, cfg, cfg["epochs"], teacher)
+
+
+# --------------------------------------------------------------------------- evaluation, gate, registry
+
+
+def _values(res: Any) -> dict[str, float]:
+    return {k: float(v) for k, v in res.values.items()}
+
+
+def evaluate_candidates(cfg: dict[str, Any], run: str) -> dict[str, Any]:
+    """The challenger and the current champion scored on the same splits of the challenger's data."""
+    from deccm.evaluate import evaluate_split
+    from deccm.serve import load_ranker
+
+    conf = read_config(run)
+    ds = load_dataset(conf.data_path)
+    splits = [s for s in ("val", "test", "test_oracle") if s in ds.ugc.rank_splits()]
+    challenger = load_ranker(run, cfg["device"])
+    out: dict[str, Any] = {"run": str(run), "data": str(conf.data_path), "splits": splits,
+                           "challenger": {s: _values(evaluate_split(challenger, ds, s)) for s in splits},
+                           "champion": None, "champion_version": registry.champion_version(), "comparable": False}
+    if out["champion_version"] is not None:
+        champ = registry.load_champion(device=cfg["device"], extractor=False)
+        try:
+            check_data(champ.run, ds, f"champion v{out['champion_version']}")
+        except RunError as e:
+            out["why_not_comparable"] = str(e)
+            log.warning("the champion cannot score this data, so the floors decide: %s", e)
+        else:
+            out["comparable"] = True
+            out["champion"] = {s: _values(evaluate_split(champ.ranker, ds, s)) for s in splits}
+    run_id = tracking.find_run(run, conf)
+    if run_id is not None:
+        tracking.log_metrics(run_id, {f"eval.{s}.{m}": v for s, vals in out["challenger"].items() for m, v in vals.items()})
+    return out
+
+
+def gate(cfg: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Promote or not (``deccm.registry.decide``); the decision and every number go to the log and the MLflow run."""
+    gcfg = registry.GateConfig(metric=cfg["gate_metric"], split=cfg["gate_split"], margin=cfg["gate_margin"],
+                               floor=cfg["gate_floor"], bias_tolerance=cfg["bias_tolerance"])
+    split = gcfg.split
+    champion = evaluation["champion"][split] if evaluation.get("comparable") else None
+    decision = registry.decide(evaluation["challenger"][split], champion, gcfg)
+    decision.update(run=evaluation["run"], champion_version=evaluation.get("champion_version"), evaluation=evaluation)
+    verdict = "PROMOTE" if decision["promote"] else "KEEP the champion"
+    log.info("gate: %s (%s vs champion v%s)", verdict, evaluation["run"], evaluation.get("champion_version"))
+    for reason in decision["reasons"]:
+        log.info("gate: %s", reason)
+    run_id = tracking.find_run(evaluation["run"])
+    if run_id is not None:
+        tracking.log_decision(run_id, decision)
+    return decision
+
+
+def register(cfg: dict[str, Any], run: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """Register the student (alias challenger); promote it to champion when the gate said so."""
+    version = registry.register(run, decision.get("evaluation"))
+    registry.tag_decision(version, decision)
+    if decision["promote"]:
+        registry.promote(version, reason="gate: " + "; ".join(decision["reasons"]))
+    champion = registry.champion_version()
+    log.info("registered %s as version %s; champion is version %s", run, version, champion)
+    return {"version": version, "promoted": bool(decision["promote"]) and champion == version, "champion": champion}
+
+
+# --------------------------------------------------------------------------- all stages in one process
+
+
+def run_all(params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every stage in order, in this process (the DAG's work without Airflow); returns the registration."""
+    cfg = make_config(params)
+    t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def timed(name: str, fn: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        log.info("pipeline: %s …", name)
+        out = fn(*args)
+        stages[name] = time.perf_counter() - t
+        log.info("pipeline: %s done in %.1f s", name, stages[name])
+        return out
+
+    shards = timed("plan", plan_shards, cfg)
+    stores = [timed(f"extract {s['kind']} {s['index'] + 1}/{s['of']}", extract_shard, cfg, s) for s in shards]
+    data = timed("prepare data", prepare_data, cfg, stores)
+    teacher = timed("train teacher", train_teacher, cfg, data)
+    run = timed("train student", train_student, cfg, data, teacher)
+    evaluation = timed("evaluate", evaluate_candidates, cfg, run)
+    decision = timed("gate", gate, cfg, evaluation)
+    result = timed("register", register, cfg, run, decision)
+    return {**result, "run": run, "data": data, "teacher": teacher, "promote": decision["promote"],
+            "reasons": decision["reasons"], "seconds": stages, "total_s": time.perf_counter() - t0}
+
+
+def build_parser(prog: str = "deccm pipeline") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run every stage once in this process and register the student")
+    for key, default in DEFAULTS.items():
+        r.add_argument(f"--{key.replace('_', '-')}", default=None, help=f"(default: {default})")
+    sub.add_parser("defaults", help="print the default settings as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "deccm pipeline") -> int:
+    args = build_parser(prog).parse_args(argv)
+    _log.setup(args.verbose)
+    if args.cmd == "defaults":
+        print(json.dumps(DEFAULTS, indent=2))
+        return 0
+    params = {k: getattr(args, k) for k in DEFAULTS}
+    try:
+        result = run_all(params)
+    except (ValueError, RunError, DatasetError, registry.RegistryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: result[k] for k in ("version", "promoted", "champion", "run", "reasons", "total_s")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m deccm.pipeline"))
