@@ -6,10 +6,13 @@ no media is checked in and every file is a genuine encode of the format it claim
 """
 from __future__ import annotations
 
+import csv
 import functools
 import os
 import subprocess
 from pathlib import Path
+
+import numpy as np
 
 VIDEO_SOURCES = {
     "testsrc2": "testsrc2=size={size}:rate={rate}",
@@ -119,3 +122,32 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# A user's own media, as the README walkthrough and the pipeline expect it.
+N_TRACKS, N_CLIPS = 104, 36
+GENRES = ("bright", "dark", "noisy")
+SOURCES = ("testsrc2", "mandelbrot", "smptebars", "red", "blue")
+
+
+def make_user_media(root: Path) -> None:
+    """A folder of clips, a folder of tracks, pairs.csv and tracks.csv, as a user would have them."""
+    rng = np.random.default_rng(0)
+    (root / "clips").mkdir()
+    (root / "tracks").mkdir()
+    meta = []
+    for i in range(N_TRACKS):
+        g = i % len(GENRES)
+        audio = "noise" if g == 2 else (220.0 + 7.0 * i if g == 0 else 110.0 + 3.0 * i)
+        make_audio(root / "tracks" / f"track-{i:03d}.wav", duration=1.0, audio=audio)
+        meta.append({"id": f"track-{i:03d}", "title": f"Tune {i}", "artist": f"Band {i % 7}", "genre": GENRES[g],
+                     "licence": "CC0", "path": f"tracks/track-{i:03d}.wav"})
+    pairs = []
+    for i in range(N_CLIPS):
+        make_clip(root / "clips" / f"clip-{i:03d}.mp4", duration=1.5, source=SOURCES[i % len(SOURCES)], audio=None)
+        pairs.append({"video": f"clip-{i:03d}", "track": f"track-{int(rng.integers(N_TRACKS)):03d}", "uploader": f"u{i % 6}"})
+    for name, rows in (("tracks.csv", meta), ("pairs.csv", pairs)):
+        with open(root / name, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)

@@ -6,7 +6,6 @@ drift from what works: clips and tracks → features → ``deccm data assemble``
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -14,15 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from media import make_audio, make_clip
+from media import GENRES, N_TRACKS, make_user_media
 
 ROOT = Path(__file__).resolve().parent.parent
-N_TRACKS, N_CLIPS = 104, 36
-GENRES = ("bright", "dark", "noisy")
-SOURCES = ("testsrc2", "mandelbrot", "smptebars", "red", "blue")
 
 
 def readme_walkthrough() -> list[str]:
@@ -32,32 +27,9 @@ def readme_walkthrough() -> list[str]:
     return [line.split("  #")[0].strip() for line in m.group(1).splitlines() if line.strip()]
 
 
-def make_media(root: Path) -> None:
-    """A folder of clips, a folder of tracks, pairs.csv and tracks.csv, as a user would have them."""
-    rng = np.random.default_rng(0)
-    (root / "clips").mkdir()
-    (root / "tracks").mkdir()
-    meta = []
-    for i in range(N_TRACKS):
-        g = i % len(GENRES)
-        audio = "noise" if g == 2 else (220.0 + 7.0 * i if g == 0 else 110.0 + 3.0 * i)
-        make_audio(root / "tracks" / f"track-{i:03d}.wav", duration=1.0, audio=audio)
-        meta.append({"id": f"track-{i:03d}", "title": f"Tune {i}", "artist": f"Band {i % 7}", "genre": GENRES[g],
-                     "licence": "CC0", "path": f"tracks/track-{i:03d}.wav"})
-    pairs = []
-    for i in range(N_CLIPS):
-        make_clip(root / "clips" / f"clip-{i:03d}.mp4", duration=1.5, source=SOURCES[i % len(SOURCES)], audio=None)
-        pairs.append({"video": f"clip-{i:03d}", "track": f"track-{int(rng.integers(N_TRACKS)):03d}", "uploader": f"u{i % 6}"})
-    for name, rows in (("tracks.csv", meta), ("pairs.csv", pairs)):
-        with open(root / name, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-
 @pytest.mark.slow
 def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    make_media(tmp_path)
+    make_user_media(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "DECCM_HOME"}  # the README's default state dir: ./.deccm
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `deccm` as the venv installs it
     env["NUMBA_CACHE_DIR"] = os.environ.get("NUMBA_CACHE_DIR", str(tmp_path / "numba"))

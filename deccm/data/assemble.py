@@ -259,6 +259,15 @@ def _sha(path: Path) -> str:
         raise DatasetError(f"{path}: no such file. Fix: restore it or pass the right input") from e
 
 
+def _spec_sha(path: Path) -> str:
+    """sha256 of what a store's spec.json says about its features (the extractor spec, normalisation), not of
+    its run summary: a store re-extracted from the cache holds the same features and must count as the same input."""
+    _sha(path)  # a clear error when it is missing
+    meta = json.loads(path.read_text())
+    body = {k: meta.get(k) for k in ("kind", "dims", "spec", "normalisation")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def fingerprint(cfg: AssembleConfig) -> dict[str, Any]:
     """sha256 of every input (CSVs; each store's spec.json, items.csv, features.npy, norm stats) and the options.
 
@@ -272,7 +281,8 @@ def fingerprint(cfg: AssembleConfig) -> dict[str, Any]:
         root = _store_path(getattr(cfg, key), kind, f"--{key}")
         names = STORE_FILES + tuple(n for n in STORE_FILES_OPTIONAL if (root / n).exists())
         for name in names:
-            inputs[f"{key}/{name}"] = {"path": str(root / name), "sha256": _sha(root / name)}
+            sha = _spec_sha(root / name) if name == "spec.json" else _sha(root / name)
+            inputs[f"{key}/{name}"] = {"path": str(root / name), "sha256": sha}
     for key in ("logs", "tracks_meta", "pgc_pairs"):
         path = getattr(cfg, key)
         if path is not None:
