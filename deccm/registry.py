@@ -301,25 +301,33 @@ def tag_decision(version: str, decision: dict[str, Any]) -> None:
     client.set_model_version_tag(MODEL_NAME, str(version), "deccm.gate.reasons", "; ".join(decision["reasons"])[:5000])
 
 
-def load_champion(device: str = "auto", alias: str = CHAMPION, extractor: bool = True) -> Recommender:
-    """The ``champion`` (or another alias) as a Recommender, its card and registry version attached."""
+def load(ref: str = CHAMPION, device: str = "auto", extractor: bool = True) -> Recommender:
+    """A registered version (``ref``: an alias such as ``champion`` / ``challenger`` / ``baseline``, or a version
+    number) as a Recommender, its model card and registry version attached as ``rec.card``."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = _client()
     try:
-        mv = client.get_model_version_by_alias(MODEL_NAME, alias)
+        mv = client.get_model_version(MODEL_NAME, ref) if str(ref).isdigit() else client.get_model_version_by_alias(MODEL_NAME, ref)
     except MlflowException:
-        raise RegistryError(f"no {MODEL_NAME}@{alias} is registered in {tracking.tracking_uri()}. "
-                            "Fix: train and register one with `make pipeline` (or `python -m deccm.pipeline run`).") from None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}@{alias}"))
+        raise RegistryError(f"no {MODEL_NAME} {'version ' if str(ref).isdigit() else '@'}{ref} is registered in "
+                            f"{tracking.tracking_uri()}. Fix: train and register one with `make pipeline` "
+                            "(or `python -m deccm.pipeline run`).") from None
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{mv.version}"))
     bundle = next(local.rglob(CARD), None)
     if bundle is None:
         raise RegistryError(f"{MODEL_NAME} version {mv.version}: no serving bundle in its artifacts. Fix: register the run again.")
     rec = Recommender.from_bundle(bundle.parent, device=device, extractor=extractor)
-    rec.card = {**json.loads(bundle.read_text()), "registry": {"name": MODEL_NAME, "version": str(mv.version), "alias": alias,
-                                                               "aliases": list(mv.aliases or [])}}
+    aliases = sorted(a for a, v in (client.get_registered_model(MODEL_NAME).aliases or {}).items() if str(v) == str(mv.version))
+    rec.card = {**json.loads(bundle.read_text()), "registry": {"name": MODEL_NAME, "version": str(mv.version), "aliases": aliases,
+                                                               "previous_champion": mv.tags.get(TAG_PREVIOUS)}}
     return rec
+
+
+def load_champion(device: str = "auto", extractor: bool = True) -> Recommender:
+    """The champion as a Recommender, or a RegistryError that says how to train one."""
+    return load(CHAMPION, device=device, extractor=extractor)
 
 
 # --------------------------------------------------------------------------- CLI

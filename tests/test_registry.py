@@ -114,7 +114,8 @@ def test_registered_champion_loads_in_a_fresh_process_and_ranks_like_its_checkpo
     assert json.loads(r.stdout.strip().splitlines()[-1]) == want.tolist()
 
     rec = registry.load_champion(device="cpu")
-    assert rec.card["registry"]["version"] == v and rec.card["trained_on"]["synthetic"] is True
+    assert rec.card["registry"]["version"] == v and "champion" in rec.card["registry"]["aliases"]
+    assert rec.card["trained_on"]["synthetic"] is True
     assert "SYNTHETIC" in rec.card["trained_on"]["note"] and rec.card["evaluation"]["challenger"]["val"]["HR_w@10"] == 0.3
     np.testing.assert_array_equal(rec.rank_features(feats, k=7)[0], want)
 
