@@ -311,7 +311,8 @@ def load(ref: str = CHAMPION, device: str = "auto", extractor: bool = True) -> R
     try:
         mv = client.get_model_version(MODEL_NAME, ref) if str(ref).isdigit() else client.get_model_version_by_alias(MODEL_NAME, ref)
     except MlflowException:
-        raise RegistryError(f"no {MODEL_NAME} {'version ' if str(ref).isdigit() else '@'}{ref} is registered in "
+        what = f"{MODEL_NAME} version {ref}" if str(ref).isdigit() else f"{MODEL_NAME}@{ref}"
+        raise RegistryError(f"no {what} is registered in "
                             f"{tracking.tracking_uri()}. Fix: train and register one with `make pipeline` "
                             "(or `python -m deccm.pipeline run`).") from None
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{mv.version}"))
