@@ -314,13 +314,29 @@ def run_all(params: dict[str, Any] | None = None) -> dict[str, Any]:
             "reasons": decision["reasons"], "seconds": stages, "total_s": time.perf_counter() - t0}
 
 
+def ensure_champion(params: dict[str, Any] | None = None) -> str:
+    """The champion's version; when none is registered, run every stage once first (what ``make demo`` needs)."""
+    version = registry.champion_version()
+    if version is not None:
+        log.info("champion: %s version %s", registry.MODEL_NAME, version)
+        return version
+    log.info("no champion registered yet: running the pipeline once (%s)", make_config(params)["source"])
+    result = run_all(params)
+    if result["champion"] is None:
+        raise registry.RegistryError(f"the pipeline ran but registered no champion: {'; '.join(result['reasons'])}. "
+                                     "Fix: train longer (--epochs) or lower --gate-floor.")
+    return str(result["champion"])
+
+
 def build_parser(prog: str = "deccm pipeline") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="count", default=0)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run every stage once in this process and register the student")
-    for key, default in DEFAULTS.items():
-        r.add_argument(f"--{key.replace('_', '-')}", default=None, help=f"(default: {default})")
+    e = sub.add_parser("ensure", help="make sure a champion is registered: run every stage once if there is none")
+    for sp in (r, e):
+        for key, default in DEFAULTS.items():
+            sp.add_argument(f"--{key.replace('_', '-')}", default=None, help=f"(default: {default})")
     sub.add_parser("defaults", help="print the default settings as JSON")
     return p
 
@@ -333,6 +349,9 @@ def main(argv: list[str] | None = None, prog: str = "deccm pipeline") -> int:
         return 0
     params = {k: getattr(args, k) for k in DEFAULTS}
     try:
+        if args.cmd == "ensure":
+            print(f"champion: {registry.MODEL_NAME} version {ensure_champion(params)}")
+            return 0
         result = run_all(params)
     except (ValueError, RunError, DatasetError, registry.RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -64,3 +64,14 @@ def test_media_pipeline_end_to_end_and_idempotent(tmp_path: Path, monkeypatch: p
     third = pipeline.run_all(params)
     assert third["data"] == first["data"] and third["run"] != first["run"]  # new data, new student
     assert third["teacher"] == first["teacher"] and (Path(first["teacher"]) / "state.pt").stat().st_mtime_ns == teacher_state
+
+
+@pytest.mark.slow
+def test_ensure_champion_runs_the_pipeline_only_when_none_is_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DECCM_HOME", str(tmp_path / "home"))
+    params = {"source": "synth-tiny", "epochs": 2, "batch_size": 64, "gate_floor": 0.0, "device": "cpu"}
+    assert pipeline.ensure_champion(params) == "1"
+    calls = []
+    monkeypatch.setattr(pipeline, "run_all", lambda p=None: calls.append(p))
+    assert pipeline.ensure_champion(params) == "1" and calls == []  # a champion exists: nothing runs
+    assert [v["version"] for v in registry.list_versions()] == ["1"]
