@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.deccm-installed
 export DECCM_HOME ?= $(CURDIR)/.deccm
 export NUMBA_CACHE_DIR ?= $(DECCM_HOME)/cache/numba
 
-.PHONY: venv test demo clean-venv
+.PHONY: venv test demo airflow pipeline clean-venv
 
 venv: $(STAMP)
 
@@ -26,6 +26,34 @@ demo: venv
 	@echo "then serve the Gradio app (upload a clip, hear ranked music)."
 	@echo "error: the demo app is not built yet (it lands with the demo issue); nothing was started." >&2
 	@exit 1
+
+# Airflow, local: one SQLite home under the state dir, this repo's dags/, the venv's bin on PATH
+# (Airflow starts its own `airflow` subprocesses). tests/test_dag.py sets the same variables.
+AIRFLOW_HOME  := $(abspath $(DECCM_HOME))/airflow
+AIRFLOW_PORT  ?= 8080
+PIPELINE_CONF ?= {}
+AIRFLOW_ENV := AIRFLOW_HOME=$(AIRFLOW_HOME) AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False PATH=$(abspath $(VENV))/bin:$$PATH
+
+# Scheduler, DAG processor, triggerer and the API server/UI on 127.0.0.1:$(AIRFLOW_PORT); Ctrl-C stops all.
+# Workers call the API server's execution API, so its URL must follow the port.
+airflow: venv
+	@echo "Airflow UI: http://127.0.0.1:$(AIRFLOW_PORT)  user admin, password generated into"
+	@echo "  $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated (also printed below: 'Password for user')"
+	@echo "DAG deccm_retrain starts paused: unpause it in the UI for the weekly / data-drop schedule; manual triggers run once unpaused."
+	$(AIRFLOW_ENV) AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$(AIRFLOW_PORT)/execution/ \
+	AIRFLOW__CORE__PARALLELISM=$${AIRFLOW__CORE__PARALLELISM:-4} \
+	$(VENV)/bin/airflow standalone
+
+# One headless run of deccm_retrain (no scheduler or server), e.g. PIPELINE_CONF='{"source":"synth-tiny"}';
+# fails when a task fails, then shows the registry and fails if no champion is registered.
+pipeline: venv
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow db migrate > /dev/null
+	$(AIRFLOW_ENV) $(VENV)/bin/airflow dags test deccm_retrain -c '$(PIPELINE_CONF)'
+	$(PY) -m deccm.registry list
+	@$(PY) -c 'from deccm import registry as r; v = r.champion_version(); \
+		print(f"champion: {r.MODEL_NAME} version {v}") if v else exit("error: no champion is registered (see the gate task above)")'
 
 clean-venv:
 	rm -rf $(VENV)
