@@ -21,7 +21,7 @@ import logging
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from typing import Any
@@ -65,14 +65,6 @@ class GateConfig:
     margin: float = 0.005  # the challenger must beat the champion by more than this
     floor: float = 0.15  # absolute floor of the primary metric (chance is 10/101 = 0.099)
     bias_tolerance: float = 0.05  # genre_KL@10 and top_genre_share@10 may be worse than the champion's by at most this
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GateConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown gate settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: (str(v) if k in ("metric", "split") else float(v)) for k, v in d.items()})
 
 
 BIAS_METRICS = ("genre_KL@10", "top_genre_share@10")  # lower is better
