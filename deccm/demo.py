@@ -1,0 +1,620 @@
+"""The demo's logic: check an upload, rank music for it, lay a track under it, explain the model.
+
+``demo/app.py`` only builds the Gradio page and wires its events to this module, so
+everything a person sees is computed (and tested) here:
+
+- :func:`check_upload`: a usable clip or a :class:`DemoError` whose message says what is
+  wrong (not a video, nothing decodable, too large). A clip longer than the limit is used:
+  its first ``max_seconds`` are ranked and the notes say so.
+- :func:`suggest`: the ranked :class:`deccm.serve.Suggestion` list of a
+  :class:`deccm.serve.Recommender` (the same ranking as ``Recommender.recommend``), with
+  timings, notes and the suggestions' genre mix beside the catalog's.
+- :func:`preview`: the clip with a track laid under it (H.264 + AAC mp4, the shorter of
+  the two), muxed with the ffmpeg binary of imageio-ffmpeg and written atomically.
+- :func:`card_markdown`: the registered model card in words, SYNTHETIC / GENERATED data
+  called out loudly.
+- :func:`comparison_model`: the registered model shown beside the champion.
+- :class:`DemoService`: the champion (loaded once, shared by every request), its
+  comparison model and examples, and one call per page event.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deccm import io
+from deccm.serve import Recommender, Suggestion
+
+log = logging.getLogger(__name__)
+
+MAX_BYTES = 200_000_000  # 200 MB
+MAX_SECONDS = 60.0
+TOP_AUDIO = 5  # tracks with a player on the page
+# Container formats PyAV opens that hold a still image, not a clip.
+STILL_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif", "webp_pipe", "tiff_pipe", "svg_pipe")
+PREVIEW_SHORT_SIDE = 480  # previews are scaled down to this (never up): quick to encode and to stream
+PREVIEW_KEEP_S = 3600.0  # previews older than this are deleted
+
+
+class DemoError(Exception):
+    """Something the person using the demo can fix; ``str(err)`` is the message shown to them."""
+
+
+# --------------------------------------------------------------------------- upload checks
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A clip that passed :func:`check_upload`."""
+
+    path: Path
+    name: str  # the file name as uploaded
+    bytes: int
+    duration: float | None  # seconds; None when the container does not say
+    used_seconds: float | None  # what will be ranked: min(duration, limit); None when unknown
+    capped: bool  # longer than the limit (or of unknown length): only the first max_seconds are used
+    notes: tuple[str, ...]
+
+
+def _mb(n: int) -> str:
+    if n < 10**6:
+        return f"{n / 1e3:.1f} kB"
+    return f"{n / 1e6:.1f} MB" if n < 10**9 else f"{n / 1e9:.2f} GB"
+
+
+def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS) -> Upload:
+    """The clip if the demo can use it, else :class:`DemoError` saying why.
+
+    Refused: no file, an empty file, a file over ``max_bytes``, anything that is not a
+    video (text, audio only, a still image) or has no decodable frame (the decoder's
+    reason, e.g. "truncated or corrupt MP4/MOV file"). A clip longer than ``max_seconds``
+    is not refused: the first ``max_seconds`` are used and ``notes`` say so.
+    """
+    from deccm.features import DecodeError, read_frames
+
+    if path is None or str(path) == "":
+        raise DemoError("No clip was uploaded. Upload a video (mp4, mov, webm …) or pick one of the examples.")
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise DemoError(f"{name}: the uploaded file is missing. Upload it again.")
+    size = path.stat().st_size
+    if size == 0:
+        raise DemoError(f"{name} is an empty file (0 bytes). Upload the video again; the upload may have been cut off.")
+    if size > max_bytes:
+        raise DemoError(f"{name} is {_mb(size)}: the demo takes clips up to {_mb(max_bytes)}. "
+                        f"Upload a shorter or smaller clip (only the first {max_seconds:g} s are used anyway).")
+    try:
+        frames = read_frames(path, fps=1.0, max_frames=1, max_seconds=max_seconds, short_side=64)
+    except DecodeError as e:
+        _refuse_still_image(path, name)
+        raise DemoError(f"{name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
+    _refuse_still_image(path, name)
+    duration = frames.duration
+    notes = [n for n in frames.notes if not n.startswith("capped:")]
+    capped = duration is None or duration > max_seconds
+    if duration is None:
+        notes.append(f"the clip does not state its length: at most its first {max_seconds:g} s are used")
+        used = None
+    elif capped:
+        notes.append(f"the clip is {duration:.1f} s long: used the first {max_seconds:g} s")
+        used = max_seconds
+    else:
+        used = duration
+    return Upload(path=path, name=name, bytes=size, duration=duration, used_seconds=used, capped=capped, notes=tuple(notes))
+
+
+def _refuse_still_image(path: Path, name: str) -> None:
+    """A picture opens as a one-frame "video": say what it is."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            fmt = str(c.format.name)
+    except av.error.FFmpegError:
+        return
+    if any(f in fmt.split(",") for f in STILL_FORMATS):
+        raise DemoError(f"{name} is a still image ({fmt}), not a video. Upload a video file (mp4, mov, webm …).")
+
+
+def _duration(path: str | os.PathLike) -> float | None:
+    """Seconds of a media file as its container or first stream states it, else None."""
+    import av
+
+    with av.open(str(path)) as c:
+        if c.duration is not None and c.duration > 0:
+            return c.duration / av.time_base
+        for s in c.streams:
+            if s.duration and s.time_base:
+                return float(s.duration * s.time_base)
+    return None
+
+
+def _ffmpeg(args: list[str]) -> None:
+    import imageio_ffmpeg
+
+    proc = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no reason given"
+        raise DemoError(f"ffmpeg could not process the clip: {reason}")
+
+
+def _first_seconds(src: Path, seconds: float, dest: Path) -> Path:
+    """The first ``seconds`` of a clip's video, remuxed without re-encoding (fast, lossless)."""
+    _ffmpeg(["-i", str(src), "-map", "0:v:0", "-t", f"{seconds:g}", "-c", "copy", "-an", str(dest)])
+    return dest
+
+
+# --------------------------------------------------------------------------- suggestions
+
+
+@dataclass
+class SuggestResult:
+    """What the page shows for one clip."""
+
+    clip: str  # file name as uploaded
+    model: str  # e.g. "deccm-student v3" or the run name
+    k: int
+    suggestions: list[Suggestion]
+    timings: dict[str, float]  # seconds: check, features, rank, total
+    notes: list[str]
+    genre_mix: list[dict[str, Any]]  # per catalog genre: genre, suggestions (share of the top k), catalog (share)
+    features: np.ndarray | None = field(default=None, repr=False)  # (1, D_v), reused by a comparison model
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clip": self.clip, "model": self.model, "k": self.k, "suggestions": [s.to_dict() for s in self.suggestions],
+                "timings": self.timings, "notes": self.notes, "genre_mix": self.genre_mix}
+
+
+def model_label(rec: Recommender) -> str:
+    reg = rec.card.get("registry") or {}
+    if reg.get("version"):
+        aliases = f" ({', '.join(reg['aliases'])})" if reg.get("aliases") else ""
+        return f"{reg.get('name', 'deccm-student')} v{reg['version']}{aliases}"
+    return rec.name
+
+
+def genre_mix(rec: Recommender, items: list[Suggestion]) -> list[dict[str, Any]]:
+    """Per catalog genre: its share among the suggestions and in the whole catalog."""
+    catalog = rec.catalog.genre_mix()
+    n = max(1, len(items))
+    return [{"genre": g, "suggestions": sum(s.genre == g for s in items) / n, "catalog": share} for g, share in catalog.items()]
+
+
+def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10, *, max_bytes: int = MAX_BYTES,
+            max_seconds: float = MAX_SECONDS) -> SuggestResult:
+    """The top-``k`` tracks for an uploaded clip: exactly ``rec.recommend(video_path, k)`` for a clip within the limits.
+
+    A clip longer than ``max_seconds`` is ranked on its first ``max_seconds`` (or the
+    extractor's own cap if that is shorter) and the notes say so. Unusable clips raise
+    :class:`DemoError`.
+    """
+    from deccm.features import DecodeError
+
+    t0 = time.perf_counter()
+    if rec.extractor is None:
+        raise DemoError(f"the model {model_label(rec)} was trained on SYNTHETIC feature vectors, so it has no video "
+                        "extractor and cannot rank an uploaded clip. Register a model trained on media (the demo corpus "
+                        "or your own clips) to try it on videos.")
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise DemoError(f"k must be a whole number, got {k!r}") from None
+    if k < 1:
+        raise DemoError(f"k must be at least 1, got {k}")
+    k = min(k, len(rec.catalog.tracks))
+    limit = min(float(max_seconds), float(rec.extractor.max_seconds))
+    up = check_upload(video_path, max_bytes=max_bytes, max_seconds=limit)
+    t1 = time.perf_counter()
+    notes = list(up.notes)
+    try:
+        with tempfile.TemporaryDirectory(prefix="deccm-demo-") as tmp:
+            clip = up.path
+            if up.capped and limit < rec.extractor.max_seconds:
+                clip = _first_seconds(up.path, limit, Path(tmp) / f"first{up.path.suffix or '.mp4'}")
+            feats, decoder_notes = rec.extractor.extract_with_notes(clip)
+    except DecodeError as e:
+        raise DemoError(f"{up.name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
+    notes += [n for n in decoder_notes if not n.startswith("capped:") and n not in notes]
+    x = feats[None, :]
+    t2 = time.perf_counter()
+    items = rec.recommend(x, k=k)
+    t3 = time.perf_counter()
+    return SuggestResult(clip=up.name, model=model_label(rec), k=k, suggestions=items,
+                         timings={"check": t1 - t0, "features": t2 - t1, "rank": t3 - t2, "total": t3 - t0},
+                         notes=notes, genre_mix=genre_mix(rec, items), features=x)
+
+
+def rank_like(other: Recommender, result: SuggestResult, video_path: str | os.PathLike,
+              max_seconds: float = MAX_SECONDS) -> list[Suggestion]:
+    """``other``'s top-k for the clip ``result`` ranked: the same features when it reads the same video features
+    (``other`` loaded without an extractor), its own extraction otherwise."""
+    spec = (other.run.data.get("features") or {}).get("video")
+    if spec is None:
+        raise DemoError(f"{model_label(other)} was trained on SYNTHETIC feature vectors and cannot rank an uploaded clip")
+    if other.extractor is None:
+        if result.features is None or result.features.shape[1] != other.run.model.video_dim:
+            raise DemoError(f"{model_label(other)} reads other video features than the champion and has no extractor loaded")
+        return other.recommend(result.features, k=result.k)
+    return suggest(other, video_path, result.k, max_seconds=max_seconds).suggestions
+
+
+def side_by_side(left: list[Suggestion], right: list[Suggestion]) -> list[list[Any]]:
+    """Rows of rank, left title (genre), right title (genre)."""
+    def cell(items: list[Suggestion], i: int) -> str:
+        return f"{items[i].title} ({items[i].genre})" if i < len(items) else ""
+    return [[i + 1, cell(left, i), cell(right, i)] for i in range(max(len(left), len(right)))]
+
+
+# --------------------------------------------------------------------------- preview
+
+
+def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None, out_dir: str | os.PathLike,
+            max_seconds: float = MAX_SECONDS) -> Path:
+    """The clip with ``audio_path`` laid under it (its own sound replaced): an H.264 + AAC mp4 in ``out_dir``.
+
+    As long as the shorter of the clip and the track (at most ``max_seconds``); scaled down
+    so its shorter side is at most 480 px. Written atomically; the same inputs give the same
+    file name, so a repeated request reuses it.
+    """
+    if audio_path is None or not Path(audio_path).is_file():
+        raise DemoError(f"no audio file for this track ({audio_path or 'the catalog has no media'}): nothing to lay under the clip")
+    video_path, audio_path = Path(video_path), Path(audio_path)
+    lengths = [d for d in (_duration(video_path), _duration(audio_path)) if d]
+    seconds = min([*lengths, float(max_seconds)])
+    key = hashlib.sha256(f"{video_path.resolve()}|{video_path.stat().st_size}|{video_path.stat().st_mtime_ns}|"
+                         f"{audio_path.resolve()}|{seconds:.3f}".encode()).hexdigest()[:16]
+    dest = Path(out_dir) / f"preview-{key}.mp4"
+    if dest.is_file():
+        return dest
+    s = f"min(1,{PREVIEW_SHORT_SIDE}/min(iw,ih))"
+    scale = f"scale=w='2*trunc(iw*{s}/2)':h='2*trunc(ih*{s}/2)'"
+    with io.atomic_path(dest) as tmp:
+        _ffmpeg(["-i", str(video_path), "-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-t", f"{seconds:.3f}",
+                 "-vf", scale, "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                 "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart", "-shortest", "-f", "mp4", str(tmp)])
+    return dest
+
+
+# --------------------------------------------------------------------------- the model card
+
+
+def data_warning(card: dict[str, Any]) -> str:
+    """One loud line when the model was trained on synthetic features or generated media; '' otherwise."""
+    trained = card.get("trained_on") or {}
+    if trained.get("synthetic"):
+        return ("**⚠ SYNTHETIC DATA.** This model was trained on SYNTHETIC feature vectors: it never saw a video or heard "
+                "a track. Its rankings show the method, not real musical taste.")
+    provenance = str(trained.get("provenance", ""))
+    if "generated" in provenance.lower() or str(trained.get("dataset", "")).startswith("demo-corpus") \
+            or "GENERATED" in str(trained.get("note", "")):
+        return ("**⚠ GENERATED DATA.** This model was trained on the demo corpus, which is GENERATED: music rendered from "
+                "public-domain scores and clips drawn by ffmpeg, with a planted relation between them. Its rankings show "
+                "the method on generated media, not real taste.")
+    return ""
+
+
+RANKING_METRICS = ("HR_w@10", "NDCG_w@10", "HR@10", "NDCG@10", "Recall@10", "MRR", "MedR")
+BIAS_METRICS = ("genre_KL@10", "C_KL@10", "top_genre_share@10", "coverage@10", "Gini@10", "tail_share@10")
+METRIC_HELP = {
+    "HR_w@10": "hit rate in the top 10 of 101 candidates, inverse-popularity weighted",
+    "NDCG_w@10": "NDCG@10 of 101 candidates, inverse-popularity weighted",
+    "HR@10": "hit rate in the top 10 of 101 candidates", "NDCG@10": "NDCG@10 of 101 candidates",
+    "Recall@10": "the used track in the top 10 of the whole catalog", "MRR": "mean reciprocal rank in the whole catalog",
+    "MedR": "median rank in the whole catalog (lower is better)",
+    "genre_KL@10": "KL(genre mix of the used tracks ‖ of the top-10 lists), lower = better calibrated",
+    "C_KL@10": "KL(uploader's genre history ‖ top-10 genre mix), lower = better calibrated",
+    "top_genre_share@10": "share of top-10 slots in the most popular genre (lower = less popularity bias)",
+    "coverage@10": "share of the catalog that appears in some top-10 list", "Gini@10": "inequality of exposure (lower = fairer)",
+    "tail_share@10": "share of top-10 slots given to long-tail tracks",
+}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:g}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4f}"
+    return "—" if v is None else str(v)
+
+
+def _evaluation_md(evaluation: dict[str, Any]) -> list[str]:
+    figures = evaluation.get("challenger") if isinstance(evaluation.get("challenger"), dict) else None
+    if figures is None:  # a bare {split: {metric: value}} evaluation
+        figures = {k: v for k, v in evaluation.items() if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())}
+    figures = {s: v for s, v in (figures or {}).items() if isinstance(v, dict) and v}
+    if not figures:
+        return ["No evaluation figures were recorded with this version (it was registered without an evaluation)."]
+    splits = list(figures)
+    out = []
+    for title, names in (("Ranking", RANKING_METRICS), ("Bias (popularity and genre calibration)", BIAS_METRICS)):
+        rows = [m for m in names if any(m in figures[s] for s in splits)]
+        if not rows:
+            continue
+        out += [f"**{title}**", "", "| metric | " + " | ".join(splits) + " | what it measures |",
+                "|---|" + "---:|" * len(splits) + "---|"]
+        out += [f"| {m} | " + " | ".join(_fmt(figures[s].get(m)) for s in splits) + f" | {METRIC_HELP.get(m, '')} |" for m in rows]
+        out.append("")
+    if "test_oracle" in splits:
+        out.append("`test_oracle` re-draws the test clips' tracks from the planted relation alone, without the uploaders' "
+                   "genre taste: it measures what the model learnt about the media, not the logged bias.")
+    champ = evaluation.get("champion")
+    if evaluation.get("comparable") and isinstance(champ, dict):
+        split = "val" if "val" in champ else next(iter(champ), None)
+        if split and "HR_w@10" in champ[split]:
+            out.append(f"When this version was registered, the champion then (v{evaluation.get('champion_version')}) scored "
+                       f"HR_w@10 {_fmt(champ[split]['HR_w@10'])} on the same {split} split.")
+    return out
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card for a person: data (synthetic / generated / real), extractors, figures incl. bias, confounder, version."""
+    if not card:
+        return "No model card: this model was not served from the registry."
+    reg = card.get("registry") or {}
+    trained = card.get("trained_on") or {}
+    training = card.get("training") or {}
+    confounder = card.get("confounder") or {}
+    pretrained = card.get("pretrained_extractors") or {}
+    extractors = card.get("extractors") or {}
+    catalog = card.get("catalog") or {}
+    version = f"version {reg['version']}" if reg.get("version") else "not registered"
+    aliases = f" (alias {', '.join(reg['aliases'])})" if reg.get("aliases") else ""
+    lines = [f"### Model card: {reg.get('name', card.get('model', 'deccm-student'))} {version}{aliases}", ""]
+    warning = data_warning(card)
+    if warning:
+        lines += [f"> {warning}", ""]
+    if trained.get("synthetic"):
+        data_kind = "SYNTHETIC features (no media)"
+    elif warning:
+        data_kind = "GENERATED media (the demo corpus)"
+    else:
+        data_kind = "real media: features extracted from the user's clips and tracks"
+
+    def extractor(kind: str) -> str:
+        desc = extractors.get(kind, "—")
+        if kind not in pretrained:
+            return desc
+        return f"{desc}: {'pretrained weights' if pretrained[kind] else 'NOT pretrained (random weights)'}"
+
+    best_val = training.get("best_val")
+    previous = reg.get("previous_champion")
+    in_data = {True: "yes", False: "no", None: "not recorded"}.get(confounder.get("uploader_taste_in_data"), "—")
+    rows = [
+        ("registry", f"{reg.get('name', 'deccm-student')} {version}{aliases}"
+         + (f"; previous champion: v{previous}" if previous not in (None, "", "none") else "")),
+        ("run", f"{card.get('run', '—')} ({card.get('kind', '')}, variant {card.get('variant', '—')}, mode {card.get('mode', '—')})"),
+        ("trained on", f"{data_kind}; dataset `{trained.get('dataset', '—')}` "
+                       f"(manifest {str(trained.get('manifest_hash') or '—')[:12]}), provenance: {trained.get('provenance', '—')}"),
+        ("about the data", trained.get("note", "—")),
+        ("video extractor", extractor("video")),
+        ("music extractor", extractor("music")),
+        ("training", f"{training.get('epochs', '—')} epochs, best epoch {training.get('best_epoch', '—')}"
+                     + (f" (validation {_fmt(best_val)})" if best_val is not None else "")
+                     + (f", distilled from teacher {training['teacher']}" if training.get("teacher") else ", no teacher")
+                     + (f", code {training['code_version']}" if training.get("code_version") else "")),
+        ("confounder (uploader genre taste)", f"{confounder.get('handling', '—')}; in the data: {in_data}"),
+        ("catalog", f"{catalog.get('tracks', '—')} tracks in {len(catalog.get('genres') or [])} genres"),
+    ]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows] + ["", "#### Evaluation", ""]
+    lines += _evaluation_md(card.get("evaluation") or {})
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------- registry: what to load and show
+
+
+@dataclass
+class Comparison:
+    """The model shown beside the champion and why it was picked."""
+
+    rec: Recommender
+    why: str  # "alias baseline", "previous champion", "another registered version"
+
+    @property
+    def label(self) -> str:
+        return f"v{(self.rec.card.get('registry') or {}).get('version', '?')} ({self.why})"
+
+
+def comparison_model(champion: Recommender, device: str = "auto") -> Comparison | None:
+    """The model to show beside ``champion``: alias ``baseline``, else the champion's previous champion, else the
+    newest other registered version; None when the champion is the only model.
+
+    Loaded without its own extractor when it reads the same video features as the champion
+    (the champion's features are reused), with it otherwise.
+    """
+    from deccm import registry
+
+    mine = str((champion.card.get("registry") or {}).get("version") or "")
+    versions = registry.list_versions()
+    candidates: list[tuple[str, str]] = []
+    for row in versions:
+        if "baseline" in row["aliases"]:
+            candidates.append((row["version"], "alias baseline"))
+    previous = (champion.card.get("registry") or {}).get("previous_champion")
+    if previous and previous != "none":
+        candidates.append((str(previous), "previous champion"))
+    candidates += [(row["version"], "another registered version") for row in versions]
+    for version, why in candidates:
+        if version == mine:
+            continue
+        try:
+            other = registry.load(version, device=device, extractor=False)
+        except registry.RegistryError as e:
+            log.warning("cannot load %s v%s for the comparison: %s", registry.MODEL_NAME, version, e)
+            continue
+        spec = (other.run.data.get("features") or {}).get("video")
+        if spec is not None and spec != (champion.run.data.get("features") or {}).get("video"):
+            other = registry.load(version, device=device, extractor=True)
+        other.card.setdefault("registry", {})
+        return Comparison(other, why)
+    return None
+
+
+def example_clips(rec: Recommender, n: int = 3) -> list[str]:
+    """A few clips from the champion's own dataset (``videos.csv`` of ``rec.catalog.source['path']``), if it has media."""
+    root = Path(str((rec.catalog.source or {}).get("path") or ""))
+    table = root / "videos.csv"
+    if not root.is_dir() or not table.is_file():
+        return []
+    with open(table, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("kind", "ugc") == "ugc"]
+    found = []
+    for r in rows:
+        for cand in (r.get("path"), r.get("source")):
+            if cand:
+                p = Path(cand) if Path(cand).is_absolute() else root / cand
+                if p.is_file() and p.suffix.lower() in {".mp4", ".mov", ".webm", ".m4v", ".mkv", ".avi"}:
+                    found.append(str(p.resolve()))
+                    break
+    if len(found) <= n:
+        return found
+    idx = np.linspace(0, len(found) - 1, n).round().astype(int)
+    return [found[i] for i in idx]
+
+
+# --------------------------------------------------------------------------- the service behind the page
+
+
+@dataclass
+class Page:
+    """Everything one Suggest press puts on the page; ``error`` set means nothing else is."""
+
+    error: str | None = None
+    result: SuggestResult | None = None
+    comparison: list[Suggestion] | None = None
+    comparison_note: str = ""
+
+    def table(self) -> list[list[Any]]:
+        if self.result is None:
+            return []
+        return [[s.rank, s.title, s.artist, s.genre, round(s.score, 4)] for s in self.result.suggestions]
+
+    def status(self) -> str:
+        if self.error:
+            return f"**Cannot suggest music:** {self.error}"
+        assert self.result is not None
+        r = self.result
+        lines = [f"Top {r.k} for **{r.clip}** from {r.model}, in {r.timings['total']:.2f} s "
+                 f"(checks {r.timings['check']:.2f} s, video features {r.timings['features']:.2f} s, "
+                 f"ranking {r.timings['rank'] * 1000:.1f} ms)."]
+        lines += [f"- note: {n}" for n in r.notes]
+        return "\n".join(lines)
+
+    def side_by_side(self) -> list[list[Any]]:
+        if self.result is None or self.comparison is None:
+            return []
+        return side_by_side(self.result.suggestions, self.comparison)
+
+    def genre_bars(self) -> list[dict[str, Any]]:
+        """Bars for a chart, catalog genre order: "<genre> · top k" and "<genre> · catalog", each with its share."""
+        if self.result is None:
+            return []
+        out = []
+        for row in self.result.genre_mix:
+            out.append({"bar": f"{row['genre']} · top {self.result.k}", "share": row["suggestions"], "list": f"top {self.result.k}"})
+            out.append({"bar": f"{row['genre']} · catalog", "share": row["catalog"], "list": "catalog"})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The page as JSON (audio as file names: server paths are not shown)."""
+        d: dict[str, Any] = {"error": self.error}
+        if self.result is not None:
+            d.update(self.result.to_dict())
+            for s in d["suggestions"]:
+                s["audio"] = Path(s["audio"]).name if s["audio"] else None
+        if self.comparison is not None:
+            d["comparison"] = [{**s.to_dict(), "audio": Path(s.audio).name if s.audio else None} for s in self.comparison]
+        if self.comparison_note:
+            d["comparison_note"] = self.comparison_note
+        return d
+
+
+class DemoService:
+    """The champion (loaded once, shared by every request), the model beside it, the examples, the card."""
+
+    def __init__(self, rec: Recommender | None = None, comparison: Comparison | None | bool = True, device: str = "auto",
+                 max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS, preview_dir: str | os.PathLike | None = None):
+        """``rec`` None loads ``deccm-student@champion`` (a ``RegistryError`` says how to train one);
+        ``comparison`` True picks one with :func:`comparison_model`, None / False shows none."""
+        from deccm import registry
+
+        self.rec = rec if rec is not None else registry.load_champion(device=device)
+        self.comparison = comparison_model(self.rec, device=device) if comparison is True else (comparison or None)
+        self.max_bytes, self.max_seconds = max_bytes, max_seconds
+        self.examples = example_clips(self.rec)
+        self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
+
+    @property
+    def label(self) -> str:
+        return model_label(self.rec)
+
+    @property
+    def comparison_label(self) -> str:
+        return self.comparison.label if self.comparison else "no other registered model"
+
+    @property
+    def comparison_note(self) -> str:
+        return "" if self.comparison else "Only one model is registered, so there is nothing to compare with."
+
+    @property
+    def examples_label(self) -> str:
+        generated = "GENERATED" in self.warning or "SYNTHETIC" in self.warning
+        return "Example clips from the model's own dataset" + (" (GENERATED clips, drawn by ffmpeg)" if generated else "")
+
+    @property
+    def card(self) -> str:
+        return card_markdown(self.rec.card)
+
+    @property
+    def warning(self) -> str:
+        return data_warning(self.rec.card)
+
+    def media_files(self) -> list[str]:
+        """Files the page serves as they are: the catalog's audio and the example clips."""
+        recs = [self.rec] + ([self.comparison.rec] if self.comparison else [])
+        return sorted({t["audio"] for r in recs for t in r.catalog.tracks if t.get("audio")} | set(self.examples))
+
+    def respond(self, video: str | os.PathLike | None, k: int = 10) -> Page:
+        """One Suggest press: the champion's ranking and the comparison model's, or the reason there is none."""
+        try:
+            result = suggest(self.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds)
+        except DemoError as e:
+            return Page(error=str(e))
+        page = Page(result=result)
+        if self.comparison is None:
+            page.comparison_note = self.comparison_note
+        else:
+            try:
+                page.comparison = rank_like(self.comparison.rec, result, video, self.max_seconds)
+            except DemoError as e:
+                page.comparison_note = f"{self.comparison.label} cannot rank this clip: {e}"
+        return page
+
+    def preview(self, video: str | os.PathLike | None, audio: str | None) -> Path | None:
+        """The clip with the top track under it; None when there is no clip or no track audio yet."""
+        if not video or not audio:
+            return None
+        _prune(self.preview_dir, PREVIEW_KEEP_S)
+        return preview(video, audio, self.preview_dir, self.max_seconds)
+
+
+def _prune(folder: Path, max_age_s: float) -> None:
+    """Delete previews older than ``max_age_s`` (a long-running demo must not fill the disk)."""
+    cutoff = time.time() - max_age_s
+    for f in folder.glob("preview-*.mp4"):
+        try:
+            if f.stat().st_mtime < cutoff:
+                f.unlink()
+        except FileNotFoundError:
+            pass  # another request pruned it
+
