@@ -1,0 +1,375 @@
+"""The demo: deccm.demo's logic on real media, the Gradio app through gradio_client and in a real browser.
+
+No mocks. The fast tests use ffmpeg-made clips and a tiny synthetic run. The slow ones share
+one module fixture: the tiny demo corpus (real media) and two students trained on it,
+registered and promoted in a private DECCM_HOME (v1, then v2 as the champion), exactly as
+the retraining pipeline does it; one app serves both the API and the browser tests.
+
+The browser test drives Debian's chromium (``apt-get install -y --no-install-recommends
+chromium``); it fails, never skips, when it is missing. ``DECCM_SCREENSHOT=1`` saves its
+screenshot as docs/demo.png.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+import numpy as np
+import pytest
+
+import media
+from deccm import demo
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+
+_one_torch_thread = pytest.fixture(autouse=True, scope="module")(media.one_torch_thread)
+
+
+def _app_module() -> Any:
+    """demo/app.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    if "deccm_demo_app" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("deccm_demo_app", ROOT / "demo" / "app.py")
+        assert spec is not None and spec.loader is not None
+        sys.modules["deccm_demo_app"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["deccm_demo_app"]
+
+
+def _streams(path: Path) -> dict[str, Any]:
+    with av.open(str(path)) as c:
+        return {"video": [s.codec_context.name for s in c.streams.video], "audio": [s.codec_context.name for s in c.streams.audio],
+                "duration": c.duration / av.time_base, "format": c.format.name}
+
+
+# --------------------------------------------------------------------------- uploads (fast: ffmpeg media only)
+
+
+def test_bad_uploads_get_clear_messages(tmp_path: Path) -> None:
+    def refused(path: Any, **kw: Any) -> str:
+        with pytest.raises(demo.DemoError) as e:
+            demo.check_upload(path, **kw)
+        return str(e.value)
+
+    assert "No clip was uploaded" in refused(None)
+    assert "missing.mp4: the uploaded file is missing" in refused(tmp_path / "missing.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    assert refused(tmp_path / "empty.mp4").startswith("empty.mp4 is an empty file (0 bytes)")
+    (tmp_path / "notes.mp4").write_text("my holiday notes, not a video\n")
+    assert refused(tmp_path / "notes.mp4") == ("notes.mp4 is not a usable video: not a media file (looks like text). "
+                                               "Upload a video file (mp4, mov, webm …).")
+    media.make_audio(tmp_path / "song.m4a", duration=1.0)
+    assert "song.m4a is not a usable video: no video stream" in refused(tmp_path / "song.m4a")
+    clip = media.make_clip(tmp_path / "clip.mp4", duration=2.0)
+    media.truncate(clip, tmp_path / "cut.mp4", 0.4)
+    assert "cut.mp4 is not a usable video: truncated or corrupt MP4/MOV file" in refused(tmp_path / "cut.mp4")
+    media.run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1", str(tmp_path / "still.png")])
+    assert "still.png is a still image" in refused(tmp_path / "still.png")
+    size = clip.stat().st_size
+    msg = refused(clip, max_bytes=size - 1)
+    assert msg.startswith(f"clip.mp4 is {size / 1e3:.1f} kB: the demo takes clips up to {(size - 1) / 1e3:.1f} kB")
+
+    ok = demo.check_upload(clip)
+    assert ok.name == "clip.mp4" and ok.bytes == size and not ok.capped and ok.notes == () and abs(ok.duration - 2.0) < 0.15
+
+
+def test_a_long_clip_is_not_refused_its_first_seconds_are_used(tmp_path: Path) -> None:
+    clip = media.make_clip(tmp_path / "long.mp4", duration=6.0)
+    up = demo.check_upload(clip, max_seconds=2.5)
+    assert up.capped and up.used_seconds == 2.5 and up.notes == ("the clip is 6.0 s long: used the first 2.5 s",)
+    first = demo._first_seconds(clip, 2.5, tmp_path / "first.mp4")
+    assert abs(_streams(first)["duration"] - 2.5) < 0.3 and _streams(first)["audio"] == []
+
+
+# --------------------------------------------------------------------------- preview (fast)
+
+
+def test_preview_lays_the_track_under_the_clip(tmp_path: Path) -> None:
+    clip = media.make_clip(tmp_path / "clip.webm", duration=3.0, size="320x240", audio=440.0)  # VP8 + Vorbis in, H.264 + AAC out
+    track = media.make_audio(tmp_path / "track.wav", duration=2.0, audio=880.0)
+    long_track = media.make_audio(tmp_path / "long.ogg", duration=5.0, audio=660.0)
+    out = tmp_path / "previews"
+    for audio, max_seconds, want in ((track, 60.0, 2.0), (long_track, 60.0, 3.0), (long_track, 1.5, 1.5)):
+        t = time.perf_counter()
+        p = demo.preview(clip, audio, out, max_seconds=max_seconds)
+        took = time.perf_counter() - t
+        s = _streams(p)
+        assert p.suffix == ".mp4" and p.parent == out and s["format"].startswith("mov,mp4")
+        assert s["video"] == ["h264"] and s["audio"] == ["aac"], s
+        assert abs(s["duration"] - want) < 0.15, (audio.name, max_seconds, s["duration"])
+        assert took < 20
+    with av.open(str(demo.preview(clip, track, out))) as c:  # the track replaced the clip's own 440 Hz sine
+        x = np.concatenate([f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)])
+        rate = c.streams.audio[0].rate
+    peak = int(np.argmax(np.abs(np.fft.rfft(x[:rate]))))  # 1 s of samples: bin k is k Hz
+    assert abs(peak - 880) < 10, peak
+    assert sorted(f.name for f in out.iterdir() if f.name.startswith(".")) == []  # no temp file left behind
+    again = demo.preview(clip, track, out)
+    assert again == demo.preview(clip, track, out) and len(list(out.iterdir())) == 3  # same inputs: the same file
+    with pytest.raises(demo.DemoError, match="no audio file for this track"):
+        demo.preview(clip, None, out)
+
+
+# --------------------------------------------------------------------------- the model card and a synthetic model (fast)
+
+
+@pytest.fixture(scope="module")
+def synthetic_rec(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from deccm.models import ModelConfig
+    from deccm.runs import TrainConfig
+    from deccm.serve import Recommender
+    from deccm.train import train
+
+    run = train("student", tiny_dataset, tmp_path_factory.mktemp("runs") / "s", ModelConfig.for_mode("fixed", distill="off"),
+                TrainConfig(epochs=1, batch_size=64, seed=2, device="cpu"), variant="no-distill")
+    return Recommender.from_run(run, device="cpu")
+
+
+def test_card_markdown_says_synthetic_loudly_and_shows_the_figures(synthetic_rec: Any) -> None:
+    from deccm import registry
+
+    evaluation = {"challenger": {"val": {"HR_w@10": 0.31, "genre_KL@10": 0.42, "top_genre_share@10": 0.5, "MedR": 12.0},
+                                 "test": {"HR_w@10": 0.29, "genre_KL@10": 0.40}}}
+    card = {**registry.model_card(synthetic_rec, evaluation),
+            "registry": {"name": "deccm-student", "version": "7", "aliases": ["champion"], "previous_champion": "5"}}
+    md = demo.card_markdown(card)
+    assert "**⚠ SYNTHETIC DATA.**" in md and "SYNTHETIC features (no media)" in md
+    assert "### Model card: deccm-student version 7 (alias champion)" in md and "previous champion: v5" in md
+    assert "| HR_w@10 | 0.3100 | 0.2900 |" in md and "| genre_KL@10 | 0.4200 | 0.4000 |" in md and "| MedR | 12 | — |" in md
+    assert "**Bias (popularity and genre calibration)**" in md and "| top_genre_share@10 | 0.5000 | — |" in md
+    assert "none (synthetic features)" in md and card["confounder"]["handling"] in md
+    assert demo.data_warning(card).startswith("**⚠ SYNTHETIC DATA.**")
+    # the same card for real user media: no warning, and no evaluation is said plainly
+    user = {**card, "trained_on": {**card["trained_on"], "synthetic": False, "provenance": "user data", "dataset": "mine",
+                                   "note": "features extracted from the user's media"}, "evaluation": {}}
+    md = demo.card_markdown(user)
+    assert "SYNTHETIC" not in md and "GENERATED" not in md and demo.data_warning(user) == ""
+    assert "real media" in md and "No evaluation figures were recorded" in md
+
+
+def test_a_synthetic_model_cannot_rank_an_uploaded_clip(synthetic_rec: Any, tmp_path: Path) -> None:
+    clip = media.make_clip(tmp_path / "clip.mp4", duration=1.0)
+    with pytest.raises(demo.DemoError, match="trained on SYNTHETIC feature vectors.*cannot rank an uploaded clip"):
+        demo.suggest(synthetic_rec, clip, 5)
+
+
+def test_the_page_without_a_champion_says_how_to_train_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gradio as gr
+
+    demo_app = _app_module()
+    monkeypatch.setenv("DECCM_HOME", str(tmp_path / "empty-home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    page = demo_app.build_app(device="cpu")
+    text = " ".join(str(b.value) for b in page.blocks.values() if isinstance(b, gr.Markdown))
+    assert "No model to serve." in text and "no deccm-student@champion is registered" in text and "make pipeline" in text
+    assert not any(isinstance(b, gr.Button) for b in page.blocks.values())
+
+
+# --------------------------------------------------------------------------- a registered champion on real media (slow)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private state dir for this module: its own corpus, MLflow registry and runs."""
+    path = tmp_path_factory.mktemp("demo_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DECCM_HOME", str(path))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def models(home: Path) -> dict[str, Any]:
+    """The tiny demo corpus; v1 registered and promoted by the pipeline's stages, then v2 promoted over it."""
+    from deccm import pipeline, registry
+
+    t = time.perf_counter()
+    cfg = pipeline.make_config({"source": "demo-tiny", "epochs": 3, "variant": "plain", "device": "cpu", "batch_size": 64,
+                                "gate_floor": 0.0})
+    data = pipeline.prepare_data(cfg)  # ~1.5 min on 2 idle cores
+    built = time.perf_counter() - t
+    run1 = pipeline.train_student(cfg, data, None)
+    v1 = pipeline.register(cfg, run1, pipeline.gate(cfg, pipeline.evaluate_candidates(cfg, run1)))
+    assert v1 == {"version": "1", "promoted": True, "champion": "1"}
+    alone = demo.comparison_model(registry.load_champion(device="cpu", extractor=False), device="cpu")
+    cfg2 = pipeline.make_config({**cfg, "train_seed": 7, "epochs": 4})
+    run2 = pipeline.train_student(cfg2, data, None)
+    v2 = registry.register(run2, pipeline.evaluate_candidates(cfg2, run2))
+    registry.promote(v2, "test: the newer model")
+    print(f"\ndemo fixture: corpus {built:.0f} s, two models registered {time.perf_counter() - t - built:.0f} s")
+    return {"data": Path(data), "alone": alone, "v2": v2}
+
+
+@pytest.fixture(scope="module")
+def service(models: dict[str, Any]) -> demo.DemoService:
+    return demo.DemoService(device="cpu")  # the champion, as the app loads it
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return media.make_clip(tmp_path_factory.mktemp("clips") / "holiday.mp4", duration=10.0, source="mandelbrot", size="320x240",
+                           rate=25, audio=330.0)
+
+
+@pytest.mark.slow
+def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(service: demo.DemoService, clip: Path,
+                                                                              tmp_path: Path) -> None:
+    rec = service.rec
+    assert rec.card["registry"]["version"] == "2" and rec.extractor is not None
+    want = rec.recommend(clip, k=10)
+    got = demo.suggest(rec, clip, 10)
+    assert [s.track for s in got.suggestions] == [s.track for s in want]
+    np.testing.assert_allclose([s.score for s in got.suggestions], [s.score for s in want], rtol=1e-5)
+    assert [s.rank for s in got.suggestions] == list(range(1, 11)) and got.clip == "holiday.mp4" and got.notes == []
+    assert got.model == "deccm-student v2 (challenger, champion)"
+    assert set(got.timings) == {"check", "features", "rank", "total"} and got.timings["total"] >= got.timings["features"] > 0
+    mix = {r["genre"]: r for r in got.genre_mix}
+    assert list(mix) == rec.catalog.genres
+    assert abs(sum(r["suggestions"] for r in mix.values()) - 1) < 1e-9 and abs(sum(r["catalog"] for r in mix.values()) - 1) < 1e-9
+    assert all(r["catalog"] == rec.catalog.genre_mix()[g] for g, r in mix.items())
+    for g, r in mix.items():
+        assert r["suggestions"] == sum(s.genre == g for s in want) / 10
+    assert all(s.audio and Path(s.audio).is_file() for s in got.suggestions)
+
+    # longer than the limit: ranked on its first seconds, and the result says so
+    capped = demo.suggest(rec, clip, 5, max_seconds=4)
+    assert capped.notes == ["the clip is 10.0 s long: used the first 4 s"]
+    first = demo._first_seconds(clip, 4, tmp_path / "first4.mp4")
+    assert [s.track for s in capped.suggestions] == [s.track for s in rec.recommend(first, k=5)]
+    assert demo.suggest(rec, clip, 10_000).k == len(rec.catalog.tracks)  # k is capped at the catalog
+    with pytest.raises(demo.DemoError, match="k must be at least 1"):
+        demo.suggest(rec, clip, 0)
+
+
+@pytest.mark.slow
+def test_comparison_model_baseline_then_previous_champion(models: dict[str, Any], service: demo.DemoService, clip: Path) -> None:
+    import mlflow
+
+    from deccm import registry
+
+    assert models["alone"] is None  # with one registered model there is nothing to compare
+    cmp = service.comparison
+    assert cmp is not None and cmp.why == "previous champion" and cmp.rec.card["registry"]["version"] == "1"
+    assert cmp.label == "v1 (previous champion)" and cmp.rec.extractor is None  # same video features: the champion's are reused
+    page = service.respond(clip, 10)
+    assert page.error is None and page.comparison == cmp.rec.recommend(service.rec.video_features(clip), k=10)
+    rows = page.side_by_side()
+    assert rows[0] == [1, f"{page.result.suggestions[0].title} ({page.result.suggestions[0].genre})",
+                       f"{page.comparison[0].title} ({page.comparison[0].genre})"]
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(registry.MODEL_NAME, "baseline", "1")
+    try:
+        picked = demo.comparison_model(service.rec, device="cpu")
+        assert picked is not None and picked.why == "alias baseline" and picked.rec.card["registry"]["version"] == "1"
+    finally:
+        client.delete_registered_model_alias(registry.MODEL_NAME, "baseline")
+
+
+@pytest.mark.slow
+def test_examples_and_card_come_from_the_champion(models: dict[str, Any], service: demo.DemoService) -> None:
+    assert len(service.examples) == 3
+    for p in service.examples:
+        assert Path(p).is_file() and Path(p).is_relative_to(models["data"] / "media" / "clips" / "ugc")
+    md = service.card
+    assert "**⚠ GENERATED DATA.**" in md and "the demo corpus is GENERATED" in md and "GENERATED media (the demo corpus)" in md
+    assert "version 2 (alias challenger, champion)" in md and "previous champion: v1" in md
+    assert "efficientnet-lite0 (pretrained" in md and "NOT pretrained (random weights)" in md  # VGGish is untrained
+    for metric in ("HR_w@10", "genre_KL@10", "top_genre_share@10", "coverage@10", "test_oracle"):
+        assert f"| {metric} |" in md or metric in md
+    assert "not modelled" in md  # variant plain: the confounder is not modelled, and the card says so
+    assert "GENERATED" in service.examples_label
+
+
+# --------------------------------------------------------------------------- the app: API and browser (slow)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(service: demo.DemoService) -> Iterator[str]:
+    app = _app_module().build_app(service=service)
+    port = _free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@pytest.mark.slow
+def test_api_suggest_matches_the_recommender_and_reports_bad_uploads(app_url: str, service: demo.DemoService, clip: Path,
+                                                                     tmp_path: Path) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False, download_files=False)
+    assert {"/suggest", "/preview"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    out = client.predict(handle_file(str(clip)), 7, api_name="/suggest")
+    status, table, *players = out[:7]
+    chart, compare, raw = out[7:10]
+    want = service.rec.recommend(clip, k=7)
+    assert [s["track"] for s in raw["suggestions"]] == [s.track for s in want] and raw["error"] is None
+    assert [row[1] for row in table["data"]] == [s.title for s in want]
+    assert [row[0] for row in table["data"]] == list(range(1, 8)) and table["headers"][2] == "composer / artist"
+    assert status.startswith("Top 7 for **holiday.mp4** from deccm-student v2")
+    assert [p["value"]["orig_name"] if isinstance(p["value"], dict) else Path(p["value"]).name for p in players] == \
+        [Path(s.audio).name for s in want[:5]]
+    assert len(chart["data"]) == 2 * len(service.rec.catalog.genres)
+    assert compare["value"]["headers"][2] == "v1 (previous champion)" and len(compare["value"]["data"]) == 7
+
+    (tmp_path / "notes.mp4").write_text("my holiday notes, not a video\n")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    for name, message in (("notes.mp4", "notes.mp4 is not a usable video: not a media file (looks like text)"),
+                          ("empty.mp4", "empty.mp4 is an empty file (0 bytes)")):
+        bad = client.predict(handle_file(str(tmp_path / name)), 7, api_name="/suggest")
+        assert bad[0].startswith("**Cannot suggest music:** ") and message in bad[0], bad[0]
+        assert bad[1]["data"] in ([], [[]]) or not any(any(c != "" for c in r) for r in bad[1]["data"])
+        assert "Traceback" not in bad[0] and bad[9]["error"].startswith(name)
+
+
+@pytest.mark.slow
+def test_browser_upload_suggest_listen_and_preview(app_url: str, service: demo.DemoService, clip: Path, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.is_file(), ("Debian's chromium is missing: `apt-get install -y --no-install-recommends chromium` "
+                                "(playwright cannot download browsers here)")
+    shot = ROOT / "docs" / "demo.png" if os.environ.get("DECCM_SCREENSHOT") else tmp_path / "demo.png"
+    top = service.rec.recommend(clip, k=10)[0]
+    t = time.perf_counter()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app_url)
+            page.get_by_text("GENERATED DATA").first.wait_for(timeout=30_000)  # labelled before anything is uploaded
+            page.locator("#clip input[type=file]").set_input_files(str(clip))
+            page.locator("#clip video").first.wait_for(timeout=30_000)  # the upload has landed
+            page.locator("#suggest").click()
+            page.locator("#ranking").get_by_text(top.title).first.wait_for(timeout=60_000)
+            # the player's <audio> lives in a shadow root: playwright's CSS pierces it, document.querySelector does not
+            audio = page.locator("#track-1 audio[src]").first
+            audio.wait_for(state="attached", timeout=30_000)
+            page.wait_for_function("a => a.readyState >= 1 && a.duration > 0", arg=audio.element_handle(), polling=250,
+                                   timeout=30_000)  # the browser fetched and decoded the track
+            assert page.locator("#track-1 a[download]").first.get_attribute("href").endswith(Path(top.audio).name)
+            video = page.locator("#preview video[src]").first
+            video.wait_for(state="attached", timeout=60_000)
+            page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=video.element_handle(), polling=250,
+                                   timeout=30_000)
+            assert "Cannot suggest music" not in page.locator("#status").inner_text()
+            page.wait_for_timeout(1000)  # let the waveforms and the chart finish drawing
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 50_000
+    print(f"\nbrowser round trip {time.perf_counter() - t:.1f} s; screenshot {shot}")
