@@ -374,7 +374,17 @@ def data_record(ds: "Dataset") -> dict[str, Any]:
     """What a run stores about its data."""
     return {**record_path(ds.root), "name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash, "pgc_hash": pgc_hash(ds),
             "provenance": ds.manifest.get("provenance"), "synthetic": ds.is_synthetic,
-            "features": ds.manifest.get("features"), "confounder": ds.manifest.get("confounder")}
+            "features": ds.manifest.get("features"), "confounder": confounder_record(ds)}
+
+
+def confounder_record(ds: "Dataset") -> dict[str, Any]:
+    """Whether the data carries the uploader-taste confounder: the manifest's word, else uploaders and genres present."""
+    recorded = ds.manifest.get("confounder")
+    if recorded is not None:
+        return recorded
+    available = ds.ugc.train.uploader is not None and ds.n_genres > 1
+    return {"available": available, "reason": "uploaders and genres present" if available else
+            "no uploader ids or a single genre group in the training rows"}
 
 
 def code_version() -> str:

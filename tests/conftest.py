@@ -22,3 +22,17 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from deccm.data.synth import synth
 
     return synth(tmp_path_factory.mktemp("data") / "tiny", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny real-media demo corpus (seed 0), built once per session through the CLI; treat as read-only."""
+    import subprocess
+    import sys
+
+    dst = tmp_path_factory.mktemp("corpus") / "demo"
+    proc = subprocess.run([sys.executable, "-m", "deccm.cli", "data", "demo-corpus", str(dst), "--size", "tiny", "--seed", "0"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"wrote demo corpus (tiny, seed 0) to {dst}" in proc.stdout
+    return dst

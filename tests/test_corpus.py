@@ -5,8 +5,6 @@ One ``--size tiny`` build through the ``deccm data demo-corpus`` CLI serves ever
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -21,13 +19,8 @@ from deccm.runs import RunError
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dst = tmp_path_factory.mktemp("corpus") / "demo"
-    proc = subprocess.run([sys.executable, "-m", "deccm.cli", "data", "demo-corpus", str(dst), "--size", "tiny", "--seed", "0"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert f"wrote demo corpus (tiny, seed 0) to {dst}" in proc.stdout
-    return dst
+def corpus(tiny_corpus: Path) -> Path:
+    return tiny_corpus  # built once per session by `deccm data demo-corpus --size tiny` (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ screenshot as docs/demo.png.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import time
@@ -186,14 +187,15 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def models(home: Path) -> dict[str, Any]:
+def models(home: Path, tiny_corpus: Path) -> dict[str, Any]:
     """The tiny demo corpus; v1 registered and promoted by the pipeline's stages, then v2 promoted over it."""
     from deccm import pipeline, registry
 
     t = time.perf_counter()
     cfg = pipeline.make_config({"source": "demo-tiny", "epochs": 3, "variant": "plain", "device": "cpu", "batch_size": 64,
                                 "gate_floor": 0.0})
-    data = pipeline.prepare_data(cfg)  # ~1.5 min on 2 idle cores
+    shutil.copytree(tiny_corpus, home / "data" / "demo-tiny")  # the session's corpus: prepare_data finds it there
+    data = pipeline.prepare_data(cfg)
     built = time.perf_counter() - t
     run1 = pipeline.train_student(cfg, data, None)
     v1 = pipeline.register(cfg, run1, pipeline.gate(cfg, pipeline.evaluate_candidates(cfg, run1)))
