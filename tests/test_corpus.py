@@ -66,7 +66,7 @@ def test_dataset_is_extracted_native_format_with_honest_specs(ds: Dataset) -> No
     assert video["trained"] is True and video["name"] == "efficientnet-lite0"
     assert m["dims"]["music_blocks"] == [{"name": "embedding", "dim": 128}, {"name": "descriptor", "dim": 128}]
     u = ds.ugc
-    assert u.video_features.shape[1] == 1280 and u.music_features.shape[1] == 256
+    assert u.video_features.shape[1] == 1288  # EfficientNet-Lite0 1280 + the motion block 8 and u.music_features.shape[1] == 256
     # music features are the catalog-normalised raw vectors, and the stats to redo that are stored
     assert u.music_norm_mean is not None and u.music_norm_std is not None
     assert np.abs(u.music_features.mean(axis=0)).max() < 1e-3
@@ -244,12 +244,12 @@ def test_models_train_and_evaluate_on_the_extracted_corpus(corpus: Path, tmp_pat
     teacher = train("teacher", corpus, tmp_path / "t", ModelConfig.for_mode("fixed"), tc)
     student = train("student", corpus, tmp_path / "s", ModelConfig.for_mode("fixed"), tc, teacher=teacher)
     conf = json.loads((student / "config.json").read_text())
-    assert conf["model"]["video_dim"] == 1280 and conf["data"]["provenance"] == "extracted"
+    assert conf["model"]["video_dim"] == 1288 and conf["data"]["provenance"] == "extracted"
     assert conf["data"]["features"]["music"]["weights"] == "untrained"  # VGGish without its weights, said so
     results, payload = evaluate([str(student), "popularity"], corpus, ["test", "test_oracle"], n_boot=0, device="cpu")
     assert {r.split for r in results} == {"test", "test_oracle"}
     assert all(0.0 <= r.values["HR_w@10"] <= 1.0 for r in results)
-    with pytest.raises(RunError, match="1280/256-d features"):
+    with pytest.raises(RunError, match="1288/256-d features"):
         evaluate([str(student)], tiny_dataset, ["test"], n_boot=0, device="cpu")
 
     # served from the run: the extractor rebuilt from the recorded spec ranks a real clip like evaluate does

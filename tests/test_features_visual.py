@@ -165,3 +165,32 @@ def test_bad_options_are_refused() -> None:
         VideoExtractor(backbone="vit")
     with pytest.raises(ValueError, match="unknown pool"):
         VideoExtractor(pool="median")
+
+
+def test_motion_block_measures_change_cuts_and_look(clips: dict[str, Path], effnet: VideoExtractor, tmp_path: Path) -> None:
+    from deccm.features.visual import MOTION_NAMES
+
+    ext = VideoExtractor(device="cpu", motion=True)
+    assert ext.spec["dims"] == 1288 and [b["name"] for b in ext.spec["blocks"]] == ["visual", "motion"]
+    assert ext.spec["spec_id"] != effnet.spec["spec_id"] and "motion" in ext.spec["preprocessing"]
+    assert VideoExtractor.from_spec(ext.spec, device="cpu").spec == ext.spec
+    # a still red clip, a still blue one, a moving pattern, and red/blue cut every half second for 4 s
+    red = media.make_clip(tmp_path / "red.mp4", duration=2.0, source="red", audio=None)
+    blue = media.make_clip(tmp_path / "blue.mp4", duration=2.0, source="blue", audio=None)
+    parts = [red if i % 2 == 0 else blue for i in range(8)]
+    cuts = tmp_path / "cuts.mp4"
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"file '{p}'\ninpoint 0\noutpoint 0.5\n" for p in parts))
+    media.run_ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-c:v", "libx264", "-preset", "ultrafast",
+                      "-pix_fmt", "yuv420p", str(cuts)])
+
+    def block(path: Path) -> dict[str, float]:
+        vec = ext.extract(path)
+        np.testing.assert_allclose(vec[:1280], effnet.extract(path), rtol=1e-5, atol=1e-5)  # the CNN part is unchanged
+        return dict(zip(MOTION_NAMES, vec[1280:].tolist()))
+
+    r, b, moving, cut = block(red), block(blue), block(clips["pattern"]), block(cuts)
+    assert r["motion"] < 0.05 and r["cuts_per_s"] == 0 and moving["motion"] > 10 * max(r["motion"], 0.005)
+    assert r["warmth"] > 1.0 > -1.0 > b["warmth"] and r["saturation"] > 1.5
+    assert 1.2 <= cut["cuts_per_s"] <= 2.3  # 7 cuts in about 3.5 s between the first and the last sample
+    assert cut["motion_spread"] > moving["motion_spread"] and moving["edges"] > r["edges"]  # cuts: bursts of change

@@ -40,6 +40,9 @@ def build_parser(prog: str = "deccm features") -> argparse.ArgumentParser:
     v.add_argument("--max-frames", type=int, default=16, help="at most this many frames per clip, evenly spread (default 16)")
     v.add_argument("--max-seconds", type=float, default=600.0, help="use only the first N seconds of a clip (default 600)")
     v.add_argument("--pool", choices=["mean", "meanmax"], default="mean", help="pool frame features by mean or mean‖max")
+    v.add_argument("--motion", action="store_true",
+                   help="append the 8-d motion block (frame change, cuts per second, brightness, contrast, warmth, "
+                        "saturation, edges from small frames at 4 fps): motion and editing a CNN on sparse frames misses")
 
     m = sub.add_parser("music", parents=[common], help="256-d music features (VGGish ‖ eGeMAPS + librosa descriptors)")
     m.add_argument("--vggish-weights", type=Path, default=None,
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm features") -> int:
     opts: dict = {}
     if args.kind == "videos":
         opts = dict(backbone=args.backbone, resnet_weights=args.resnet_weights, allow_untrained=args.allow_untrained,
-                    fps=args.fps, max_frames=args.max_frames, max_seconds=args.max_seconds, pool=args.pool)
+                    fps=args.fps, max_frames=args.max_frames, max_seconds=args.max_seconds, pool=args.pool, motion=args.motion)
     else:
         opts = dict(vggish_weights=args.vggish_weights, max_seconds=args.max_seconds)
     try:

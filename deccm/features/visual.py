@@ -12,6 +12,12 @@ Two backbones:
 Frames: decoded display-oriented, rescaled so the shorter side is 224 (area filter),
 centre-cropped to 224×224, ImageNet mean/std normalised (what both networks were
 trained with). Pooled features per frame, then mean (or mean‖max) over the clip.
+
+Optional motion block (``motion=True``, ``--motion``): a CNN on a few frames sees what is
+in a clip, barely how it moves. The block adds 8 numbers measured on small grey/colour
+frames sampled densely (``MOTION_FPS``): mean and spread of the frame-to-frame change,
+cuts per second, brightness, contrast, warmth, saturation and edge density, each scaled to
+about unit range (:func:`motion_block`). It is recorded in the spec (a ``motion`` block).
 """
 from __future__ import annotations
 
@@ -37,6 +43,12 @@ INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ENV_RESNET_WEIGHTS = "DECCM_RESNET50_WEIGHTS"
+MOTION_FPS = 4.0  # frames per second sampled for the motion block
+MOTION_MAX_FRAMES = 48
+MOTION_SIDE = 64  # shorter side of the small frames it is measured on
+CUT_THRESHOLD = 0.12  # mean absolute grey change (0..1) between two samples that counts as a cut
+MOTION_NAMES = ("motion", "motion_spread", "cuts_per_s", "brightness", "contrast", "warmth", "saturation", "edges")
+MOTION_SCALE = (10.0, 10.0, 1.0, 2.0, 4.0, 4.0, 3.0, 10.0)  # × raw value: each lands near [0, 1]
 UNTRAINED_SEED = 0
 
 
@@ -116,12 +128,32 @@ def center_crop(images: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     return images[:, top:top + size, left:left + size]
 
 
+def motion_block(images: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """(8,) motion and look statistics of frames (N, H, W, 3) uint8 shown at ``times`` (s); see ``MOTION_NAMES``.
+
+    change_t = mean |x_t − x_{t−1}| over pixels and RGB channels (0..1, so a cut between two
+    colours of the same brightness counts); motion = mean change, motion_spread = its std,
+    cuts_per_s = #{change_t > CUT_THRESHOLD} / span; brightness and contrast = mean and std of
+    the luma g = 0.299 R + 0.587 G + 0.114 B; warmth = mean(R − B); saturation = mean(max − min
+    over RGB); edges = mean |∇g|. Multiplied by ``MOTION_SCALE``.
+    """
+    rgb = images.astype(np.float32) / 255.0
+    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (N, H, W)
+    change = np.abs(np.diff(rgb, axis=0)).mean(axis=(1, 2, 3)) if len(rgb) > 1 else np.zeros(1, np.float32)
+    span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
+    cuts = float((change > CUT_THRESHOLD).sum() / span) if span > 0 else 0.0
+    gy, gx = np.abs(np.diff(grey, axis=1)).mean(), np.abs(np.diff(grey, axis=2)).mean()
+    raw = np.array([change.mean(), change.std(), cuts, grey.mean(), grey.std(), (rgb[..., 0] - rgb[..., 2]).mean(),
+                    (rgb.max(axis=3) - rgb.min(axis=3)).mean(), (gx + gy) / 2], dtype=np.float64)
+    return (raw * np.asarray(MOTION_SCALE)).astype(np.float32)
+
+
 class VideoExtractor(HasSpec):
     """One clip → one vector. Build once (loads the network), call :meth:`extract` per clip."""
 
     def __init__(self, backbone: str = "efficientnet-lite0", *, resnet_weights: str | os.PathLike | None = None,
                  allow_untrained: bool = False, fps: float = 1.0, max_frames: int = 16, max_seconds: float = 600.0,
-                 pool: str = "mean", device: str = "auto", batch_size: int = 16):
+                 pool: str = "mean", device: str = "auto", batch_size: int = 16, motion: bool = False):
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         if pool not in POOLS:
@@ -137,7 +169,9 @@ class VideoExtractor(HasSpec):
             net, info = resnet50(resnet_weights, allow_untrained=allow_untrained)
         self.net = net.eval().to(self.device)
         self.backbone_dim = BACKBONES[backbone]
-        self.dim = self.backbone_dim * (2 if pool == "meanmax" else 1)
+        self.motion = bool(motion)
+        visual_dim = self.backbone_dim * (2 if pool == "meanmax" else 1)
+        self.dim = visual_dim + (len(MOTION_NAMES) if self.motion else 0)
         self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         self._spec = ExtractorSpec(
@@ -149,8 +183,12 @@ class VideoExtractor(HasSpec):
                 "crop": f"centre {INPUT_SIZE}x{INPUT_SIZE}", "colour": "rgb24",
                 "normalise": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
                 "frame_feature": "global average pool before the classifier", "pool": pool,
+                **({"motion": {"fps": MOTION_FPS, "max_frames": MOTION_MAX_FRAMES, "short_side": MOTION_SIDE,
+                               "cut_threshold": CUT_THRESHOLD, "features": list(MOTION_NAMES), "scale": list(MOTION_SCALE)}}
+                   if self.motion else {}),
             },
-            blocks=[{"name": "visual", "start": 0, "stop": self.dim, "pool": pool}],
+            blocks=[{"name": "visual", "start": 0, "stop": visual_dim, "pool": pool}]
+            + ([{"name": "motion", "start": visual_dim, "stop": self.dim}] if self.motion else []),
         ).to_dict()
 
     @classmethod
@@ -165,7 +203,7 @@ class VideoExtractor(HasSpec):
         pre = spec["preprocessing"]
         ext = cls(spec["name"], resnet_weights=resnet_weights, allow_untrained=spec["weights"] == UNTRAINED,
                   fps=pre["fps"], max_frames=pre["max_frames"], max_seconds=pre["max_seconds"], pool=pre["pool"],
-                  device=device, batch_size=batch_size)
+                  device=device, batch_size=batch_size, motion="motion" in pre)
         require_same(spec, ext.spec, "requested", "rebuilt")
         return ext
 
@@ -189,6 +227,10 @@ class VideoExtractor(HasSpec):
         vec = feats.mean(axis=0)
         if self.pool == "meanmax":
             vec = np.concatenate([vec, feats.max(axis=0)])
+        if self.motion:
+            small = decode.read_frames(path, fps=MOTION_FPS, max_frames=MOTION_MAX_FRAMES, max_seconds=self.max_seconds,
+                                       short_side=MOTION_SIDE)
+            vec = np.concatenate([vec, motion_block(small.images, small.times)])
         return vec.astype(np.float32), frames.notes
 
     def extract(self, path: str | os.PathLike) -> np.ndarray:

@@ -67,6 +67,7 @@ class CorpusConfig:
     height: int = 120
     fps: int = 12
     extract_fps: float = 0.5  # frames per second the video extractor samples (clips are steady between cuts)
+    video_motion: bool = True  # the extractor's motion block: the planted relation uses motion and cut rate
     max_piece_bytes: int | None = None  # skip corpus files with a larger catalog.parse_size (slow to parse)
     zipf_s: float = 1.0  # genre popularity exponent
     uploader_concentration: float = 1.0
@@ -313,7 +314,7 @@ def _build(cfg: CorpusConfig, size: str, dest: Path, work: Path, workers: int, o
     t0 = time.perf_counter()
     todo = [k for k in range(len(specs)) if made[k]]
     vstore, vkept = _extract("videos", [specs[k][0] for k in todo], [specs[k][0].relative_to(media).as_posix() for k in todo],
-                             work / "features", workers, fps=cfg.extract_fps)
+                             work / "features", workers, fps=cfg.extract_fps, motion=cfg.video_motion)
     tm.detail["extract_video_s"] = time.perf_counter() - t0
     tm.extract = tm.detail["extract_music_s"] + tm.detail["extract_video_s"]
     good = np.zeros(len(specs), dtype=bool)
