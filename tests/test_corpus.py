@@ -66,7 +66,7 @@ def test_dataset_is_extracted_native_format_with_honest_specs(ds: Dataset) -> No
     assert video["trained"] is True and video["name"] == "efficientnet-lite0"
     assert m["dims"]["music_blocks"] == [{"name": "embedding", "dim": 128}, {"name": "descriptor", "dim": 128}]
     u = ds.ugc
-    assert u.video_features.shape[1] == 1288  # EfficientNet-Lite0 1280 + the motion block 8 and u.music_features.shape[1] == 256
+    assert u.video_features.shape[1] == 1288 and u.music_features.shape[1] == 256  # EfficientNet-Lite0 1280 + motion 8
     # music features are the catalog-normalised raw vectors, and the stats to redo that are stored
     assert u.music_norm_mean is not None and u.music_norm_std is not None
     assert np.abs(u.music_features.mean(axis=0)).max() < 1e-3
