@@ -13,6 +13,7 @@ are named after the data they saw, so new data means new runs and a rerun means 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -188,15 +189,27 @@ def _tracked(kind: str, data: str, out: Path, variant: str, cfg: dict[str, Any],
     return str(run)
 
 
+def _settings_tag(**settings: Any) -> str:
+    """8 hex digits naming every setting that shapes a run, so other settings never share (or overwrite) a run dir."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def train_teacher(cfg: dict[str, Any], data: str) -> str | None:
-    """The PGC teacher; an unchanged PGC part and config return the existing teacher untouched. None without PGC data."""
+    """The PGC teacher; an unchanged PGC part and config return the existing teacher untouched.
+
+    None when the data has no PGC part, or when the student variant does not distil.
+    """
+    if VARIANTS[cfg["variant"]].get("distill") == "off":
+        log.info("variant %s does not distil: no teacher", cfg["variant"])
+        return None
     ds = load_dataset(data)
     h = pgc_hash(ds)
     if h is None:
         log.info("%s has no PGC part: no teacher; the student trains without distillation", data)
         return None
     epochs = cfg["teacher_epochs"] or cfg["epochs"]
-    out = config.runs_dir() / "pipeline" / f"teacher-{cfg['mode']}-e{epochs}-s{cfg['train_seed']}-pgc{h[:12]}"
+    tag = _settings_tag(mode=cfg["mode"], epochs=epochs, lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["train_seed"])
+    out = config.runs_dir() / "pipeline" / f"teacher-{cfg['mode']}-e{epochs}-pgc{h[:12]}-{tag}"
     return _tracked("teacher", data, out, "teacher", cfg, epochs, None)
 
 
@@ -214,10 +227,9 @@ def train_student(cfg: dict[str, Any], data: str, teacher: str | None) -> str:
     """The student (tracked live in MLflow); a finished run of the same data and config is returned untouched."""
     ds = load_dataset(data)
     variant = student_variant(cfg, teacher)
-    out = (config.runs_dir() / "pipeline"
-           / f"student-{variant}-{cfg['mode']}-e{cfg['epochs']}-s{cfg['train_seed']}-{ds.manifest_hash[:12]}")
-    if cfg["lr"] is not None:
-        out = out.with_name(out.name + f"-lr{cfg['lr']:g}")
+    tag = _settings_tag(variant=variant, mode=cfg["mode"], epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
+                        seed=cfg["train_seed"], teacher=Path(teacher).name if teacher else None)
+    out = config.runs_dir() / "pipeline" / f"student-{variant}-{cfg['mode']}-e{cfg['epochs']}-{ds.manifest_hash[:12]}-{tag}"
     return _tracked("student", data, out, variant, cfg, cfg["epochs"], teacher)
 
 

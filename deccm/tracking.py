@@ -44,7 +44,10 @@ def setup() -> str:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves this machine
     import mlflow
 
+    user = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri())
+    if user is None:  # MLflow also exports the URI; keep a later DECCM_HOME (and child processes) free to choose their own
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT)
     if exp is None:

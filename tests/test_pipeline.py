@@ -75,3 +75,27 @@ def test_ensure_champion_runs_the_pipeline_only_when_none_is_registered(tmp_path
     monkeypatch.setattr(pipeline, "run_all", lambda p=None: calls.append(p))
     assert pipeline.ensure_champion(params) == "1" and calls == []  # a champion exists: nothing runs
     assert [v["version"] for v in registry.list_versions()] == ["1"]
+
+
+def test_other_settings_get_their_own_runs_and_tracking_follows_the_state_dir(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from deccm import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DECCM_HOME", str(tmp_path / "a"))
+    tracking.setup()
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # MLflow exports it; deccm does not let it pin later state dirs
+    monkeypatch.setenv("DECCM_HOME", str(tmp_path / "b"))
+    assert tracking.tracking_uri().endswith(str(tmp_path / "b" / "mlflow" / "mlflow.db"))
+
+    cfg_a = pipeline.make_config({"source": "synth-tiny", "epochs": 1, "batch_size": 64, "variant": "plain", "device": "cpu"})
+    cfg_b = {**cfg_a, "batch_size": 32}
+    data = pipeline.prepare_data(cfg_a)
+    assert pipeline.train_teacher(cfg_a, data) is None  # plain matching distils from nothing: no teacher is trained
+    run_a = pipeline.train_student(cfg_a, data, None)
+    stamp = (Path(run_a) / "state.pt").stat().st_mtime_ns
+    run_b = pipeline.train_student(cfg_b, data, None)
+    assert run_a != run_b and (Path(run_a) / "state.pt").stat().st_mtime_ns == stamp
+    assert pipeline.train_student(cfg_a, data, None) == run_a and (Path(run_a) / "state.pt").stat().st_mtime_ns == stamp
