@@ -33,10 +33,9 @@ chromium:
 DEMO_PORT ?= 7860
 DEMO_SOURCE ?= demo
 demo: venv
-	@echo "make demo: 1/2 a registered champion (built from the $(DEMO_SOURCE) corpus under $(DECCM_HOME) if there is none yet)"
-	$(PY) -m deccm.pipeline ensure --source $(DEMO_SOURCE)
-	@echo "make demo: 2/2 serving on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it)"
-	$(PY) demo/app.py --host 127.0.0.1 --port $(DEMO_PORT)
+	@echo "make demo: a registered champion (built from the $(DEMO_SOURCE) corpus under $(DECCM_HOME) if there is none yet),"
+	@echo "then the app on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it)"
+	$(PY) demo/app.py --ensure $(DEMO_SOURCE) --host 127.0.0.1 --port $(DEMO_PORT)
 
 # Airflow, local: one SQLite home under the state dir, this repo's dags/, the venv's bin on PATH
 # (Airflow starts its own `airflow` subprocesses). tests/test_dag.py sets the same variables.

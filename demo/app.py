@@ -13,6 +13,7 @@ track under it; chained after ``/suggest`` on the page).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -114,11 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--ensure", metavar="SOURCE", default=None,
+                   help="first make sure a champion is registered: when none is, run the pipeline once on SOURCE "
+                        "(e.g. demo: builds the demo corpus; what `make demo` does)")
     p.add_argument("--torch-threads", type=int, default=1,
                    help="torch threads per request (default 1: two requests run at once on two cores)")
     args = p.parse_args(argv)
     import torch
 
+    if args.ensure:
+        from deccm import log as deccm_log
+        from deccm.pipeline import ensure_champion
+
+        deccm_log.setup()
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+        try:
+            ensure_champion({"source": args.ensure, "device": args.device})  # one process: no second interpreter start-up
+        except Exception as e:  # noqa: BLE001 - a clear line for the person at the terminal, not a traceback
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
     torch.set_num_threads(max(1, args.torch_threads))
     app = build_app(device=args.device)
     app.launch(server_name=args.host, server_port=args.port, max_file_size=lib.MAX_BYTES, prevent_thread_lock=True)
