@@ -27,7 +27,7 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
-# First run: builds the default demo corpus (generated media, ~7 min on 2 cores), trains and registers a
+# First run: builds the default demo corpus (generated media, 6-12 min on 2 cores), trains and registers a
 # champion through the pipeline's stages (no Airflow needed), then serves. Later runs serve at once.
 # Safe to interrupt: the corpus build is atomic and cached, training resumes, registering is idempotent.
 DEMO_PORT ?= 7860
