@@ -3,7 +3,7 @@
 Extracts the same clips with ``python -m deccm.features videos --workers 1 --no-cache`` in a
 subprocess, idle and beside a CPU hog (one busy process per core minus one), with torch's
 default threads under OpenMP's ACTIVE (spinning) and PASSIVE wait policy, and with one
-thread. deccm sets PASSIVE unless the environment says otherwise (``deccm/__init__.py``).
+thread (docs/benchmarks.md).
 Usage: python benchmarks/contention.py [--clips 40]
 """
 from __future__ import annotations
@@ -42,8 +42,8 @@ def main() -> None:
     for i in range(args.clips):
         media.make_clip(clips / f"c{i:03d}.mp4", duration=10.0, source=("testsrc2", "mandelbrot", "smptebars")[i % 3], audio=None)
     base = {**os.environ, "DECCM_HOME": str(work / "home")}
-    cases = [("2 threads, ACTIVE wait", {"OMP_WAIT_POLICY": "ACTIVE"}, None),
-             ("2 threads, PASSIVE wait (deccm default)", {"OMP_WAIT_POLICY": "PASSIVE"}, None),
+    cases = [("2 threads, ACTIVE wait (OpenMP's default)", {"OMP_WAIT_POLICY": "ACTIVE"}, None),
+             ("2 threads, PASSIVE wait", {"OMP_WAIT_POLICY": "PASSIVE"}, None),
              ("1 thread", {"OMP_WAIT_POLICY": "PASSIVE"}, "1")]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.clips} clips of 10 s, EfficientNet-Lite0 at 0.5 fps")
     print(f"{'case':<42}{'idle wall':>10}{'idle CPU':>10}{'busy wall':>11}{'busy CPU':>10}")
