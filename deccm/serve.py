@@ -225,10 +225,6 @@ class Recommender:
     def name(self) -> str:
         return self.ranker.name
 
-    @property
-    def track_vectors(self) -> np.ndarray:
-        return self.catalog.vectors
-
     def video_features(self, video: str | Path) -> np.ndarray:
         """(1, D_v) features of one clip, extracted exactly as the training clips were.
 
