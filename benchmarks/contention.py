@@ -1,9 +1,9 @@
 """Feature extraction with one worker on a busy machine: torch threads and OpenMP's wait policy.
 
 Extracts the same clips with ``python -m deccm.features videos --workers 1 --no-cache`` in a
-subprocess, idle and beside a CPU hog (one busy process per core minus one), with torch's
-default threads under OpenMP's ACTIVE (spinning) and PASSIVE wait policy, and with one
-thread (docs/benchmarks.md).
+subprocess, idle and beside a CPU hog (one busy process per core minus one), with two torch
+threads under OpenMP's ACTIVE (spinning, its default) and PASSIVE wait policy, and with the
+default one thread (docs/benchmarks.md).
 Usage: python benchmarks/contention.py [--clips 40]
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import media  # noqa: E402 - the test helpers make the clips with the bundled ffmpeg
 
 
-def run(clips: Path, out: Path, env: dict[str, str], threads: str | None) -> tuple[float, float]:
+def run(clips: Path, out: Path, env: dict[str, str], threads: str) -> tuple[float, float]:
     cmd = [sys.executable, "-m", "deccm.features", "videos", "--in", str(clips), "--out", str(out), "--fps", "0.5",
-           "--no-cache", "--no-progress", "--workers", "1"] + (["--threads", threads] if threads else [])
+           "--no-cache", "--no-progress", "--workers", "1", "--threads", threads]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True)
@@ -42,9 +42,9 @@ def main() -> None:
     for i in range(args.clips):
         media.make_clip(clips / f"c{i:03d}.mp4", duration=10.0, source=("testsrc2", "mandelbrot", "smptebars")[i % 3], audio=None)
     base = {**os.environ, "DECCM_HOME": str(work / "home")}
-    cases = [("2 threads, ACTIVE wait (OpenMP's default)", {"OMP_WAIT_POLICY": "ACTIVE"}, None),
-             ("2 threads, PASSIVE wait", {"OMP_WAIT_POLICY": "PASSIVE"}, None),
-             ("1 thread", {"OMP_WAIT_POLICY": "PASSIVE"}, "1")]
+    cases = [("2 threads, ACTIVE wait (OpenMP's default)", {"OMP_WAIT_POLICY": "ACTIVE"}, "2"),
+             ("2 threads, PASSIVE wait", {"OMP_WAIT_POLICY": "PASSIVE"}, "2"),
+             ("1 thread (deccm's default)", {}, "1")]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.clips} clips of 10 s, EfficientNet-Lite0 at 0.5 fps")
     print(f"{'case':<42}{'idle wall':>10}{'idle CPU':>10}{'busy wall':>11}{'busy CPU':>10}")
     for name, extra, threads in cases:

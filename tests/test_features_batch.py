@@ -205,3 +205,29 @@ def test_cli_usage_errors_exit_2_with_the_fix(folder: Path, tmp_path: Path, monk
     assert main(["music", "--in", str(folder), "--out", str(tmp_path / "x"), "--norm-from", str(tmp_path)]) == 2
     assert "expected a music store" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_in_process_extraction_runs_one_torch_thread_and_restores_the_callers(folder: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """workers=1 extracts with one thread (spinning OpenMP threads oversubscribe a shared machine), then restores."""
+    import torch
+
+    seen: list[int] = []
+    real = VideoExtractor.extract_with_notes
+
+    def spy(self: VideoExtractor, path: Path) -> tuple[np.ndarray, list[str]]:
+        seen.append(torch.get_num_threads())
+        return real(self, path)
+
+    monkeypatch.setattr(VideoExtractor, "extract_with_notes", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        extract_batch("videos", folder / "pattern.mp4", tmp_path / "a", use_cache=False, progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+        extract_batch("videos", folder / "mute.mp4", tmp_path / "b", use_cache=False, progress=False, threads=2)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            extract_batch("videos", folder / "mute.mp4", tmp_path / "c", use_cache=False, progress=False, threads=0)
+    finally:
+        torch.set_num_threads(before)

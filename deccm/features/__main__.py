@@ -24,8 +24,9 @@ def build_parser(prog: str = "deccm features") -> argparse.ArgumentParser:
     common.add_argument("--workers", type=int, default=1, help="parallel processes over files (default 1)")
     common.add_argument("--strict", action="store_true", help="stop with an error at the first file that cannot be used")
     common.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    common.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads when --workers 1 (default: torch's choice; each worker of a pool uses 1)")
+    common.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads when --workers 1 (default 1, like each worker of a pool: more threads "
+                             "spin for CPU on a shared machine; try 2 on an idle one)")
     common.add_argument("--cache-dir", type=Path, default=None, help="content-hash cache (default $DECCM_HOME/cache/features)")
     common.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -56,7 +57,7 @@ def build_parser(prog: str = "deccm features") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "deccm features") -> int:
     args = build_parser(prog).parse_args(argv)
     _log.setup(args.verbose)
-    from deccm.features import batch, decode, runtime
+    from deccm.features import batch, decode
     from deccm.features.spec import SpecMismatch
     from deccm.features.store import StoreError, load_store
     from deccm.features.weights import WeightsError
@@ -68,8 +69,6 @@ def main(argv: list[str] | None = None, prog: str = "deccm features") -> int:
     else:
         opts = dict(vggish_weights=args.vggish_weights, max_seconds=args.max_seconds)
     try:
-        if args.threads is not None:
-            runtime.set_threads(args.threads)
         if args.kind == "music" and args.norm_from is not None:
             ref = load_store(args.norm_from, kind="music")
             if ref.norm_mean is None or ref.norm_std is None:
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm features") -> int:
             opts["norm"] = (ref.norm_mean, ref.norm_std)
         store = batch.extract_batch(args.kind, args.inputs, args.out, workers=args.workers, strict=args.strict,
                                     device=args.device, cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                                    progress=not args.no_progress, **opts)
+                                    progress=not args.no_progress, threads=args.threads, **opts)
     except batch.StrictFailure as e:
         print(f"error (--strict): {e}", file=sys.stderr)
         return 1

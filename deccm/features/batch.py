@@ -178,15 +178,18 @@ def _run_in_worker(path: Path, sha: str) -> Result:
 
 def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[str] | None = None, workers: int = 1,
                   strict: bool = False, device: str = "auto", cache_dir: Path | None = None, use_cache: bool = True,
-                  progress: bool = True, norm: tuple[np.ndarray, np.ndarray] | None = None,
+                  progress: bool = True, norm: tuple[np.ndarray, np.ndarray] | None = None, threads: int = 1,
                   **extractor_options: Any) -> FeatureStore:
     """Extract every input into ``out/features/<kind>/`` and return the store.
+
+    Every worker runs one torch thread: a pool's processes each, and with ``workers=1``
+    this process for the duration of the call (``threads`` raises that for an idle machine).
 
     ``norm`` (music only) gives normalisation stats to apply instead of fitting them on
     this run; ``extractor_options`` go to :class:`VideoExtractor` / :class:`MusicExtractor`.
     """
-    if workers < 1:
-        raise ValueError("workers must be >= 1")
+    if workers < 1 or threads < 1:
+        raise ValueError("workers and threads must be >= 1")
     if norm is not None and kind != "music":
         raise ValueError("norm only applies to music features")
     items = collect_inputs(kind, inputs, ids)
@@ -232,8 +235,9 @@ def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[
             else:
                 pending.append((i, sha))
         if workers == 1 or len(pending) <= 1:
-            for i, sha in pending:
-                record(i, job.run(items[i].path, sha))
+            with runtime.threads(threads):
+                for i, sha in pending:
+                    record(i, job.run(items[i].path, sha))
         else:
             del job  # free the main copy of the network; each worker loads its own
             ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock

@@ -5,6 +5,8 @@ Kept in one place so every extractor (and every worker process) makes the same c
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 import torch
@@ -22,6 +24,22 @@ def set_threads(n: int) -> None:
 def single_thread() -> None:
     """One torch thread per worker process, so N workers do not oversubscribe the cores."""
     set_threads(1)
+
+
+@contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads and restore the caller's count afterwards.
+
+    In-process extraction uses one thread by default: torch's OpenMP threads spin while
+    they wait, so two of them beside another busy process burned up to 2.8x the CPU
+    (docs/benchmarks.md, "Extraction on a busy machine").
+    """
+    before = torch.get_num_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def librosa() -> ModuleType:
