@@ -19,7 +19,15 @@ def tracks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     clicks = d / "clicks.wav"  # 120 bpm: a 10 ms 1 kHz click every 0.5 s
     media.run_ffmpeg(["-f", "lavfi", "-i", "aevalsrc='if(lt(mod(t,0.5),0.01),sin(2*PI*1000*t),0)':s=16000:d=6",
                       "-c:a", "pcm_s16le", str(clicks)])
+    chords = {}
+    # tonic triad loud, the rest of the scale soft: C major, and A harmonic minor (with its G sharp)
+    for name, loud, soft in (("c_major", (261.63, 329.63, 392.00), (293.66, 349.23, 440.00, 493.88)),
+                             ("a_minor", (220.00, 261.63, 329.63), (246.94, 293.66, 349.23, 415.30))):
+        expr = "+".join([f"0.2*sin(2*PI*{f}*t)" for f in loud] + [f"0.07*sin(2*PI*{f}*t)" for f in soft])
+        chords[name] = d / f"{name}.wav"
+        media.run_ffmpeg(["-f", "lavfi", "-i", f"aevalsrc='{expr}':s=16000:d=4", "-c:a", "pcm_s16le", str(chords[name])])
     return {
+        **chords,
         "tone": media.make_audio(d / "a220.wav", audio=220.0),
         "noise": media.make_audio(d / "noise.ogg", audio="noise"),
         "clicks": clicks,
@@ -78,6 +86,23 @@ def test_librosa_descriptors_mean_what_they_say(music: MusicExtractor, tracks: d
     assert abs(_named(music, clicks, "tempo_bpm") - 120) < 6
     noise = music.extract(tracks["noise"])
     assert _named(music, noise, "spectral_flatness_mean") > 10 * _named(music, tone, "spectral_flatness_mean")
+
+
+def test_key_mode_tells_a_major_chord_from_a_minor_one(music: MusicExtractor, tracks: dict[str, Path]) -> None:
+    major, minor = music.extract_raw(tracks["c_major"]), music.extract_raw(tracks["a_minor"])
+    assert _named(music, major, "key_mode") > 0 > _named(music, minor, "key_mode")
+    assert _named(music, major, "key_clarity") > 0.5 and _named(music, minor, "key_clarity") > 0.5
+    assert _named(music, music.extract_raw(tracks["noise"]), "key_clarity") < _named(music, major, "key_clarity")
+
+
+@pytest.mark.parametrize("tonic", range(12))
+def test_key_strengths_of_the_profiles_themselves(tonic: int) -> None:
+    """A key profile rotated to any tonic is that mode with clarity 1; silence has no key."""
+    mode, clarity = audio.key_strengths(np.roll(audio.MAJOR_PROFILE, tonic))
+    assert mode > 0.3 and clarity == pytest.approx(1.0)
+    mode, clarity = audio.key_strengths(np.roll(audio.MINOR_PROFILE, tonic))
+    assert mode < -0.3 and clarity == pytest.approx(1.0)
+    assert audio.key_strengths(np.zeros(12)) == (0.0, 0.0)
 
 
 def test_silent_short_and_m4a_tracks_give_finite_vectors(music: MusicExtractor, tracks: dict[str, Path]) -> None:

@@ -2,7 +2,8 @@
 
 - embedding block: VGGish, mean over the clip's 0.96 s patches (``deccm.features.vggish``);
 - descriptor block: openSMILE eGeMAPSv02 functionals (88) ‖ 40 librosa descriptors
-  (:data:`LIBROSA_DESCRIPTORS`: tempo, onset strength, chroma, MFCC, spectral statistics).
+  (:data:`LIBROSA_DESCRIPTORS`: tempo, onset strength, chroma, key mode and clarity, MFCC,
+  spectral statistics).
 
 All three read the same decode: the first audio stream, mono, 16 kHz, at most
 ``max_seconds`` (default 60 s, capped and noted), zero-padded to at least one VGGish
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import numpy as np
 
@@ -23,25 +25,53 @@ from deccm.features import decode, vggish
 from deccm.features.runtime import librosa
 from deccm.features.spec import ExtractorSpec, HasSpec, SpecMismatch, require_same
 
-VERSION = 1
+VERSION = 2  # 2: key_mode and key_clarity replace the stds of spectral flatness and zero-crossing rate
 NAME = "vggish+egemaps+librosa"
 DIM = 256
 OPENSMILE_DIM = 88
 N_FFT = 2048
 HOP = 512
 N_MFCC = 13
+KEY_HOP = 2048  # constant-Q chroma hop for key finding (a multiple of 2^(octaves-1))
 MIN_SAMPLES = vggish.WINDOW_LENGTH + (vggish.PATCH_FRAMES - 1) * vggish.HOP_LENGTH
 NORM_STD_FLOOR = 1e-8
 
 LIBROSA_DESCRIPTORS: tuple[str, ...] = (
     ("tempo_bpm", "onset_strength_mean", "onset_strength_std")
     + tuple(f"chroma_{p}_mean" for p in ("C", "Cs", "D", "Ds", "E", "F", "Fs", "G", "Gs", "A", "As", "B"))
+    + ("key_mode", "key_clarity")
     + tuple(f"mfcc_{i:02d}_mean" for i in range(1, N_MFCC + 1))
-    + tuple(f"{name}_{stat}" for name in ("spectral_centroid_hz", "spectral_bandwidth_hz", "spectral_rolloff_hz",
-                                          "spectral_flatness", "zero_crossing_rate", "rms")
+    + tuple(f"{name}_{stat}" for name in ("spectral_centroid_hz", "spectral_bandwidth_hz", "spectral_rolloff_hz", "rms")
             for stat in ("mean", "std"))
+    + ("spectral_flatness_mean", "zero_crossing_rate_mean")
 )
 assert len(LIBROSA_DESCRIPTORS) == 40
+
+# Krumhansl–Kessler key profiles (probe-tone ratings), tonic first.
+MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+
+
+def key_strengths(chroma_mean: np.ndarray) -> tuple[float, float]:
+    """(mode, clarity) of a 12-bin chroma profile by Krumhansl–Schmuckler key finding.
+
+    r_major(k), r_minor(k) = Pearson correlation of the profile with the major / minor key
+    profile rotated to tonic k; mode = max_k r_major − max_k r_minor (> 0 sounds major),
+    clarity = max over all 24 keys (how tonal the track is). Mode is what the chroma means
+    alone cannot give a linear model: it depends on which key the profile matches.
+    """
+    c = np.asarray(chroma_mean, dtype=np.float64)
+    if not np.isfinite(c).all() or c.std() < 1e-12:  # silence or a flat profile: no key
+        return 0.0, 0.0
+    rolled = np.stack([np.roll(np.arange(12), k) for k in range(12)])  # (12 tonics, 12 pitch classes)
+
+    def corr(profile: np.ndarray) -> np.ndarray:
+        p = profile[rolled]  # p[k, j]: weight of pitch class j in the key with tonic k
+        p = (p - p.mean(1, keepdims=True)) / p.std(1, keepdims=True)
+        return (p @ ((c - c.mean()) / c.std())) / 12.0
+
+    major, minor = corr(MAJOR_PROFILE).max(), corr(MINOR_PROFILE).max()
+    return float(major - minor), float(max(major, minor))
 
 
 class FeatureError(ValueError):
@@ -68,7 +98,7 @@ def opensmile_names() -> list[str]:
 
 
 def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RATE) -> np.ndarray:
-    """(40,) descriptors in :data:`LIBROSA_DESCRIPTORS` order, from one STFT (2048-point, hop 512)."""
+    """(40,) descriptors in :data:`LIBROSA_DESCRIPTORS` order, from one STFT (2048-point, hop 512) and, for the key, a CQT."""
     lr = librosa()
     y = np.asarray(samples, dtype=np.float32)
     if y.size < N_FFT:
@@ -84,12 +114,16 @@ def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RA
         lr.feature.spectral_centroid(S=mag, sr=sample_rate, n_fft=N_FFT),
         lr.feature.spectral_bandwidth(S=mag, sr=sample_rate, n_fft=N_FFT),
         lr.feature.spectral_rolloff(S=mag, sr=sample_rate, n_fft=N_FFT),
-        lr.feature.spectral_flatness(S=mag),
-        lr.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP),
         lr.feature.rms(S=mag, frame_length=N_FFT),
     ]
-    parts = [np.atleast_1d(tempo)[:1], [onset.mean(), onset.std()], chroma.mean(axis=1), mfcc.mean(axis=1)]
+    with warnings.catch_warnings():  # the CQT's lowest octaves warn on clips of a few seconds; the values are fine
+        warnings.simplefilter("ignore", UserWarning)
+        key_chroma = lr.feature.chroma_cqt(y=y, sr=sample_rate, hop_length=KEY_HOP, tuning=0.0)  # cleaner pitch classes
+    parts = [np.atleast_1d(tempo)[:1], [onset.mean(), onset.std()], chroma.mean(axis=1),
+             key_strengths(key_chroma.mean(axis=1)), mfcc.mean(axis=1)]
     parts += [[s.mean(), s.std()] for s in spectral]
+    parts += [[lr.feature.spectral_flatness(S=mag).mean(),
+               lr.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP).mean()]]
     return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
 
 
@@ -145,7 +179,9 @@ class MusicExtractor(HasSpec):
                 "min_seconds": f"zero-padded to {MIN_SAMPLES} samples (one VGGish patch)",
                 "vggish": vggish.FRONTEND, "clip_pool": "mean over patches",
                 "opensmile": f"opensmile {version('opensmile')} eGeMAPSv02 Functionals",
-                "librosa": f"librosa {version('librosa')}, stft n_fft={N_FFT} hop={HOP}, chroma tuning 0, clip mean/std",
+                "librosa": f"librosa {version('librosa')}, stft n_fft={N_FFT} hop={HOP}, chroma tuning 0, clip mean/std, "
+                           "key mode/clarity: Krumhansl-Schmuckler on the mean "
+                           f"constant-Q chroma (hop {KEY_HOP})",
             },
             blocks=[
                 {"name": "embedding", "start": 0, "stop": 128, "source": "vggish"},
