@@ -127,6 +127,16 @@ def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RA
     return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
 
 
+def warm_jit_cache() -> None:
+    """Compile librosa's numba kernels once in this process, writing them to the JIT cache.
+
+    Call it before starting extraction workers on a cold cache: workers compiling the same
+    kernels at once race on the cache files, and one of them then loaded a half-written
+    entry and died with a segfault (a first ``make demo`` run, fresh ``$DECCM_HOME``).
+    """
+    librosa_descriptors(np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE).astype(np.float32) * 0.1)
+
+
 def fit_norm(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and std over the catalog's raw vectors; a (near-)constant dimension gets std 1.
 
