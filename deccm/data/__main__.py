@@ -31,8 +31,8 @@ def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
     c = sub.add_parser("demo-corpus", help="make the real-media demo corpus (rendered music, generated clips) offline")
     c.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/demo, demo-tiny for --size tiny)")
     c.add_argument("--size", choices=["tiny", "default"], default="default",
-                   help="tiny: 108 tracks of 3-4 s and 176 clips in under a minute; default: 250 tracks of 20-25 s and "
-                        "800 clips of 5-15 s in about 6-7 min")
+                   help="tiny: 108 tracks of 3-4 s and 176 clips in under a minute; default: 160 tracks of 10-14 s and "
+                        "1,600 clips of 4-8 s in about 7 min on 2 cores")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--workers", type=int, default=2, help="processes for rendering, threads for clips, extractor workers")
     c.add_argument("--overwrite", action="store_true", help="replace DST (only once the new data is complete)")

@@ -91,9 +91,12 @@ SIZES: dict[str, CorpusConfig] = {
         track_seconds=(3.0, 4.0), n_ugc=140, val_fraction=0.15, test_fraction=0.25, n_uploaders=16, n_pgc=36,
         clip_seconds=(2.0, 3.0), fps=8, max_piece_bytes=200_000),
     "default": CorpusConfig(
-        quotas={"folk-dance": 66, "classical-era": 30, "romantic": 16, "chorale": 58, "renaissance": 46, "medieval": 34},
-        track_seconds=(20.0, 25.0), n_ugc=600, val_fraction=0.1, test_fraction=0.2, n_uploaders=50, n_pgc=200,
-        clip_seconds=(5.0, 15.0), max_piece_bytes=1_200_000),
+        # sized for make demo's 10-minute first run on 2 cores: feature extraction is the cost (a
+        # track about 2 CPU-s, a clip 0.2), so tracks and clips are short and the rows many
+        # (docs/results.md and docs/benchmarks.md, "demo corpus")
+        quotas={"folk-dance": 42, "classical-era": 19, "romantic": 10, "chorale": 37, "renaissance": 30, "medieval": 22},
+        track_seconds=(10.0, 14.0), n_ugc=1400, val_fraction=0.1, test_fraction=0.2, n_uploaders=50, n_pgc=200,
+        clip_seconds=(4.0, 8.0), max_piece_bytes=1_200_000),
 }
 
 
