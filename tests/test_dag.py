@@ -181,10 +181,12 @@ def test_dag_parses_with_the_designed_tasks_params_and_schedule(af: Airflow) -> 
     assert dag.params.get_param("source").schema["enum"] == list(pipeline.SOURCES)
     from deccm.train import VARIANTS
 
-    assert sorted(dag.params.get_param("variant").schema["enum"]) == sorted(VARIANTS)
+    choices = dag.params.get_param("variant").schema["enum"]
+    assert None in choices and sorted(c for c in choices if c is not None) == sorted(VARIANTS)  # None: the source's
     assert all(dag.params.get_param(k).description for k in ("source", "seed", "epochs", "variant", "mode", "gate_margin", "videos"))
     assert pipeline.make_config(dag.params.dump())["source"] == "demo"
-    for key, bad in (("source", "nope"), ("epochs", 0), ("mode", "fast"), ("gate_margin", "x"), ("videos", 3)):
+    assert pipeline.make_config(dag.params.dump())["variant"] == pipeline.TRAINING["demo"]["variant"]
+    for key, bad in (("source", "nope"), ("epochs", 0), ("mode", "fast"), ("gate_margin", "x"), ("videos", 3), ("variant", "best")):
         with pytest.raises(ParamValidationError):
             dag.params.get_param(key).resolve(bad)
 

@@ -12,13 +12,13 @@ from media import make_clip, make_user_media
 
 def test_config_is_validated_with_clear_messages() -> None:
     cfg = pipeline.make_config({"source": "synth-tiny", "epochs": "3", "gate_margin": "0.01", "videos": ""})
-    assert cfg["epochs"] == 3 and cfg["gate_margin"] == 0.01 and cfg["variant"] == pipeline.DEFAULTS["variant"]
+    assert cfg["epochs"] == 3 and cfg["gate_margin"] == 0.01 and cfg["variant"] == "no-deconf"
     # loop settings: the source's unless given (the demo corpus's ~1,000 rows need small batches)
     assert (cfg["batch_size"], cfg["lr"]) == (1024, None)
     demo = pipeline.make_config({"source": "demo"})
-    assert (demo["epochs"], demo["batch_size"], demo["lr"]) == (100, 128, 1e-3)
-    mine = pipeline.make_config({"source": "demo", "batch_size": "64", "epochs": 7})
-    assert (mine["epochs"], mine["batch_size"], mine["lr"]) == (7, 64, 1e-3)
+    assert (demo["variant"], demo["epochs"], demo["batch_size"], demo["lr"]) == ("plain", 200, 128, 1e-3)
+    mine = pipeline.make_config({"source": "demo", "batch_size": "64", "epochs": 7, "variant": "no-deconf"})
+    assert (mine["variant"], mine["epochs"], mine["batch_size"], mine["lr"]) == ("no-deconf", 7, 64, 1e-3)
     with pytest.raises(ValueError, match="unknown pipeline settings \\['epoch'\\]"):
         pipeline.make_config({"epoch": 3})
     with pytest.raises(ValueError, match="source 'media' needs videos, tracks, logs, tracks_meta"):
