@@ -15,9 +15,11 @@ the same ``norm`` applies exactly that transform to a new track at serving time.
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -50,6 +52,9 @@ assert len(LIBROSA_DESCRIPTORS) == 40
 # Krumhansl–Kessler key profiles (probe-tone ratings), tonic first.
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
 MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+# (24, 12): row k = a profile rotated to tonic k (major keys, then minor), z-scored
+_KEYS = np.stack([np.roll(p, k) for p in (MAJOR_PROFILE, MINOR_PROFILE) for k in range(12)])
+_KEYS = (_KEYS - _KEYS.mean(1, keepdims=True)) / _KEYS.std(1, keepdims=True)
 
 
 def key_strengths(chroma_mean: np.ndarray) -> tuple[float, float]:
@@ -63,14 +68,8 @@ def key_strengths(chroma_mean: np.ndarray) -> tuple[float, float]:
     c = np.asarray(chroma_mean, dtype=np.float64)
     if not np.isfinite(c).all() or c.std() < 1e-12:  # silence or a flat profile: no key
         return 0.0, 0.0
-    rolled = np.stack([np.roll(np.arange(12), k) for k in range(12)])  # (12 tonics, 12 pitch classes)
-
-    def corr(profile: np.ndarray) -> np.ndarray:
-        p = profile[rolled]  # p[k, j]: weight of pitch class j in the key with tonic k
-        p = (p - p.mean(1, keepdims=True)) / p.std(1, keepdims=True)
-        return (p @ ((c - c.mean()) / c.std())) / 12.0
-
-    major, minor = corr(MAJOR_PROFILE).max(), corr(MINOR_PROFILE).max()
+    r = _KEYS @ ((c - c.mean()) / c.std()) / 12.0  # (24,) correlations: 12 major keys, then 12 minor
+    major, minor = r[:12].max(), r[12:].max()
     return float(major - minor), float(max(major, minor))
 
 
@@ -99,6 +98,28 @@ def opensmile_names() -> list[str]:
 
 def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RATE) -> np.ndarray:
     """(40,) descriptors in :data:`LIBROSA_DESCRIPTORS` order, from one STFT (2048-point, hop 512) and, for the key, a CQT."""
+    _compile_once()
+    return _descriptors(samples, sample_rate)
+
+
+@functools.cache
+def _compile_once() -> None:
+    """Compile librosa's numba kernels in this process while holding a lock on the JIT cache.
+
+    Processes compiling the same kernels into a cold cache at once race on its files: in a
+    first ``make demo`` (fresh ``$DECCM_HOME``) one music worker loaded a half-written entry
+    and died with a segfault. Under the lock the first process compiles and writes, the
+    others (pool workers, parallel pipeline shards) wait and then only read.
+    """
+    librosa()  # sets NUMBA_CACHE_DIR
+    cache = Path(os.environ["NUMBA_CACHE_DIR"])
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".compile.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _descriptors(np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE).astype(np.float32) * 0.1, decode.SAMPLE_RATE)
+
+
+def _descriptors(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     lr = librosa()
     y = np.asarray(samples, dtype=np.float32)
     if y.size < N_FFT:
@@ -125,16 +146,6 @@ def librosa_descriptors(samples: np.ndarray, sample_rate: int = decode.SAMPLE_RA
     parts += [[lr.feature.spectral_flatness(S=mag).mean(),
                lr.feature.zero_crossing_rate(y, frame_length=N_FFT, hop_length=HOP).mean()]]
     return np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1) for p in parts])
-
-
-def warm_jit_cache() -> None:
-    """Compile librosa's numba kernels once in this process, writing them to the JIT cache.
-
-    Call it before starting extraction workers on a cold cache: workers compiling the same
-    kernels at once race on the cache files, and one of them then loaded a half-written
-    entry and died with a segfault (a first ``make demo`` run, fresh ``$DECCM_HOME``).
-    """
-    librosa_descriptors(np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE).astype(np.float32) * 0.1)
 
 
 def fit_norm(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

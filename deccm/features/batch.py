@@ -240,8 +240,6 @@ def extract_batch(kind: str, inputs: Path | list[Path], out: Path, *, ids: list[
                     record(i, job.run(items[i].path, sha))
         else:
             del job  # free the main copy of the network; each worker loads its own
-            if kind == "music":
-                audio.warm_jit_cache()  # workers then only read the numba cache, never race to write it
             ctx = multiprocessing.get_context("spawn")  # fork after torch/OpenMP start-up can deadlock
             with cf.ProcessPoolExecutor(min(workers, len(pending)), mp_context=ctx, initializer=_init_worker,
                                         initargs=(kind, device, extractor_options)) as pool:
