@@ -174,3 +174,13 @@ def test_cli_help_shows_real_defaults(kind: str, lr: str) -> None:
     text = " ".join(r.stdout.split())
     assert f"learning rate (default: {lr})" in text and "default None" not in text and "(default: 50)" in text
     assert ("--teacher" in text and "--variant" in text) == (kind == "student")
+
+
+def test_training_and_evaluation_need_no_media_libraries() -> None:
+    """Training, evaluation and spec checks import no decoder or extractor (a GPU box may lack PyAV, librosa, openSMILE)."""
+    code = ("import sys, deccm.train, deccm.evaluate, deccm.data.synth; from deccm.runs import check_feature_specs; "
+            "check_feature_specs({'video': None}, {'video': None}, 'a', 'b'); "
+            "print(sorted(m for m in ('av', 'librosa', 'opensmile', 'torchvision') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -6,16 +6,30 @@ store's ``spec`` says. See ``python -m deccm.features --help``.
 """
 from __future__ import annotations
 
-from deccm.features.audio import MusicExtractor, apply_norm, fit_norm
-from deccm.features.batch import collect_inputs, extract_batch
-from deccm.features.decode import DecodeError, read_audio, read_frames
-from deccm.features.spec import ExtractorSpec, SpecMismatch, require_same, spec_id
-from deccm.features.store import FeatureStore, StoreError, load_store
-from deccm.features.visual import VideoExtractor
-from deccm.features.weights import WeightsError
+import importlib
+from typing import Any
 
-__all__ = [
-    "DecodeError", "ExtractorSpec", "FeatureStore", "MusicExtractor", "SpecMismatch", "StoreError", "VideoExtractor",
-    "WeightsError", "apply_norm", "collect_inputs", "extract_batch", "fit_norm", "load_store", "read_audio",
-    "read_frames", "require_same", "spec_id",
-]
+# name → submodule. Loaded on first use (PEP 562), so code that only compares specs
+# (training, evaluation) does not pull in PyAV, torchvision, openSMILE or librosa.
+_EXPORTS = {
+    "MusicExtractor": "audio", "apply_norm": "audio", "fit_norm": "audio",
+    "collect_inputs": "batch", "extract_batch": "batch",
+    "DecodeError": "decode", "read_audio": "decode", "read_frames": "decode",
+    "ExtractorSpec": "spec", "SpecMismatch": "spec", "require_same": "spec", "spec_id": "spec",
+    "FeatureStore": "store", "StoreError": "store", "load_store": "store",
+    "VideoExtractor": "visual",
+    "WeightsError": "weights",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
