@@ -126,3 +126,8 @@ def test_default_output_goes_to_state_dir(_state_dir: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "deccm.data", "synth", "--preset", "tiny"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (_state_dir / "data" / "synth-tiny" / "dataset.json").is_file()
+    r = subprocess.run([sys.executable, "-m", "deccm.data", "synth", "--preset", "tiny", "--confounding", "moderate", "--gamma", "0"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    gen = load_dataset(_state_dir / "data" / "synth-tiny-tv3-g0").manifest["generator"]
+    assert (gen["taste_video"], gen["gamma"]) == (3.0, 0.0)

@@ -22,6 +22,11 @@ def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
     s.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/synth-PRESET)")
     s.add_argument("--preset", choices=["tiny", "small", "tt150k"], default="small")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--confounding", choices=["none", "moderate", "strong"], default="none",
+                   help="how strongly the uploader's genre taste shapes their videos (taste -> video path: "
+                        "s = 0 / 3 / 8); anything but none opens the backdoor video <- taste -> music")
+    s.add_argument("--taste-video", type=float, metavar="S", help="the taste -> video strength itself (overrides --confounding)")
+    s.add_argument("--gamma", type=float, help="uploader bias of the logged choices (preset default 1.5; 0 = unconfounded logs)")
     s.add_argument("--overwrite", action="store_true", help="replace DST (only once the new data is complete)")
 
     v = sub.add_parser("validate", help="run every check on a dataset and print a summary")
@@ -70,11 +75,15 @@ def main(argv: list[str] | None = None, prog: str = "deccm data") -> int:
     _log.setup(args.verbose)
     try:
         if args.cmd == "synth":
-            from deccm.data.synth import synth
+            from deccm.data.synth import CONFOUNDING, synth
 
-            dst = args.dst or config.data_dir(f"synth-{args.preset}")
-            out = synth(dst, preset=args.preset, seed=args.seed, overwrite=args.overwrite)
-            print(f"wrote synthetic dataset ({args.preset}, seed {args.seed}) to {out}")
+            over = {"taste_video": CONFOUNDING[args.confounding] if args.taste_video is None else args.taste_video}
+            if args.gamma is not None:
+                over["gamma"] = args.gamma
+            name = f"synth-{args.preset}" + (f"-tv{over['taste_video']:g}" if over["taste_video"] else "") + (
+                f"-g{args.gamma:g}" if args.gamma is not None else "")
+            out = synth(args.dst or config.data_dir(name), preset=args.preset, seed=args.seed, overwrite=args.overwrite, **over)
+            print(f"wrote synthetic dataset ({args.preset}, seed {args.seed}, taste -> video {over['taste_video']:g}) to {out}")
         elif args.cmd == "demo-corpus":
             from deccm.data.corpus import build_corpus, default_dest
 

@@ -6,6 +6,13 @@ The generative story (the one DecCM's causal graph assumes, ``docs/method.md`` �
   genre, a content latent ``z_m`` (partly genre-dependent: genres do differ in what they
   fit) and an audible genre "style" latent that does not enter the affinity.
 * Videos have a content latent ``z_v`` and a nuisance latent (lighting, camera, ...).
+  With ``taste_video = s > 0`` the uploader's taste also shapes the video: the nuisance
+  latent of an uploaded video is shifted by ``s·(d_u − π)·P`` (``P`` a fixed random
+  G × nuisance map), as people who like a genre share a visual style. That opens the
+  backdoor ``V ← D → M``: video features now predict the uploader's genre bias, and a
+  matcher fitted to the logs learns it. ``CONFOUNDING`` names s = 0 / 3 / 8 (none,
+  moderate, strong); with ``gamma = 0`` the same world logs unconfounded choices (the
+  ceiling twin of ``benchmarks/debias.py``). PGC segments have no uploader, no shift.
 * True affinity ``a(v, m) = (z_v W) · z_m / sqrt(k)`` with a fixed orthogonal ``W``
   (unit variance), stored under ``truth/`` so any metric can be checked against it.
 * Uploaders carry a genre preference ``d_u ~ Dirichlet(c·G·π)``, skewed toward popular
@@ -65,7 +72,8 @@ class SynthConfig:
     genre_coupling: float = 0.4  # how much a track's content latent depends on its genre
     uploader_concentration: float = 1.0  # Dirichlet(c·G·π): small = strong individual taste
     beta: float = 3.0  # affinity sharpness of logged choices
-    gamma: float = 1.5  # confounder strength (0 = no uploader bias)
+    gamma: float = 1.5  # confounder strength on the logged choice (0 = no uploader bias)
+    taste_video: float = 0.0  # s: how far the uploader's taste shifts the video's nuisance latent (0 = no backdoor)
     beta_pgc: float = 4.0  # professionals match more sharply
     feature_noise: float = 0.3
     prior_smoothing: float = 1.0
@@ -78,6 +86,8 @@ PRESETS: dict[str, SynthConfig] = {
     "small": SynthConfig(n_tracks=1000, n_train=20000, n_val=2000, n_test=2000, n_uploaders=1500, n_pgc=8000),
     "tt150k": SynthConfig(n_tracks=3003, n_train=120000, n_val=15000, n_test=15000, n_uploaders=10000, n_pgc=40000),
 }
+# named strengths of the taste → video path (SynthConfig.taste_video)
+CONFOUNDING: dict[str, float] = {"none": 0.0, "moderate": 3.0, "strong": 8.0}
 
 
 def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -114,16 +124,28 @@ class _World:
         self.We = (mrng.standard_normal((min_, cfg.music_embed_dim)) / np.sqrt(min_)).astype(np.float32)
         self.Wd1 = (mrng.standard_normal((min_, cfg.music_desc_dim)) / np.sqrt(min_)).astype(np.float32)
         self.Wd2 = (mrng.standard_normal((min_, cfg.music_desc_dim)) / np.sqrt(min_)).astype(np.float32)
+        # P: taste → visual style (its own stream: s = 0 gives the same data as before the knob)
+        self.taste_map = np.random.default_rng([cfg.seed, 2]).standard_normal((g, cfg.nuisance_dim)).astype(np.float32)
+
+    def taste_shift(self, uploader: np.ndarray) -> np.ndarray | None:
+        """(N, nuisance) shift s·(d_u − π)·P of each uploaded video's nuisance latent; None when s = 0."""
+        if not self.cfg.taste_video:
+            return None
+        return (self.cfg.taste_video * (self.uploader_pref[uploader] - self.popularity) @ self.taste_map).astype(np.float32)
 
     def affinity(self, zv: np.ndarray) -> np.ndarray:
         """(N, k) video content latents → (N, M) true affinity to every track."""
         return (zv @ self.W) @ self.music_content.T / np.sqrt(self.cfg.latent_dim)
 
-    def video_features(self, zv: np.ndarray, desc: str) -> np.ndarray:
+    def video_features(self, zv: np.ndarray, desc: str, shift: np.ndarray | None = None) -> np.ndarray:
+        """(N, video_dim) features of content latents ``zv``; ``shift`` (N, nuisance) moves the nuisance latent."""
         cfg, rng = self.cfg, self.rng
         out = np.empty((len(zv), cfg.video_dim), dtype=np.float32)
         for s in tqdm(range(0, len(zv), CHUNK), desc=desc, unit="chunk", leave=False):
-            z = np.concatenate([zv[s:s + CHUNK], rng.standard_normal((len(zv[s:s + CHUNK]), cfg.nuisance_dim)).astype(np.float32)], axis=1)
+            nuisance = rng.standard_normal((len(zv[s:s + CHUNK]), cfg.nuisance_dim)).astype(np.float32)
+            if shift is not None:
+                nuisance += shift[s:s + CHUNK]
+            z = np.concatenate([zv[s:s + CHUNK], nuisance], axis=1)
             h = np.maximum(z @ self.Wv + self.bv, 0)
             h += cfg.feature_noise * rng.standard_normal(h.shape, dtype=np.float32)
             out[s:s + CHUNK] = np.maximum(h, 0)  # pooled CNN activations are non-negative
@@ -180,7 +202,7 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
 
     val_ids = np.arange(cfg.n_train, cfg.n_train + cfg.n_val)
     ugc = UGC(
-        video_features=w.video_features(zv, "video features"),
+        video_features=w.video_features(zv, "video features", w.taste_shift(uploader)),
         music_features=w.music_features(),
         prior_mean=protocol.prior_mean(train.prior),
         music_genre=w.track_genre,
@@ -209,9 +231,16 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
 
 
 def synth(dest: str | Path, preset: str = "small", seed: int = 0, overwrite: bool = False, **overrides: Any) -> Path:
-    """Generate the ``preset`` benchmark with ``seed`` and write it atomically to ``dest``."""
+    """Generate the ``preset`` benchmark with ``seed`` and write it atomically to ``dest``.
+
+    ``overrides`` replace :class:`SynthConfig` fields, e.g. ``taste_video=CONFOUNDING["strong"]``
+    or ``gamma=0`` (unconfounded logs).
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    unknown = set(overrides) - {f for f in SynthConfig.__dataclass_fields__ if f != "seed"}
+    if unknown:
+        raise ValueError(f"unknown synth setting(s) {sorted(unknown)}; choose from the fields of deccm.data.synth.SynthConfig")
     cfg = replace(PRESETS[preset], seed=seed, **overrides)
     parts = generate(cfg)
     manifest = {
@@ -221,6 +250,9 @@ def synth(dest: str | Path, preset: str = "small", seed: int = 0, overwrite: boo
             "SYNTHETIC feature-level benchmark generated by deccm.data.synth: features are random "
             "non-linear maps of latent variables, not extracted from any media. Logged choices carry a "
             "planted uploader genre-preference confounder; test_oracle is drawn from the true affinity alone."
+            + (f" Uploaders' taste also shifts their videos' visual style (taste_video={cfg.taste_video:g}): a "
+               "backdoor path video <- taste -> music." if cfg.taste_video else "")
+            + (" gamma=0: the logged choices carry no uploader bias (the unconfounded twin)." if not cfg.gamma else "")
         ),
         "genres": list(GENRES),
         "dims": {"music_blocks": [{"name": "embedding", "dim": cfg.music_embed_dim},
