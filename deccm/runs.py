@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from deccm import config, io
-from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig
+from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig, RidgeMatcher
 
 if TYPE_CHECKING:
     from deccm.data import Dataset
@@ -286,15 +286,17 @@ def sync_copies(run: Path, conf: RunConfig, state: dict[str, Any]) -> None:
 
 
 def build_model(kind: Kind, cfg: ModelConfig, prior_mean: np.ndarray | list[float] | None = None,
-                teacher: CrossModalVAE | None = None) -> CrossModalVAE | DecCMStudent:
+                teacher: CrossModalVAE | None = None) -> CrossModalVAE | DecCMStudent | RidgeMatcher:
     """A fresh model of ``kind``; the student's inference prior d̄ is ``prior_mean`` (uniform if None)."""
     if kind == "teacher":
         return CrossModalVAE(cfg)
+    if cfg.arch == "ridge":
+        return RidgeMatcher(cfg)
     prior = np.asarray(prior_mean if prior_mean is not None else np.full(cfg.n_genres, 1 / cfg.n_genres), dtype=np.float32)
     return DecCMStudent(cfg, teacher, torch.as_tensor(prior))
 
 
-def load_for_inference(path: str | Path, device: torch.device | str = "cpu") -> tuple[CrossModalVAE | DecCMStudent, RunConfig]:
+def load_for_inference(path: str | Path, device: torch.device | str = "cpu") -> tuple[CrossModalVAE | DecCMStudent | RidgeMatcher, RunConfig]:
     """Rebuild a trained model in eval mode from a run dir (its best epoch) or a ``best.pt``/``state.pt`` in one."""
     path = Path(path)
     run = run_dir_of(path)

@@ -33,7 +33,8 @@ from deccm import config, io, metrics
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.evaluate import sampled_hit_rate
-from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig
+from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig, RidgeMatcher
+from deccm.models.ridge import RidgeSolver, lambda_grid
 from deccm.runs import (
     BEST,
     STATE,
@@ -66,6 +67,7 @@ VARIANTS = {
     "no-distill": {"distill": "off"},
     "no-deconf": {"confounder": "none"},
     "ips": {"confounder": "none", "distill": "off", "ips": True},  # IPS-weighted plain matching
+    "ridge": {"arch": "ridge", "confounder": "none", "distill": "off"},  # closed-form linear baseline, λ on val
 }
 DEFAULT_DATA = "synth-small"
 Resume = bool | Literal["auto"]
@@ -246,6 +248,8 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
     ds = load_dataset(data if data is not None else config.data_dir(DEFAULT_DATA))
     dims = ds.manifest["dims"]
     model_cfg = model_cfg.replace(video_dim=dims["video"], music_dim=dims["music"], n_genres=ds.n_genres)
+    if model_cfg.arch == "ridge" and kind != "student":
+        raise TrainingError("the ridge baseline is a student variant. Fix: train it with `deccm train student --variant ridge`.")
     out = Path(out if out is not None else default_run_dir(kind, variant, model_cfg.mode, train_cfg.seed)).resolve()
     _recover_swap(out)
     if not resume and not overwrite and out.exists() and has_run(out):
@@ -278,6 +282,8 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
     run_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_model(kind, model_cfg, ds.ugc.prior_mean, teacher_model).to(device)
+    if isinstance(model, RidgeMatcher):
+        return _fit_ridge(model, ds, conf, run_dir, out, train_cfg, device, on_epoch_end)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=train_cfg.learning_rate(kind), weight_decay=train_cfg.weight_decay)
     rows = _training_rows(ds, kind, model_cfg, device)
@@ -356,6 +362,42 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
         if stop:
             log.info("early stop: no improvement for %d epochs (best %.4f at epoch %d)", stale, conf.best_val, conf.best_epoch + 1)
             break
+    return out
+
+
+def _fit_ridge(model: RidgeMatcher, ds: Dataset, conf: RunConfig, run_dir: Path, out: Path, train_cfg: TrainConfig,
+               device: torch.device, on_epoch_end: EpochCallback | None) -> Path:
+    """The ridge baseline: one closed-form solve per λ of the grid, each recorded like an epoch; the best on val is kept.
+
+    A fit takes seconds, so an interrupted one starts again rather than resuming.
+    """
+    rows = _training_rows(ds, "student", model.cfg, device)
+    t0 = time.perf_counter()
+    solver = RidgeSolver(rows.x_v, rows.x_m, rows.video, rows.music)
+    grid = lambda_grid(solver.n)
+    log.info("fitting the ridge baseline on %s: %d rows, %d λ values chosen on val (the epoch settings do not apply), device %s%s",
+             ds.manifest.get("name"), solver.n, len(grid), device, " [SYNTHETIC data]" if ds.is_synthetic else "")
+    conf.history, conf.best_epoch, conf.best_val = [], None, None
+    best_model: dict[str, torch.Tensor] = {}
+    for step, lam in enumerate(tqdm(grid, desc="ridge: λ on val", unit="λ", leave=False, disable=None)):
+        solver.load_into(model, lam)
+        val = validate(model, ds, "student", train_cfg.eval_k, device)
+        improved = conf.best_val is None or val > conf.best_val
+        entry = {"epoch": step, "lambda": lam, "val": val, "best": improved, "seconds": time.perf_counter() - t0,
+                 "rows_per_s": solver.n / max(time.perf_counter() - t0, 1e-9)}
+        conf.history.append(entry)
+        if improved:
+            conf.best_epoch, conf.best_val = step, val
+            best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        conf.finished = step == len(grid) - 1
+        save_epoch(run_dir, conf, {"run": conf.to_dict(), "model": model.state_dict(), "optimizer": {}, "epoch": step,
+                                   "rng": _rng_state()}, best_model, improved)
+        if run_dir != out:
+            _swap_in(run_dir, out)
+            run_dir = out
+        log.info("ridge λ=%.3g val HR_w@%d %.4f%s", lam, train_cfg.eval_k, val, " *best*" if improved else "")
+        if on_epoch_end is not None:
+            on_epoch_end(entry)
     return out
 
 

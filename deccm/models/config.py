@@ -43,6 +43,7 @@ class ModelConfig:
     confounder: Literal["batch-mean", "per-sample", "none"] = "per-sample"  # §9.3
     fusion: Literal["linear", "interaction"] = "interaction"  # §9.3: a linear g cancels in ranking
     ips: bool = False  # weight rows by 1/propensity (§5.4, unused by the authors)
+    arch: Literal["vae", "ridge"] = "vae"  # ridge: the closed-form linear baseline (deccm.models.ridge), no VAE
 
     @classmethod
     def for_mode(cls, mode: Mode, **overrides: Any) -> "ModelConfig":
