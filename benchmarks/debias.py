@@ -1,12 +1,19 @@
-"""The debiasing result: faithful DecCM, fixed DecCM and every baseline, side by side.
+"""The debiasing result: faithful DecCM, fixed DecCM and every baseline, side by side, per confounding strength.
 
-For each seed: generate the synthetic preset (data seed = seed), train a teacher per mode
-and every student variant (training seed = seed), evaluate all of them on the biased
-``test`` and the unbiased ``test_oracle`` split, then pool the seeds: each cell is the
-mean over seeds with a 95% bootstrap interval over the pooled test rows, and the seed
-standard deviation. Writes ``docs/results.md`` (or --out) and a JSON beside it.
+For each strength of the taste → video path (``deccm.data.synth.CONFOUNDING``: none,
+moderate, strong) and each seed: generate the synthetic preset (data seed = seed), train a
+teacher per mode and every student variant (training seed = seed), evaluate all of them on
+the biased ``test`` and the unbiased ``test_oracle`` split, then pool the seeds: each cell
+is the mean over seeds with a 95% bootstrap interval over the pooled test rows, and the
+seed standard deviation. The same world with unconfounded logs (γ = 0) trains plain
+matching once more: the ceiling. "recovered" is the share of the confounding cost a model
+wins back on the oracle split: (model − plain) / (plain on unconfounded logs − plain).
 
-Usage: python benchmarks/debias.py [--preset small] [--seeds 0 1 2] [--epochs 50] [--device auto] [--work DIR]
+Writes one table per strength into ``docs/results.md`` (or --out), between that
+strength's BEGIN/END markers, and a JSON beside it.
+
+Usage: python benchmarks/debias.py [--preset small] [--seeds 0 1 2] [--strengths none moderate strong]
+       [--epochs 50] [--device auto] [--work DIR] [--models LABEL ...]
 Runs are reused (or resumed) from --work, so an interrupted benchmark continues.
 """
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch
 
 from deccm import config, io, metrics
 from deccm.data import load_dataset
-from deccm.data.synth import synth
+from deccm.data.synth import CONFOUNDING, synth
 from deccm.evaluate import SplitResult, evaluate_split
 from deccm.models import ModelConfig
 from deccm.serve import Ranker, load_ranker, popularity_ranker
@@ -43,8 +50,11 @@ MODELS: list[tuple[str, str, str, str, str | None]] = [
     ("student w/o distillation", "student", "fixed", "no-distill", None),
     ("student w/o deconfounding", "student", "fixed", "no-deconf", "fixed"),
     ("IPS matching", "student", "fixed", "ips", None),
+    ("ridge regression", "student", "fixed", "ridge", None),
     ("popularity", "popularity", "-", "-", None),
 ]
+TWIN = "plain matching, unconfounded logs (ceiling)"
+PRIMARY = ("test_oracle", "HR_w@10")
 COLUMNS = [("test_oracle", "HR_w@10"), ("test_oracle", "NDCG_w@10"), ("test_oracle", "HR@10"), ("test_oracle", "NDCG@10"),
            ("test", "HR_w@10"), ("test", "HR@10"), ("test", "NDCG@10"),
            ("test_oracle", "genre_KL@10"), ("test_oracle", "C_KL@10"), ("test_oracle", "top_genre_share@10"),
@@ -57,16 +67,32 @@ def _run(kind: str, data: Path, out: Path, mode: str, variant: str, tcfg: TrainC
                  variant=variant, resume="auto", overwrite=True)
 
 
-def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str) -> dict[str, list[SplitResult]]:
-    data = work / f"data-{preset}-s{seed}"
+def _data(work: Path, preset: str, seed: int, strength: str, gamma: float | None = None) -> Path:
+    """The world of (preset, seed, strength), generated once; ``gamma=0`` is its unconfounded twin."""
+    tag = "" if strength == "none" else f"-{strength}"  # strength none is the original benchmark: same data, same dir
+    data = work / f"data-{preset}{tag}{'' if gamma is None else f'-g{gamma:g}'}-s{seed}"
     if not (data / "dataset.json").exists():
-        synth(data, preset=preset, seed=seed, overwrite=True)
+        over = {} if gamma is None else {"gamma": gamma}
+        synth(data, preset=preset, seed=seed, overwrite=True, taste_video=CONFOUNDING[strength], **over)
+    return data
+
+
+def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, strength: str = "none",
+             labels: list[str] | None = None) -> dict[str, list[SplitResult]]:
+    data = _data(work, preset, seed, strength)
     ds = load_dataset(data)
     tcfg = TrainConfig(epochs=epochs, seed=seed, device=device)
-    runs = work / f"runs-{preset}-s{seed}"
-    teachers = {m: _run("teacher", data, runs / f"teacher-{m}", m, "teacher", tcfg, None) for m in ("fixed", "faithful")}
+    runs = work / f"runs-{preset}{'' if strength == 'none' else '-' + strength}-s{seed}"
+    models = [m for m in MODELS if labels is None or m[0] in labels]
+    needed = {m[4] for m in models if m[4]} | {m[2] for m in models if m[1] == "eval-teacher"}
+    teachers = {m: _run("teacher", data, runs / f"teacher-{m}", m, "teacher", tcfg, None) for m in ("fixed", "faithful") if m in needed}
     out: dict[str, list[SplitResult]] = {}
-    for label, kind, mode, variant, tmode in MODELS:
+    twin = _data(work, preset, seed, strength, gamma=0.0)
+    run = _run("student", twin, runs / "student-plain-unconfounded", "fixed", "plain", tcfg, None)
+    ranker = load_ranker(run, device=device)
+    ranker.name = TWIN
+    out[TWIN] = [evaluate_split(ranker, load_dataset(twin), split) for split in ("test", "test_oracle")]
+    for label, kind, mode, variant, tmode in models:
         t0 = time.perf_counter()
         if kind == "popularity":
             ranker = popularity_ranker(ds.ugc.train.music, ds.n_tracks, seed=seed)
@@ -80,7 +106,7 @@ def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str) -> di
             ranker = load_ranker(run, device=device)
         ranker.name = label
         out[label] = [evaluate_split(ranker, ds, split) for split in ("test", "test_oracle")]
-        log.info("seed %d %-26s done in %.0f s: oracle HR_w@10 %.4f", seed, label, time.perf_counter() - t0,
+        log.info("%s seed %d %-26s done in %.0f s: oracle HR_w@10 %.4f", strength, seed, label, time.perf_counter() - t0,
                  out[label][1].values["HR_w@10"])
     return out
 
@@ -89,7 +115,7 @@ def pool(per_seed: list[dict[str, list[SplitResult]]], n_boot: int) -> dict[str,
     """Mean over seeds; 95% bootstrap CI over the rows of all seeds (each seed's weights scaled to 1/S)."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     n_seeds = len(per_seed)
-    for label, *_ in MODELS:
+    for label in per_seed[0]:
         table[label] = {}
         for si, split in enumerate(("test", "test_oracle")):
             results = [s[label][si] for s in per_seed]
@@ -103,11 +129,17 @@ def pool(per_seed: list[dict[str, list[SplitResult]]], n_boot: int) -> dict[str,
                     w = None if ws[0] is None else np.concatenate([wi / wi.sum() / n_seeds for wi in ws])
                     cell["ci95"] = list(metrics.bootstrap_ci(v, w, n_boot=n_boot, seed=0))
                 table[label][f"{split}:{name}"] = cell
+    plain, ceiling = table.get("plain matching"), table.get(TWIN)
+    if plain and ceiling:
+        key = f"{PRIMARY[0]}:{PRIMARY[1]}"
+        cost = ceiling[key]["mean"] - plain[key]["mean"]
+        for cells in table.values():
+            cells["recovered"] = {"mean": (cells[key]["mean"] - plain[key]["mean"]) / cost if abs(cost) > 1e-9 else float("nan")}
     return table
 
 
 def to_markdown(table: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any]) -> str:
-    head = ["model"] + [f"{'oracle' if s == 'test_oracle' else 'biased'} {m}" for s, m in COLUMNS]
+    head = ["model"] + [f"{'oracle' if s == 'test_oracle' else 'biased'} {m}" for s, m in COLUMNS] + ["recovered"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, cells in table.items():
         row = [label]
@@ -122,17 +154,38 @@ def to_markdown(table: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any
             if meta["seeds"] > 1:
                 txt += f" ±{c['seed_sd']:.3f}"
             row.append(txt)
+        rec = cells.get("recovered", {}).get("mean")
+        row.append("–" if rec is None or not np.isfinite(rec) else f"{100 * rec:.0f} %")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
-BEGIN, END = "<!-- BEGIN debias table -->", "<!-- END debias table -->"
+def markers(strength: str) -> tuple[str, str]:
+    """The BEGIN/END comments around one strength's table (none keeps the original benchmark's markers)."""
+    tag = "" if strength == "none" else f": {strength}"
+    return f"<!-- BEGIN debias table{tag} -->", f"<!-- END debias table{tag} -->"
+
+
+def write_section(out: Path, strength: str, text: str) -> None:
+    """Replace the strength's section of ``out`` (appended when its markers are missing); the rest is kept."""
+    begin, end = markers(strength)
+    section = f"{begin}\n{text}\n{end}"
+    old = out.read_text() if out.exists() else "# Results\n"
+    if begin in old and end in old:
+        new = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + section + "\n"
+    io.write_text(out, new)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--strengths", nargs="+", choices=list(CONFOUNDING), default=list(CONFOUNDING),
+                   help="taste -> video strengths to run (deccm.data.synth.CONFOUNDING)")
+    p.add_argument("--models", nargs="+", choices=[m[0] for m in MODELS], default=None, metavar="LABEL",
+                   help="only these rows (default: all); plain matching is needed for the recovered share")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--device", default="auto")
     p.add_argument("--bootstrap", type=int, default=1000)
@@ -142,25 +195,26 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     work = args.work or config.state_path("bench", "debias")
-    t0 = time.perf_counter()
-    per_seed = [run_seed(args.preset, s, work, args.epochs, args.device) for s in args.seeds]
     device = torch.cuda.get_device_name() if args.device != "cpu" and torch.cuda.is_available() else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    meta = {"preset": args.preset, "seeds": len(args.seeds), "seed_list": args.seeds, "epochs": args.epochs, "device": device,
-            "torch": torch.__version__, "minutes": (time.perf_counter() - t0) / 60}
-    table = pool(per_seed, args.bootstrap)
-    md = to_markdown(table, meta)
-    section = (f"{BEGIN}\n_Generated by `python benchmarks/debias.py {' '.join(sys.argv[1:])}` — preset {meta['preset']}, "
-               f"seeds {meta['seed_list']}, {meta['epochs']} epochs, {meta['device']}, torch {meta['torch']}, "
-               f"{meta['minutes']:.0f} min. Cells: mean over seeds [95% bootstrap interval over the pooled test rows] ±seed sd._\n\n{md}\n{END}")
-    old = args.out.read_text() if args.out.exists() else f"# Results\n\n{BEGIN}\n{END}\n"
-    if BEGIN in old and END in old:
-        new = old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n" + section + "\n"
-    io.write_text(args.out, new)
-    io.write_json(args.out.with_suffix(".json"), {"meta": meta, "table": table})
-    print(json.dumps(meta))
-    print(md)
+    everything = json.loads(args.out.with_suffix(".json").read_text()) if args.out.with_suffix(".json").exists() else {}
+    everything = everything if "strengths" in everything else {"strengths": {}}
+    for strength in args.strengths:
+        t0 = time.perf_counter()
+        per_seed = [run_seed(args.preset, s, work, args.epochs, args.device, strength, args.models) for s in args.seeds]
+        meta = {"preset": args.preset, "strength": strength, "taste_video": CONFOUNDING[strength], "seeds": len(args.seeds),
+                "seed_list": args.seeds, "epochs": args.epochs, "device": device, "torch": torch.__version__,
+                "minutes": (time.perf_counter() - t0) / 60}
+        table = pool(per_seed, args.bootstrap)
+        md = to_markdown(table, meta)
+        write_section(args.out, strength, f"_Generated by `python benchmarks/debias.py {' '.join(sys.argv[1:])}` — preset "
+                      f"{meta['preset']}, confounding {strength} (taste → video s = {meta['taste_video']:g}), seeds "
+                      f"{meta['seed_list']}, {meta['epochs']} epochs, {meta['device']}, torch {meta['torch']}, "
+                      f"{meta['minutes']:.0f} min. Cells: mean over seeds [95% bootstrap interval over the pooled test rows] "
+                      f"±seed sd; recovered: share of plain matching's confounding cost won back on oracle HR_w@10._\n\n{md}")
+        everything["strengths"][strength] = {"meta": meta, "table": table}
+        io.write_json(args.out.with_suffix(".json"), everything)
+        print(json.dumps(meta))
+        print(md)
 
 
 if __name__ == "__main__":
