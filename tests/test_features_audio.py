@@ -97,11 +97,14 @@ def test_key_mode_tells_a_major_chord_from_a_minor_one(music: MusicExtractor, tr
 
 @pytest.mark.parametrize("tonic", range(12))
 def test_key_strengths_of_the_profiles_themselves(tonic: int) -> None:
-    """A key profile rotated to any tonic is that mode with clarity 1; silence has no key."""
+    """A key profile rotated to any tonic is that mode with clarity 1, and its mode is how far
+    the other mode's best-matching profile falls short of it; silence has no key."""
+    gap = 1 - max(np.corrcoef(audio.MAJOR_PROFILE, np.roll(audio.MINOR_PROFILE, k))[0, 1] for k in range(12))
+    assert gap > 0.2
     mode, clarity = audio.key_strengths(np.roll(audio.MAJOR_PROFILE, tonic))
-    assert mode > 0.3 and clarity == pytest.approx(1.0)
+    assert mode == pytest.approx(gap) and clarity == pytest.approx(1.0)
     mode, clarity = audio.key_strengths(np.roll(audio.MINOR_PROFILE, tonic))
-    assert mode < -0.3 and clarity == pytest.approx(1.0)
+    assert mode == pytest.approx(-gap) and clarity == pytest.approx(1.0)
     assert audio.key_strengths(np.zeros(12)) == (0.0, 0.0)
 
 

@@ -27,7 +27,7 @@ from deccm.features import decode, vggish
 from deccm.features.runtime import librosa
 from deccm.features.spec import ExtractorSpec, HasSpec, SpecMismatch, require_same
 
-VERSION = 2  # 2: key_mode and key_clarity replace the stds of spectral flatness and zero-crossing rate
+VERSION = 3  # 2: key_mode and key_clarity replace the stds of spectral flatness and zero-crossing rate; 3: Aarden-Essen key profiles
 NAME = "vggish+egemaps+librosa"
 DIM = 256
 OPENSMILE_DIM = 88
@@ -49,16 +49,21 @@ LIBROSA_DESCRIPTORS: tuple[str, ...] = (
 )
 assert len(LIBROSA_DESCRIPTORS) == 40
 
-# Krumhansl–Kessler key profiles (probe-tone ratings), tonic first.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+# Aarden–Essen key profiles (pitch-class frequencies in the Essen folk-song collection), tonic
+# first: music21's default key finder. On the demo catalog's audio they agree with the score's
+# mode far better than the Krumhansl–Kessler probe-tone ratings (docs/results.md: correlation
+# 0.80 against 0.66, mode right for 91 % of tracks against 84 %).
+MAJOR_PROFILE = np.array([17.7661, 0.145624, 14.9265, 0.160186, 19.8049, 11.3587, 0.291248, 22.062, 0.145624,
+                          8.15494, 0.232998, 4.95122])
+MINOR_PROFILE = np.array([18.2648, 0.737619, 14.0499, 16.8599, 0.702494, 14.4362, 0.702494, 18.6161, 4.56621,
+                          1.93186, 7.37619, 1.75623])
 # (24, 12): row k = a profile rotated to tonic k (major keys, then minor), z-scored
 _KEYS = np.stack([np.roll(p, k) for p in (MAJOR_PROFILE, MINOR_PROFILE) for k in range(12)])
 _KEYS = (_KEYS - _KEYS.mean(1, keepdims=True)) / _KEYS.std(1, keepdims=True)
 
 
 def key_strengths(chroma_mean: np.ndarray) -> tuple[float, float]:
-    """(mode, clarity) of a 12-bin chroma profile by Krumhansl–Schmuckler key finding.
+    """(mode, clarity) of a 12-bin chroma profile by Krumhansl–Schmuckler key finding (Aarden–Essen profiles).
 
     r_major(k), r_minor(k) = Pearson correlation of the profile with the major / minor key
     profile rotated to tonic k; mode = max_k r_major − max_k r_minor (> 0 sounds major),
@@ -201,7 +206,7 @@ class MusicExtractor(HasSpec):
                 "vggish": vggish.FRONTEND, "clip_pool": "mean over patches",
                 "opensmile": f"opensmile {version('opensmile')} eGeMAPSv02 Functionals",
                 "librosa": f"librosa {version('librosa')}, stft n_fft={N_FFT} hop={HOP}, chroma tuning 0, clip mean/std, "
-                           "key mode/clarity: Krumhansl-Schmuckler on the mean "
+                           "key mode/clarity: Krumhansl-Schmuckler with Aarden-Essen profiles on the mean "
                            f"constant-Q chroma (hop {KEY_HOP})",
             },
             blocks=[

@@ -10,7 +10,7 @@ The properties the planted relation uses are *measured from what was rendered*:
 
 * ``tempo_bpm``: beats per minute read back from the written MIDI file (quarter-note
   tempo ÷ the time signature's beat length in quarters, so a 6/8 jig counts dotted quarters);
-* ``mode``: major / minor from music21's key analysis (Krumhansl-Schmuckler) of the
+* ``mode``: major / minor from music21's key analysis (Krumhansl-Schmuckler, Aarden-Essen profiles) of the
   excerpt's notes, with its correlation coefficient;
 * ``onsets_per_s``: distinct note onsets per second of the excerpt (rhythmic activity);
 * ``rms_db``: loudness of the synthesised audio (dBFS), which follows the assigned
