@@ -5,7 +5,8 @@ moderate, strong) and each seed: generate the synthetic preset (data seed = seed
 teacher per mode and every student variant (training seed = seed), evaluate all of them on
 the biased ``test`` and the unbiased ``test_oracle`` split, then pool the seeds: each cell
 is the mean over seeds with a 95% bootstrap interval over the pooled test rows, and the
-seed standard deviation. The same world with unconfounded logs (γ = 0) trains plain
+seed standard deviation. "taste R²" is a linear probe's held-out R² of the uploader's
+genre taste from each model's video vectors (``deccm.evaluate.taste_probe``). The same world with unconfounded logs (γ = 0) trains plain
 matching once more: the ceiling. "recovered" is the share of the confounding cost a model
 wins back on the oracle split: (model − plain) / (plain on unconfounded logs − plain).
 
@@ -33,7 +34,7 @@ import torch
 from deccm import config, io, metrics
 from deccm.data import load_dataset
 from deccm.data.synth import CONFOUNDING, synth
-from deccm.evaluate import SplitResult, evaluate_split
+from deccm.evaluate import SplitResult, evaluate_split, taste_probe
 from deccm.models import ModelConfig
 from deccm.serve import Ranker, load_ranker, popularity_ranker
 from deccm.train import VARIANTS, TrainConfig, train
@@ -58,7 +59,7 @@ PRIMARY = ("test_oracle", "HR_w@10")
 COLUMNS = [("test_oracle", "HR_w@10"), ("test_oracle", "NDCG_w@10"), ("test_oracle", "HR@10"), ("test_oracle", "NDCG@10"),
            ("test", "HR_w@10"), ("test", "HR@10"), ("test", "NDCG@10"),
            ("test_oracle", "genre_KL@10"), ("test_oracle", "C_KL@10"), ("test_oracle", "top_genre_share@10"),
-           ("test_oracle", "spearman_truth")]
+           ("test_oracle", "spearman_truth"), ("test_oracle", "taste_R2")]
 
 
 def _run(kind: str, data: Path, out: Path, mode: str, variant: str, tcfg: TrainConfig, teacher: Path | None) -> Path:
@@ -91,7 +92,9 @@ def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, stren
     run = _run("student", twin, runs / "student-plain-unconfounded", "fixed", "plain", tcfg, None)
     ranker = load_ranker(run, device=device)
     ranker.name = TWIN
-    out[TWIN] = [evaluate_split(ranker, load_dataset(twin), split) for split in ("test", "test_oracle")]
+    twin_ds = load_dataset(twin)
+    out[TWIN] = [evaluate_split(ranker, twin_ds, split) for split in ("test", "test_oracle")]
+    out[TWIN][1].values["taste_R2"] = taste_probe(ranker, twin_ds)
     for label, kind, mode, variant, tmode in models:
         t0 = time.perf_counter()
         if kind == "popularity":
@@ -106,6 +109,7 @@ def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, stren
             ranker = load_ranker(run, device=device)
         ranker.name = label
         out[label] = [evaluate_split(ranker, ds, split) for split in ("test", "test_oracle")]
+        out[label][1].values["taste_R2"] = taste_probe(ranker, ds)  # how much its video vectors know of the taste
         log.info("%s seed %d %-26s done in %.0f s: oracle HR_w@10 %.4f", strength, seed, label, time.perf_counter() - t0,
                  out[label][1].values["HR_w@10"])
     return out
@@ -139,7 +143,8 @@ def pool(per_seed: list[dict[str, list[SplitResult]]], n_boot: int) -> dict[str,
 
 
 def to_markdown(table: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any]) -> str:
-    head = ["model"] + [f"{'oracle' if s == 'test_oracle' else 'biased'} {m}" for s, m in COLUMNS] + ["recovered"]
+    head = ["model"] + [("taste R² of video vectors" if m == "taste_R2" else f"{'oracle' if s == 'test_oracle' else 'biased'} {m}")
+                        for s, m in COLUMNS] + ["recovered"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, cells in table.items():
         row = [label]

@@ -127,6 +127,28 @@ def evaluate_split(ranker: Ranker, ds: Dataset, split: str, ks: tuple[int, ...] 
     return res
 
 
+def taste_probe(ranker: Ranker, ds: Dataset, split: str = "test", lam: float = 1e-3) -> float:
+    """How much the model's video vectors know about the uploader's genre taste: a linear probe's held-out R².
+
+    Target per row: the uploader's true genre preference where the data knows it (synthetic
+    ``truth``), else the row's leave-one-out prior. The probe is fitted on the training
+    rows' video vectors and scored on ``split``'s rows (other videos). A matcher that
+    learned the taste as content (the backdoor of docs/method.md §2.1) scores high.
+    """
+    train, rows = ds.ugc.train, split_rows(ds, split)
+
+    def target(r: Any) -> np.ndarray:
+        if ds.truth is not None and r.uploader is not None:
+            return np.asarray(ds.truth.uploader_preference)[r.uploader]
+        if r.prior is None:
+            raise DatasetError(f"{ds.root}: split {split!r} has no uploader prior to probe for. Fix: use data with uploaders.")
+        return np.asarray(r.prior)
+
+    x_fit = ranker.video_vectors(ds.ugc.video_features[train.video])
+    x_eval = ranker.video_vectors(ds.ugc.video_features[rows.video])
+    return metrics.probe_r2(x_fit, target(train), x_eval, target(rows), lam)
+
+
 def add_intervals(results: list[SplitResult], n_boot: int, seed: int = 0) -> None:
     """Bootstrap 95% intervals over rows for every per-row metric (same resamples for every model)."""
     for res in results:

@@ -307,6 +307,26 @@ def rowwise_spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(rho.mean())
 
 
+def probe_r2(x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, lam: float = 1.0) -> float:
+    """Held-out R² of a linear probe: how much of ``y`` a ridge regression on ``x`` recovers.
+
+    Fit on (x_fit, y_fit) with x standardised by the fit rows and penalty λ·N_fit; then
+    R² = 1 − Σ‖y_eval − ŷ‖² / Σ‖y_eval − ȳ_fit‖² over the eval rows, all target columns
+    pooled. 1: y is a linear function of x; ≈ 0 (or below): x says nothing about y.
+    Used to ask how much a video embedding knows about the uploader's taste (docs/results.md).
+    """
+    xf, xe = _as_2d("x_fit", np.asarray(x_fit, np.float64)), _as_2d("x_eval", np.asarray(x_eval, np.float64))
+    yf, ye = _as_2d("y_fit", np.asarray(y_fit, np.float64)), _as_2d("y_eval", np.asarray(y_eval, np.float64))
+    if len(xf) != len(yf) or len(xe) != len(ye) or xf.shape[1] != xe.shape[1] or yf.shape[1] != ye.shape[1]:
+        raise ValueError(f"shapes do not pair: x_fit {xf.shape}, y_fit {yf.shape}, x_eval {xe.shape}, y_eval {ye.shape}")
+    mu, sd = xf.mean(0), xf.std(0) + 1e-8
+    a, b = (xf - mu) / sd, (xe - mu) / sd
+    ym = yf.mean(0)
+    w = np.linalg.solve(a.T @ a + lam * len(a) * np.eye(a.shape[1]), a.T @ (yf - ym))
+    sst = np.sum((ye - ym) ** 2)
+    return float(1.0 - np.sum((ye - (b @ w + ym)) ** 2) / sst) if sst > 0 else float("nan")
+
+
 # --------------------------------------------------------------------------- uncertainty
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from deccm.data import load_dataset
 from deccm.data.synth import CONFOUNDING, synth
-from deccm.evaluate import evaluate_split
+from deccm.evaluate import evaluate_split, taste_probe
 from deccm.models import ModelConfig
 from deccm.runs import TrainConfig
 from deccm.serve import load_ranker
@@ -48,7 +48,10 @@ def test_taste_in_the_video_opens_a_backdoor_for_plain_matching(tmp_path: Path) 
                     TrainConfig(epochs=6, batch_size=128, seed=1, device="cpu"), variant="plain")
         ranker, ds = load_ranker(run), load_dataset(data)
         scores[s] = {split: evaluate_split(ranker, ds, split).values["HR_w@10"] for split in ("test", "test_oracle")}
+        scores[s]["taste_R2"] = taste_probe(ranker, ds)
     none, strong = scores[CONFOUNDING["none"]], scores[CONFOUNDING["strong"]]
     assert strong["test_oracle"] < 0.7 * none["test_oracle"], scores  # the confounding cost on the truth
     ratio = {s: v["test"] / v["test_oracle"] for s, v in scores.items()}
     assert ratio[CONFOUNDING["strong"]] > ratio[CONFOUNDING["none"]] + 0.3, scores  # the logs hide it
+    # and the video vectors learned the taste: a linear probe recovers it on held-out videos
+    assert none["taste_R2"] < 0.2 and strong["taste_R2"] > 0.5, scores

@@ -269,3 +269,15 @@ def test_bootstrap_ci_width_matches_the_binomial_and_survives_chunking(monkeypat
     half = 1.96 * math.sqrt(p * (1 - p) / n)
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
     assert lo < p < hi
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_probe_r2_is_one_for_a_linear_target_and_near_zero_for_noise(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((600, 8))
+    y = x @ rng.standard_normal((8, 3)) + 5.0
+    assert M.probe_r2(x[:400], y[:400], x[400:], y[400:], lam=1e-8) == pytest.approx(1.0, abs=1e-6)
+    noise = rng.standard_normal((600, 3))
+    assert abs(M.probe_r2(x[:400], noise[:400], x[400:], noise[400:])) < 0.05
+    with pytest.raises(ValueError, match="do not pair"):
+        M.probe_r2(x[:400], y[:300], x[400:], y[400:])
