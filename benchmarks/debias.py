@@ -52,6 +52,7 @@ MODELS: list[tuple[str, str, str, str, str | None]] = [
     ("student w/o deconfounding", "student", "fixed", "no-deconf", "fixed"),
     ("IPS matching", "student", "fixed", "ips", None),
     ("ridge regression", "student", "fixed", "ridge", None),
+    ("student, taste erased", "student", "fixed", "erased", "fixed"),
     ("popularity", "popularity", "-", "-", None),
 ]
 TWIN = "plain matching, unconfounded logs (ceiling)"

@@ -42,7 +42,7 @@ PARAMS: dict[str, Param] = {
     "lr": Param(None, type=["null", "number"], exclusiveMinimum=0,
                 description="learning rate; empty = the source's (demo 1e-3) or the model's default"),
     "train_seed": Param(1234, type="integer", description="training seed"),
-    "variant": Param(None, type=["null", "string"], enum=[None, "deccm", "plain", "no-distill", "no-deconf", "ips", "ridge"],
+    "variant": Param(None, type=["null", "string"], enum=[None, "deccm", "plain", "no-distill", "no-deconf", "ips", "ridge", "adversarial", "erased"],
                      description="student variant (docs/results.md); empty = the source's (demo plain, else no-deconf); "
                                  "a distilling one falls back to its plain form without PGC data"),
     "mode": Param("fixed", type="string", enum=["fixed", "faithful"], description="fixed = corrected method, faithful = the authors' code"),

@@ -68,6 +68,8 @@ VARIANTS = {
     "no-deconf": {"confounder": "none"},
     "ips": {"confounder": "none", "distill": "off", "ips": True},  # IPS-weighted plain matching
     "ridge": {"arch": "ridge", "confounder": "none", "distill": "off"},  # closed-form linear baseline, λ on val
+    "adversarial": {"confounder": "none", "adversary": 1.0},  # distilled, taste adversary on the video latent
+    "erased": {"confounder": "none", "erase_taste": True},  # distilled, uploader taste erased from the video vectors
 }
 DEFAULT_DATA = "synth-small"
 Resume = bool | Literal["auto"]
@@ -336,6 +338,8 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
                 bar.update(len(idx))
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         train_s = time.perf_counter() - t0
+        if model_cfg.erase_taste and kind == "student":  # refit on this epoch's encoder, so val scores what serving will
+            model.fit_eraser(rows.x_v, rows.video, rows.prior)
         val = validate(model, ds, kind, train_cfg.eval_k, device)
         improved = conf.best_val is None or val > conf.best_val
         entry = {"epoch": epoch, "val": val, "best": improved, "seconds": time.perf_counter() - t0, "rows_per_s": n / train_s,

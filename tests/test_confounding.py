@@ -55,3 +55,16 @@ def test_taste_in_the_video_opens_a_backdoor_for_plain_matching(tmp_path: Path) 
     assert ratio[CONFOUNDING["strong"]] > ratio[CONFOUNDING["none"]] + 0.3, scores  # the logs hide it
     # and the video vectors learned the taste: a linear probe recovers it on held-out videos
     assert none["taste_R2"] < 0.2 and strong["taste_R2"] > 0.5, scores
+
+
+def test_the_erased_student_keeps_the_taste_out_of_its_video_vectors(tmp_path: Path) -> None:
+    """Held-out linear probe of the uploader's taste: plain matching learned it, the erased student did not."""
+    data = _world(tmp_path, CONFOUNDING["strong"])
+    cfg = TrainConfig(epochs=6, batch_size=128, seed=1, device="cpu")
+    teacher = train("teacher", data, tmp_path / "teacher", ModelConfig.for_mode("fixed"), cfg)
+    probes = {}
+    for variant in ("plain", "erased"):
+        run = train("student", data, tmp_path / variant, ModelConfig.for_mode("fixed", **VARIANTS[variant]), cfg,
+                    teacher=None if variant == "plain" else teacher, variant=variant)
+        probes[variant] = taste_probe(load_ranker(run), load_dataset(data))
+    assert probes["plain"] > 0.5 and probes["erased"] < 0.1, probes

@@ -142,3 +142,54 @@ def test_teacher_is_frozen_inside_student() -> None:
     assert "distill" in parts
     for k, v in st.teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_taste_adversary_learns_the_taste_while_the_encoder_is_pushed_the_other_way() -> None:
+    """With ``adversary`` the head descends its cross-entropy and the video encoder ascends it (gradient reversal)."""
+    cfg = ModelConfig.for_mode("fixed", video_dim=16, music_dim=12, latent_dim=8, n_genres=3, confounder="none",
+                               distill="off", adversary=1.0, rec_weight=0.0)
+    torch.manual_seed(0)
+    st = DecCMStudent(cfg, None, torch.tensor([0.5, 0.3, 0.2])).eval()  # eval: no dropout or sampling, so passes agree
+    x_v, x_m, prior = torch.randn(8, 16), torch.randn(8, 12), torch.softmax(3 * torch.randn(8, 3), dim=1)
+    _, parts = st.loss(x_v, x_m, prior, torch.arange(8))
+    assert "adversary" in parts
+
+    def adv_term() -> torch.Tensor:
+        st.zero_grad()
+        with_adv, _ = st.loss(x_v, x_m, prior, torch.arange(8))
+        st.cfg = cfg.replace(adversary=0.0)
+        without, _ = st.loss(x_v, x_m, prior, torch.arange(8))
+        st.cfg = cfg
+        return with_adv - without  # = λ · H(d_b, softmax(h(GRL(μ_v))))
+
+    term = adv_term()
+    term.backward()
+    head = [p.grad.clone() for p in st.adversary.parameters()]
+    enc = {n: p.grad.clone() for n, p in st.vae.enc_v.named_parameters() if p.grad is not None}
+    # the same term without the reversal: the head's gradients agree, the encoder's flip sign
+    mu = st.vae.posteriors(x_v, x_m).mu_v
+    st.zero_grad()
+    (-(prior * torch.log_softmax(st.adversary(mu), dim=-1)).sum(-1).mean()).backward()
+    for g, p in zip(head, st.adversary.parameters()):
+        torch.testing.assert_close(g, p.grad)
+    enc_plain = {n: p.grad for n, p in st.vae.enc_v.named_parameters() if p.grad is not None}  # the μ path
+    assert enc_plain and set(enc_plain) <= set(enc)
+    for n, h in enc_plain.items():
+        torch.testing.assert_close(enc[n], -h)
+
+
+def test_eraser_removes_every_linear_trace_of_the_taste_and_nothing_else() -> None:
+    from deccm.metrics import probe_r2
+    from deccm.models.erasure import erase, fit_eraser
+
+    torch.manual_seed(0)
+    z = torch.softmax(2 * torch.randn(2000, 4), dim=1)  # taste (N, G)
+    content = torch.randn(2000, 6)
+    x = torch.cat([content, z @ torch.randn(4, 3)], dim=1) @ torch.randn(9, 9)  # taste mixed into every coordinate
+    mu, m = fit_eraser(x[:1500], z[:1500])
+    xe = erase(x, mu, m)
+    assert probe_r2(x[:1500].numpy(), z[:1500].numpy(), x[1500:].numpy(), z[1500:].numpy(), lam=1e-6) > 0.9
+    assert probe_r2(xe[:1500].numpy(), z[:1500].numpy(), xe[1500:].numpy(), z[1500:].numpy(), lam=1e-6) < 0.02
+    # the content stays readable
+    assert probe_r2(xe[:1500].numpy(), content[:1500].numpy(), xe[1500:].numpy(), content[1500:].numpy(), lam=1e-6) > 0.9
+    assert torch.linalg.matrix_rank(m) <= 3  # moves x within G − 1 directions only (priors sum to 1)

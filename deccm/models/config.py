@@ -43,6 +43,8 @@ class ModelConfig:
     confounder: Literal["batch-mean", "per-sample", "none"] = "per-sample"  # §9.3
     fusion: Literal["linear", "interaction"] = "interaction"  # §9.3: a linear g cancels in ranking
     ips: bool = False  # weight rows by 1/propensity (§5.4, unused by the authors)
+    adversary: float = 0.0  # weight of a gradient-reversed head that predicts the uploader's taste from μ_v (0 = none)
+    erase_taste: bool = False  # erase the uploader prior's linear information from the video vectors (deccm.models.erasure)
     arch: Literal["vae", "ridge"] = "vae"  # ridge: the closed-form linear baseline (deccm.models.ridge), no VAE
 
     @classmethod

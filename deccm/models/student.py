@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deccm.models.config import ModelConfig
+from deccm.models.erasure import erase, fit_eraser
 from deccm.models.teacher import CrossModalVAE, matching_loss
 from deccm.models.vae import faithful_distill_kl, gaussian_kl, prior_kl, reparameterize
 
@@ -47,6 +48,18 @@ class Fusion(nn.Module):
         return self.taste(mu) @ c.reshape(-1, mu.shape[-1]).T
 
 
+class _GradReverse(torch.autograd.Function):
+    """Identity forward, −gradient backward: what the adversary learns, the encoder unlearns."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
 class DecCMStudent(nn.Module):
     def __init__(self, cfg: ModelConfig, teacher: CrossModalVAE | None, prior_mean: torch.Tensor):
         super().__init__()
@@ -56,7 +69,13 @@ class DecCMStudent(nn.Module):
         if self.deconfound:
             self.confounder = nn.Embedding(cfg.n_genres, cfg.latent_dim)  # E ∈ R^{G×D}
             self.fusion = Fusion(cfg.latent_dim, cfg.fusion)
+        if cfg.adversary > 0:  # reads the taste off the video latent; the encoder is trained to defeat it
+            self.adversary = nn.Sequential(nn.Linear(cfg.latent_dim, cfg.latent_dim), nn.ReLU(), nn.Linear(cfg.latent_dim, cfg.n_genres))
         self.register_buffer("prior_mean", prior_mean.float().reshape(cfg.n_genres))  # d̄ for inference
+        if cfg.erase_taste:  # x' = x − (x − μ)Mᵀ on the video vectors; identity until fit_eraser is called
+            dim = cfg.latent_dim + (1 if self.deconfound and cfg.fusion == "interaction" else 0)
+            self.register_buffer("erase_mean", torch.zeros(dim))
+            self.register_buffer("erase_map", torch.zeros(dim, dim))
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
@@ -85,7 +104,8 @@ class DecCMStudent(nn.Module):
 
     def loss(self, x_v: torch.Tensor, x_m: torch.Tensor, prior: torch.Tensor, music_ids: torch.Tensor | None = None,
              row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_S = matching(z̃_m, z_v) + α·(KLd_m + KLd_v) + KL_prior(m) + KL_prior(v) + w_rec·L_rec (§5.4)."""
+        """L_S = matching(z̃_m, z_v) + α·(KLd_m + KLd_v) + KL_prior(m) + KL_prior(v) + w_rec·L_rec (§5.4),
+        plus λ_adv · H(d_b, softmax(h(GRL(μ_v)))) with an adversary (``cfg.adversary``)."""
         cfg = self.cfg
         p = self.vae.posteriors(x_v, x_m)
         z_m = reparameterize(p.mu_m, p.logvar_m, self.training)
@@ -97,6 +117,11 @@ class DecCMStudent(nn.Module):
         rec = F.mse_loss(self.vae.dec_m(z_v), x_m) + F.mse_loss(self.vae.dec_v(zt_m), x_v)
         total = match + kl + cfg.rec_weight * rec
         parts = {"match": match.item(), "kl_prior": kl.item(), "rec": rec.item()}
+        if cfg.adversary > 0:
+            # soft cross-entropy of the row's uploader prior d_b (B, G) against the adversary's guess from μ_v
+            adv = -(prior * F.log_softmax(self.adversary(_GradReverse.apply(p.mu_v)), dim=-1)).sum(-1).mean()
+            total = total + cfg.adversary * adv
+            parts["adversary"] = adv.item()
         if self.teacher is not None and cfg.distill != "off" and cfg.distill_weight > 0:
             with torch.no_grad():
                 t = self.teacher.posteriors(x_v, x_m)
@@ -107,12 +132,27 @@ class DecCMStudent(nn.Module):
         return total, parts
 
     @torch.no_grad()
-    def video_embed(self, x_v: torch.Tensor) -> torch.Tensor:
-        """q = μ_v (§6): no uploader information needed; [μ_v ; 1] when a per-track taste term exists."""
+    def video_embed(self, x_v: torch.Tensor, erased: bool = True) -> torch.Tensor:
+        """q = μ_v (§6): no uploader information needed; [μ_v ; 1] when a per-track taste term exists;
+        with ``erase_taste`` the uploader prior's linear information is removed (``erased=False`` skips that)."""
         q = self.vae.enc_v(x_v)[0]
         if self.deconfound and self.cfg.fusion == "interaction":
             q = torch.cat([q, torch.ones_like(q[:, :1])], dim=1)
+        if self.cfg.erase_taste and erased:
+            q = erase(q, self.erase_mean, self.erase_map)
         return q
+
+    @torch.no_grad()
+    def fit_eraser(self, x_v: torch.Tensor, video: torch.Tensor, prior: torch.Tensor) -> None:
+        """Fit the taste eraser on the training rows: videos ``x_v[video]`` ((N_video, F_v) table, (N,) ids)
+        and each row's uploader prior (N, G)."""
+        was = self.training
+        self.eval()
+        q = torch.cat([self.video_embed(x_v[video[s:s + 4096]], erased=False) for s in range(0, len(video), 4096)])
+        self.train(was)
+        mu, m = fit_eraser(q, prior.to(q.dtype))
+        self.erase_mean.copy_(mu)
+        self.erase_map.copy_(m)
 
     @torch.no_grad()
     def music_embed(self, x_m: torch.Tensor) -> torch.Tensor:
