@@ -193,7 +193,8 @@ def _train_config(cfg: dict[str, Any], epochs: int) -> TrainConfig:
 
 
 def _tracked(kind: str, data: str, out: Path, variant: str, cfg: dict[str, Any], epochs: int, teacher: str | None) -> str:
-    mcfg, _, _ = configs_from_dict({"mode": cfg["mode"], "variant": variant if kind == "student" else "deccm"})
+    no_teacher = {"model": {"distill": "off"}} if kind == "student" and teacher is None else {}  # see student_variant
+    mcfg, _, _ = configs_from_dict({"mode": cfg["mode"], "variant": variant if kind == "student" else "deccm", **no_teacher})
     tracker = tracking.TrainingTracker(out, strict=True)  # the pipeline registers from MLflow: tracking must work
     run = train(kind, data, out, mcfg, _train_config(cfg, epochs), teacher=teacher, variant=variant,  # type: ignore[arg-type]
                 resume="auto", overwrite=True, on_epoch_end=tracker.on_epoch)
@@ -226,11 +227,16 @@ def train_teacher(cfg: dict[str, Any], data: str) -> str | None:
 
 
 def student_variant(cfg: dict[str, Any], teacher: str | None) -> str:
-    """The configured variant, or its non-distilled form when the data has no PGC part to train a teacher on."""
+    """The configured variant, or its non-distilled form when the data has no PGC part to train a teacher on.
+
+    Variants whose non-distilled form has no name of its own (``adversarial``, ``erased``)
+    keep their name and train with ``distill=off`` (recorded in the run's model config).
+    """
     variant = cfg["variant"]
     if teacher is None and VARIANTS[variant].get("distill") != "off":
-        fallback = {"deccm": "no-distill", "no-deconf": "plain"}[variant]
-        log.warning("variant %s distils from a teacher and this data has no PGC part: training %s instead", variant, fallback)
+        fallback = {"deccm": "no-distill", "no-deconf": "plain"}.get(variant, variant)
+        log.warning("variant %s distils from a teacher and this data has no PGC part: training %s without distillation",
+                    variant, fallback)
         return fallback
     return variant
 

@@ -27,6 +27,25 @@ def test_config_is_validated_with_clear_messages() -> None:
         pipeline.make_config({"source": "web"})
 
 
+def test_distilling_variants_train_without_distillation_when_no_teacher_exists(tiny_dataset: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(kind, data, out, mcfg, tcfg, teacher=None, variant="deccm", **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.update(kind=kind, distill=mcfg.distill, erase=mcfg.erase_taste, variant=variant, teacher=teacher)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "train", fake_train)
+    for variant, trained, erase in (("no-deconf", "plain", False), ("erased", "erased", True)):
+        cfg = pipeline.make_config({"source": "synth-tiny", "variant": variant})
+        with pytest.raises(Stop):
+            pipeline.train_student(cfg, str(tiny_dataset), None)
+        assert seen == {"kind": "student", "distill": "off", "erase": erase, "variant": trained, "teacher": None}
+
+
 @pytest.mark.slow
 def test_media_pipeline_end_to_end_and_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DECCM_HOME", str(tmp_path / "home"))
