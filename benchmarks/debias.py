@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from deccm import config, io, metrics
-from deccm.data import load_dataset
+from deccm.data import Dataset, load_dataset
 from deccm.data.synth import CONFOUNDING, synth
 from deccm.evaluate import SplitResult, evaluate_split, taste_probe
 from deccm.models import ModelConfig
@@ -79,6 +79,13 @@ def _data(work: Path, preset: str, seed: int, strength: str, gamma: float | None
     return data
 
 
+def _scored(ranker: Ranker, ds: Dataset) -> list[SplitResult]:
+    """[test, test_oracle] results; the oracle one also holds the taste probe of the video vectors."""
+    results = [evaluate_split(ranker, ds, split) for split in ("test", "test_oracle")]
+    results[1].values["taste_R2"] = taste_probe(ranker, ds)
+    return results
+
+
 def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, strength: str = "none",
              labels: list[str] | None = None) -> dict[str, list[SplitResult]]:
     data = _data(work, preset, seed, strength)
@@ -93,9 +100,7 @@ def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, stren
     run = _run("student", twin, runs / "student-plain-unconfounded", "fixed", "plain", tcfg, None)
     ranker = load_ranker(run, device=device)
     ranker.name = TWIN
-    twin_ds = load_dataset(twin)
-    out[TWIN] = [evaluate_split(ranker, twin_ds, split) for split in ("test", "test_oracle")]
-    out[TWIN][1].values["taste_R2"] = taste_probe(ranker, twin_ds)
+    out[TWIN] = _scored(ranker, load_dataset(twin))
     for label, kind, mode, variant, tmode in models:
         t0 = time.perf_counter()
         if kind == "popularity":
@@ -109,8 +114,7 @@ def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, stren
             run = _run("student", data, runs / f"student-{variant}-{mode}", mode, variant, tcfg, teachers[tmode] if tmode else None)
             ranker = load_ranker(run, device=device)
         ranker.name = label
-        out[label] = [evaluate_split(ranker, ds, split) for split in ("test", "test_oracle")]
-        out[label][1].values["taste_R2"] = taste_probe(ranker, ds)  # how much its video vectors know of the taste
+        out[label] = _scored(ranker, ds)
         log.info("%s seed %d %-26s done in %.0f s: oracle HR_w@10 %.4f", strength, seed, label, time.perf_counter() - t0,
                  out[label][1].values["HR_w@10"])
     return out

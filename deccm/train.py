@@ -344,21 +344,11 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
         improved = conf.best_val is None or val > conf.best_val
         entry = {"epoch": epoch, "val": val, "best": improved, "seconds": time.perf_counter() - t0, "rows_per_s": n / train_s,
                  **{k: v / n_batches for k, v in sums.items()}}
-        conf.history.append(entry)
-        if improved:
-            conf.best_epoch, conf.best_val = epoch, val
-            best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stale = 0
-        else:
-            stale += 1
+        best_model = _record(conf, entry, model, best_model)
+        stale = 0 if improved else stale + 1
         stop = bool(train_cfg.patience) and stale >= train_cfg.patience
         conf.finished = stop or epoch == train_cfg.epochs - 1
-        state = {"run": conf.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                 "rng": _rng_state()}
-        save_epoch(run_dir, conf, state, best_model, improved)
-        if run_dir != out:
-            _swap_in(run_dir, out)
-            run_dir = out
+        run_dir = _save(run_dir, out, conf, model, opt.state_dict(), best_model, improved)
         log.info("epoch %d/%d loss %.4f val %s@%d %.4f%s (%.0f rows/s)", epoch + 1, train_cfg.epochs, entry["loss"],
                  "HR" if kind == "teacher" else "HR_w", train_cfg.eval_k, val, " *best*" if improved else "", entry["rows_per_s"])
         if on_epoch_end is not None:
@@ -366,6 +356,27 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
         if stop:
             log.info("early stop: no improvement for %d epochs (best %.4f at epoch %d)", stale, conf.best_val, conf.best_epoch + 1)
             break
+    return out
+
+
+def _record(conf: RunConfig, entry: dict[str, Any], model: torch.nn.Module,
+            best_model: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Append an epoch's history entry; a best one moves best_epoch/best_val and copies the weights."""
+    conf.history.append(entry)
+    if not entry["best"]:
+        return best_model
+    conf.best_epoch, conf.best_val = entry["epoch"], entry["val"]
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _save(run_dir: Path, out: Path, conf: RunConfig, model: torch.nn.Module, optimizer: dict[str, Any],
+          best_model: dict[str, torch.Tensor], improved: bool) -> Path:
+    """Write the epoch (``save_epoch``); a replacing run is swapped in at its first one. Returns where the run now is."""
+    state = {"run": conf.to_dict(), "model": model.state_dict(), "optimizer": optimizer, "epoch": conf.history[-1]["epoch"],
+             "rng": _rng_state()}
+    save_epoch(run_dir, conf, state, best_model, improved)
+    if run_dir != out:
+        _swap_in(run_dir, out)
     return out
 
 
@@ -389,16 +400,9 @@ def _fit_ridge(model: RidgeMatcher, ds: Dataset, conf: RunConfig, run_dir: Path,
         improved = conf.best_val is None or val > conf.best_val
         entry = {"epoch": step, "lambda": lam, "val": val, "best": improved, "seconds": time.perf_counter() - t0,
                  "rows_per_s": solver.n / max(time.perf_counter() - t0, 1e-9)}
-        conf.history.append(entry)
-        if improved:
-            conf.best_epoch, conf.best_val = step, val
-            best_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        best_model = _record(conf, entry, model, best_model)
         conf.finished = step == len(grid) - 1
-        save_epoch(run_dir, conf, {"run": conf.to_dict(), "model": model.state_dict(), "optimizer": {}, "epoch": step,
-                                   "rng": _rng_state()}, best_model, improved)
-        if run_dir != out:
-            _swap_in(run_dir, out)
-            run_dir = out
+        run_dir = _save(run_dir, out, conf, model, {}, best_model, improved)
         log.info("ridge λ=%.3g val HR_w@%d %.4f%s", lam, train_cfg.eval_k, val, " *best*" if improved else "")
         if on_epoch_end is not None:
             on_epoch_end(entry)

@@ -56,20 +56,19 @@ class RidgeSolver:
         s1 = torch.zeros(f_v, dtype=torch.float64, device=dev)
         s2 = torch.zeros(f_v, f_v, dtype=torch.float64, device=dev)
         xy = torch.zeros(f_v, x_m.shape[1], dtype=torch.float64, device=dev)
+        y_sum = torch.zeros_like(self.m_mean)
         for s in range(0, len(video), CHUNK):  # float64 sums in chunks: big row counts never sit in memory twice
             xb = x_v[video[s:s + CHUNK]].double()
             yb = x_m[music[s:s + CHUNK]].double() - self.m_mean
             s1 += xb.sum(0)
             s2 += xb.T @ xb
             xy += xb.T @ yb
+            y_sum += yb.sum(0)
         n = len(video)
         self.x_mean = s1 / n
         var = (s2.diagonal() / n - self.x_mean ** 2).clamp_min(0)
         self.x_std = var.sqrt().clamp_min(1e-6)
         # standardised statistics: XᵀX = D⁻¹(S2 − n μμᵀ)D⁻¹, XᵀY = D⁻¹(XY − μ·ΣY)
-        y_sum = torch.zeros_like(self.m_mean)
-        for s in range(0, len(music), CHUNK):
-            y_sum += (x_m[music[s:s + CHUNK]].double() - self.m_mean).sum(0)
         inv = 1.0 / self.x_std
         gram = (s2 - n * torch.outer(self.x_mean, self.x_mean)) * torch.outer(inv, inv)
         self.xty = (xy - torch.outer(self.x_mean, y_sum)) * inv[:, None]
