@@ -43,7 +43,7 @@ PARAMS: dict[str, Param] = {
                 description="learning rate; empty = the source's (demo 1e-3) or the model's default"),
     "train_seed": Param(1234, type="integer", description="training seed"),
     "variant": Param(None, type=["null", "string"], enum=[None, "deccm", "plain", "no-distill", "no-deconf", "ips", "ridge", "adversarial", "erased"],
-                     description="student variant (docs/results.md); empty = the source's (demo plain, else no-deconf); "
+                     description="student variant (docs/results.md); empty = the source's (demo plain, else erased; deccm in faithful mode); "
                                  "a distilling one falls back to its plain form without PGC data"),
     "mode": Param("fixed", type="string", enum=["fixed", "faithful"], description="fixed = corrected method, faithful = the authors' code"),
     "gate_metric": Param("HR_w@10", type="string", description="gate: primary metric (higher is better)"),

@@ -30,6 +30,7 @@ import numpy as np
 
 from deccm import io, tracking
 from deccm import log as _log
+from deccm.models import ModelConfig
 from deccm.runs import BEST, RunError, read_config, run_dir_of
 from deccm.serve import Recommender
 
@@ -129,13 +130,23 @@ def model_card(rec: Recommender, evaluation: dict[str, Any] | None = None) -> di
                      "teacher": (conf.teacher or {}).get("name"), "code_version": conf.code_version},
         "confounder": {
             "uploader_taste_in_data": confounder.get("available", conf.synthetic or None),
-            "handling": {"none": "not modelled: content-only matching (the uploader's genre taste is left out of scoring)",
-                         "per-sample": "backdoor adjustment: training conditions on each row's uploader prior; scores average it out",
-                         "batch-mean": "the authors' batch-mean prior (faithful mode)"}[conf.model.confounder],
+            "handling": _taste_handling(conf.model),
         },
         "evaluation": evaluation or {},
         "catalog": {"tracks": len(rec.catalog.tracks), "genres": rec.catalog.genres, "genre_mix": rec.catalog.genre_mix()},
     }
+
+
+def _taste_handling(model: ModelConfig) -> str:
+    """What the model does about the uploader's genre taste, in words for the model card."""
+    if model.erase_taste:
+        return ("erased: the uploader's genre taste is linearly removed from the video vectors (LEACE, fitted on the "
+                "training rows' uploader priors), so scores cannot follow it")
+    if model.adversary > 0:
+        return "adversary: the video encoder is trained against a head that reads the uploader's taste (gradient reversal)"
+    return {"none": "not modelled: content-only matching (the uploader's genre taste is left out of scoring)",
+            "per-sample": "backdoor adjustment: training conditions on each row's uploader prior; scores average it out",
+            "batch-mean": "the authors' batch-mean prior (faithful mode)"}[model.confounder]
 
 
 def _signature(video_dim: int) -> Any:

@@ -19,7 +19,7 @@ from deccm.evaluate import evaluate_split, taste_probe
 from deccm.models import ModelConfig
 from deccm.runs import TrainConfig
 from deccm.serve import load_ranker
-from deccm.train import VARIANTS, train
+from deccm.train import RECOMMENDED, VARIANTS, train
 
 WORLD = {"n_train": 2000, "n_val": 200, "n_test": 300, "n_uploaders": 100, "n_pgc": 300}
 
@@ -57,14 +57,14 @@ def test_taste_in_the_video_opens_a_backdoor_for_plain_matching(tmp_path: Path) 
     assert none["taste_R2"] < 0.2 and strong["taste_R2"] > 0.5, scores
 
 
-def test_the_erased_student_keeps_the_taste_out_of_its_video_vectors(tmp_path: Path) -> None:
-    """Held-out linear probe of the uploader's taste: plain matching learned it, the erased student did not."""
+def test_the_recommended_student_keeps_the_taste_out_of_its_video_vectors(tmp_path: Path) -> None:
+    """Held-out linear probe of the uploader's taste: plain matching learned it, the recommended (erased) student did not."""
     data = _world(tmp_path, CONFOUNDING["strong"])
     cfg = TrainConfig(epochs=6, batch_size=128, seed=1, device="cpu")
     teacher = train("teacher", data, tmp_path / "teacher", ModelConfig.for_mode("fixed"), cfg)
     probes = {}
-    for variant in ("plain", "erased"):
+    for variant in ("plain", RECOMMENDED):
         run = train("student", data, tmp_path / variant, ModelConfig.for_mode("fixed", **VARIANTS[variant]), cfg,
                     teacher=None if variant == "plain" else teacher, variant=variant)
         probes[variant] = taste_probe(load_ranker(run), load_dataset(data))
-    assert probes["plain"] > 0.5 and probes["erased"] < 0.1, probes
+    assert probes["plain"] > 0.5 and probes[RECOMMENDED] < 0.1, probes

@@ -155,6 +155,21 @@ def test_card_markdown_says_synthetic_loudly_and_shows_the_figures(synthetic_rec
     assert "real media" in md and "No evaluation figures were recorded" in md
 
 
+def test_the_card_says_how_the_model_handles_the_uploaders_taste(synthetic_rec: Any) -> None:
+    import copy
+    import dataclasses
+
+    from deccm import registry
+
+    assert registry.model_card(synthetic_rec)["confounder"]["handling"].startswith("backdoor adjustment")  # no-distill
+    for switch, words in (({"confounder": "none", "erase_taste": True}, "erased: the uploader's genre taste is linearly removed"),
+                          ({"confounder": "none", "adversary": 1.0}, "adversary: the video encoder is trained against"),
+                          ({"confounder": "none"}, "not modelled")):
+        rec = copy.copy(synthetic_rec)
+        rec.run = dataclasses.replace(rec.run, model=rec.run.model.replace(**switch))
+        assert registry.model_card(rec)["confounder"]["handling"].startswith(words), switch
+
+
 def test_a_synthetic_model_cannot_rank_an_uploaded_clip(synthetic_rec: Any, tmp_path: Path) -> None:
     clip = media.make_clip(tmp_path / "clip.mp4", duration=1.0)
     with pytest.raises(demo.DemoError, match="trained on SYNTHETIC feature vectors.*cannot rank an uploaded clip"):

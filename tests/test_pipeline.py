@@ -12,9 +12,12 @@ from media import make_clip, make_user_media
 
 def test_config_is_validated_with_clear_messages() -> None:
     cfg = pipeline.make_config({"source": "synth-tiny", "epochs": "3", "gate_margin": "0.01", "videos": ""})
-    assert cfg["epochs"] == 3 and cfg["gate_margin"] == 0.01 and cfg["variant"] == "no-deconf"
+    assert cfg["epochs"] == 3 and cfg["gate_margin"] == 0.01 and cfg["variant"] == "erased"
     # loop settings: the source's unless given (the demo corpus's ~1,000 rows need small batches)
     assert (cfg["batch_size"], cfg["lr"]) == (1024, None)
+    # faithful mode reproduces the authors: their full DecCM unless a variant is named
+    assert pipeline.make_config({"source": "synth-tiny", "mode": "faithful"})["variant"] == "deccm"
+    assert pipeline.make_config({"source": "synth-tiny", "mode": "faithful", "variant": "plain"})["variant"] == "plain"
     demo = pipeline.make_config({"source": "demo"})
     assert (demo["variant"], demo["epochs"], demo["batch_size"], demo["lr"]) == ("plain", 200, 128, 1e-3)
     mine = pipeline.make_config({"source": "demo", "batch_size": "64", "epochs": 7, "variant": "no-deconf"})

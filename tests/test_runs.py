@@ -147,10 +147,13 @@ def test_default_names_and_teacher_lookup_live_in_the_library(tiny_dataset: Path
     assert t == (tmp_path / "home/runs/teacher-fixed-s5").resolve()
     s = train("student", tiny_dataset, train_cfg=TrainConfig(epochs=1, batch_size=64, seed=5, device="cpu"))
     conf = read_config(s)
-    assert s.name == "student-deccm-fixed-s5" and conf.teacher["name"] == "teacher-fixed-s5"
+    assert s.name == "student-erased-fixed-s5" and conf.teacher["name"] == "teacher-fixed-s5"  # the recommended student
+    assert conf.variant == "erased" and conf.model.erase_taste and conf.model.confounder == "none"
     with pytest.raises(RunError, match="none is trained for mode faithful"):
         train("student", tiny_dataset, model_cfg=ModelConfig.for_mode("faithful"),
               train_cfg=TrainConfig(epochs=1, batch_size=64, seed=5, device="cpu"))
+    assert read_config(train("student", tiny_dataset, tmp_path / "own", ModelConfig.for_mode("fixed", distill="off"),
+                             TrainConfig(epochs=1, batch_size=64, seed=5, device="cpu"))).variant == "custom"
 
 
 def test_configs_from_a_plain_dict() -> None:
@@ -162,6 +165,7 @@ def test_configs_from_a_plain_dict() -> None:
         configs_from_dict({"train": {"epoch": 3}})
     with pytest.raises(RunError, match="variant 'best' is unknown"):
         configs_from_dict({"variant": "best"})
+    assert configs_from_dict({})[2] == "erased" and configs_from_dict({"mode": "faithful"})[2] == "deccm"
 
 
 @pytest.mark.slow
