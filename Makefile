@@ -13,7 +13,7 @@ venv: $(STAMP)
 # Idempotent: rebuilt only when the dependency pins change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -qq -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -qq -c constraints.txt -e '.[test,scale]'
 	# its declared pyaudio dependency only serves live playback and does not build here
 	$(PY) -m pip install -qq --no-deps -c constraints.txt tinysoundfont==0.3.7
 	touch $(STAMP)

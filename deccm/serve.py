@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from deccm import config, io, metrics
+from deccm import config, io
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
+from deccm.index import INDEXES, ExactIndex, Index, SearchError, build_index
 from deccm.runs import BEST, CONFIG, RunConfig, RunError, check_data, load_for_inference, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -65,10 +66,8 @@ class Ranker:
         return self.video_vectors(x_v) @ self.music_vectors(x_m).T
 
     def rank(self, q: np.ndarray, catalog: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k track ids and scores for query vectors q (N, D) against catalog vectors (M, D)."""
-        s = np.atleast_2d(q) @ catalog.T
-        ids = metrics.top_k(s, min(k, catalog.shape[0]))
-        return ids, np.take_along_axis(s, ids, axis=1)
+        """Top-k track ids and scores for query vectors q (N, D) against catalog vectors (M, D), exactly."""
+        return ExactIndex(catalog).search(q, min(k, catalog.shape[0]))
 
 
 def popularity_ranker(train_music: np.ndarray, n_tracks: int, seed: int = 0) -> Ranker:
@@ -127,6 +126,21 @@ class Catalog:
     tracks: list[dict[str, str]]  # per track id: title, artist, genre, audio (absolute path or "")
     genres: list[str]
     source: dict[str, Any]  # the dataset it came from: name, manifest_hash, path
+    index: str = "exact"  # how queries are answered: deccm.index.INDEXES (ivf is approximate, for large catalogs)
+    _search: Index | None = field(default=None, init=False, repr=False, compare=False)
+
+    def use_index(self, kind: str) -> "Catalog":
+        """Answer queries with index ``kind`` (deccm.index.INDEXES) from now on; checked here, built on first query."""
+        if kind not in INDEXES:
+            raise SearchError(f"index {kind!r} is unknown. Fix: one of {', '.join(INDEXES)}.")
+        self.index, self._search = kind, None
+        return self
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) of query vectors q (N, D'); the index is built on first use."""
+        if self._search is None:
+            self._search = build_index(self.vectors, self.index)
+        return self._search.search(q, min(k, len(self.vectors)))
 
     @classmethod
     def from_dataset(cls, ds: Dataset, ranker: Ranker) -> "Catalog":
@@ -174,7 +188,7 @@ class Recommender:
         self.card: dict[str, Any] = {}  # the model card, when served from a registered bundle
 
     @classmethod
-    def from_run(cls, run: str | Path, device: str = "auto", extractor: bool = True) -> "Recommender":
+    def from_run(cls, run: str | Path, device: str = "auto", extractor: bool = True, index: str = "exact") -> "Recommender":
         """Load the run's best weights, its catalog (the training data's tracks) and its video extractor.
 
         The extractor is rebuilt from the spec recorded in the data the run was trained on
@@ -185,7 +199,8 @@ class Recommender:
         assert ranker.run is not None
         ds = load_dataset(ranker.run.data_path)
         check_data(ranker.run, ds, str(run))
-        return cls(ranker, Catalog.from_dataset(ds, ranker), _extractor(ranker.run, device) if extractor else None)
+        catalog = Catalog.from_dataset(ds, ranker).use_index(index)
+        return cls(ranker, catalog, _extractor(ranker.run, device) if extractor else None)
 
     def save_bundle(self, dest: str | Path) -> Path:
         """Everything serving needs, in one directory: ``run/`` (config + best weights), ``catalog/``, ``card.json``.
@@ -203,7 +218,7 @@ class Recommender:
         return Path(dest)
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path, device: str = "auto", extractor: bool = True) -> "Recommender":
+    def from_bundle(cls, bundle: str | Path, device: str = "auto", extractor: bool = True, index: str = "exact") -> "Recommender":
         """Serve a bundle written by :meth:`save_bundle` (e.g. a registered model's artifacts)."""
         bundle = Path(bundle)
         if not (bundle / "run" / CONFIG).is_file() or not (bundle / "catalog" / "catalog.json").is_file():
@@ -211,7 +226,7 @@ class Recommender:
                            "Fix: export it with Recommender.save_bundle or register the run again.")
         ranker = load_ranker(bundle / "run", device)
         assert ranker.run is not None
-        catalog = Catalog.load(bundle / "catalog")
+        catalog = Catalog.load(bundle / "catalog").use_index(index)
         want = ranker.music_vectors(np.zeros((1, ranker.run.model.music_dim), np.float32)).shape[1]
         if catalog.vectors.shape[1] != want:
             raise RunError(f"{bundle}: catalog vectors have {catalog.vectors.shape[1]} columns, the model makes {want}. "
@@ -248,7 +263,7 @@ class Recommender:
             raise ValueError(f"video features must be finite with {want} columns, got shape {x.shape}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        return self.ranker.rank(self.ranker.video_vectors(x), self.catalog.vectors, k)
+        return self.catalog.search(self.ranker.video_vectors(x), k)
 
     def recommend(self, video: str | Path | np.ndarray, k: int = 10) -> list[Suggestion]:
         """The top-k tracks for one clip (a media file path, or its precomputed (D_v,) features)."""
@@ -295,6 +310,8 @@ def build_parser(prog: str = "deccm recommend") -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="how many tracks (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default auto)")
+    p.add_argument("--index", choices=INDEXES, default="exact",
+                   help="exact (default) scores every track; ivf (faiss-cpu, approximate) is for catalogs of 100k+ tracks")
     p.add_argument("-v", "--verbose", action="count", default=0)
     return p
 
@@ -305,9 +322,9 @@ def main(argv: list[str] | None = None, prog: str = "deccm recommend") -> int:
     from deccm.features import DecodeError
 
     try:
-        rec = Recommender.from_run(args.run, device=args.device)
+        rec = Recommender.from_run(args.run, device=args.device, index=args.index)
         items = rec.recommend(args.clip, k=args.k)
-    except (RunError, DatasetError, DecodeError, ValueError) as e:
+    except (RunError, DatasetError, DecodeError, ValueError) as e:  # ValueError covers SearchError
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
