@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deccm import config, io, metrics
+from deccm import config, distributed, io, metrics
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.evaluate import sampled_hit_rate
@@ -259,14 +259,20 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
         variant = variant or RECOMMENDED
         model_cfg = ModelConfig.for_mode("fixed", **VARIANTS.get(variant, {}))
     variant = variant or "custom"
-    device = config.resolve_device(train_cfg.device)
+    if model_cfg.arch == "ridge" and distributed.world() > 1:
+        raise TrainingError("the ridge baseline is one closed-form solve per λ; data parallelism has nothing to split. "
+                            "Fix: run it without torchrun.")
+    device = distributed.setup(config.resolve_device(train_cfg.device))  # under torchrun: join the group, this rank's GPU
     ds = load_dataset(data if data is not None else config.data_dir(DEFAULT_DATA))
     dims = ds.manifest["dims"]
     model_cfg = model_cfg.replace(video_dim=dims["video"], music_dim=dims["music"], n_genres=ds.n_genres)
     if model_cfg.arch == "ridge" and kind != "student":
         raise TrainingError("the ridge baseline is a student variant. Fix: train it with `deccm train student --variant ridge`.")
     out = Path(out if out is not None else default_run_dir(kind, variant, model_cfg.mode, train_cfg.seed)).resolve()
-    _recover_swap(out)
+    main = distributed.is_main()  # only rank 0 writes the run dir
+    if main:
+        _recover_swap(out)
+    distributed.barrier()
     if not resume and not overwrite and out.exists() and has_run(out):
         raise TrainingError(f"{out} already holds a run. Fix: --resume to continue it, --overwrite to replace it, or --out elsewhere.")
     if teacher is None and kind == "student" and model_cfg.distill != "off":
@@ -285,7 +291,8 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
                             "Fix: resume with the run's own settings, --overwrite to replace it, or --out elsewhere.")
     resuming = bool(resume) and same
     if resuming and stored is not None and stored.finished:
-        restore(out)  # the copies may lag a crash that came after the last epoch's record
+        if main:
+            restore(out)  # the copies may lag a crash that came after the last epoch's record
         log.info("%s: already finished (best epoch %d, val %.4f); nothing to do", out, stored.best_epoch + 1, stored.best_val)
         return out
     if not resuming and out.exists() and has_run(out) and not overwrite:
@@ -293,8 +300,10 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
     run_dir = out
     if not resuming and out.exists() and any(out.iterdir()):
         run_dir = out.with_name(f".{out.name}.overwrite")  # the old run stays whole until the new one has an epoch
-        shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     model = build_model(kind, model_cfg, ds.ugc.prior_mean, teacher_model).to(device)
     if isinstance(model, RidgeMatcher):
@@ -320,25 +329,30 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
              ds.manifest.get("name"), n, train_cfg.epochs, train_cfg.batch_size, train_cfg.learning_rate(kind), device,
              " [SYNTHETIC data]" if ds.is_synthetic else "")
     stale = conf.history[-1]["epoch"] - conf.best_epoch if conf.history else 0  # epochs since the best
+    loss_of = distributed.loss_fn(model)  # model.loss, or through DDP under torchrun
+    ranks = distributed.world()
     for epoch in range(start, train_cfg.epochs):
         model.train()
+        if ranks > 1:  # the sampling noise differs per process, and an epoch's stream does not depend on resumes
+            torch.manual_seed(train_cfg.seed * 1_000_003 + epoch * 1009 + distributed.rank())
         gen = torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch)  # epoch order independent of resumes
         perm = torch.randperm(n, generator=gen).to(device)
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
         n_batches = math.ceil(n / train_cfg.batch_size)
         with tqdm(total=n, desc=f"{kind} epoch {epoch + 1}/{train_cfg.epochs}", unit="rows", unit_scale=True, leave=False,
-                  disable=None) as bar:
+                  disable=None if main else True) as bar:
             for step in range(n_batches):
-                idx = perm[step * train_cfg.batch_size:(step + 1) * train_cfg.batch_size]
-                if len(idx) < 2:
-                    continue  # a final single row has no in-batch negative
+                batch = perm[step * train_cfg.batch_size:(step + 1) * train_cfg.batch_size]
+                if len(batch) < 2 * ranks:
+                    continue  # a final single row (per process) has no in-batch negative
+                idx = distributed.shard(batch)
                 x_v, x_m, music = rows.x_v[rows.video[idx]], rows.x_m[rows.music[idx]], rows.music[idx]
                 w = rows.weight[idx] if rows.weight is not None else None
                 if kind == "teacher":
-                    loss, parts = model.loss(x_v, x_m, music, w)
+                    loss, parts = loss_of(x_v, x_m, music, w)
                 else:
-                    loss, parts = model.loss(x_v, x_m, rows.prior[idx], music, w)
+                    loss, parts = loss_of(x_v, x_m, rows.prior[idx], music, w)
                 if not torch.isfinite(loss):
                     kept = f"the last good epoch ({epoch}) is kept in {out}" if epoch > start or resuming else "no epoch was recorded"
                     raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}/{n_batches} ({parts}); "
@@ -348,12 +362,13 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
                 opt.step()
                 for key, val in {"loss": loss.item(), **parts}.items():
                     sums[key] = sums.get(key, 0.0) + val
-                bar.update(len(idx))
+                bar.update(len(batch))
                 bar.set_postfix(loss=f"{loss.item():.4f}")
         train_s = time.perf_counter() - t0
+        sums = distributed.mean(sums)
         if model_cfg.erase_taste and kind == "student":  # refit on this epoch's encoder, so val scores what serving will
             model.fit_eraser(rows.x_v, rows.video, rows.prior)
-        val = validate(model, ds, kind, train_cfg.eval_k, device)
+        val = distributed.broadcast(validate(model, ds, kind, train_cfg.eval_k, device))
         improved = conf.best_val is None or val > conf.best_val
         entry = {"epoch": epoch, "val": val, "best": improved, "seconds": time.perf_counter() - t0, "rows_per_s": n / train_s,
                  **{k: v / n_batches for k, v in sums.items()}}
@@ -361,14 +376,16 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
         stale = 0 if improved else stale + 1
         stop = bool(train_cfg.patience) and stale >= train_cfg.patience
         conf.finished = stop or epoch == train_cfg.epochs - 1
-        run_dir = _save(run_dir, out, conf, model, opt.state_dict(), best_model, improved)
+        if main:
+            run_dir = _save(run_dir, out, conf, model, opt.state_dict(), best_model, improved)
         log.info("epoch %d/%d loss %.4f val %s@%d %.4f%s (%.0f rows/s)", epoch + 1, train_cfg.epochs, entry["loss"],
                  "HR" if kind == "teacher" else "HR_w", train_cfg.eval_k, val, " *best*" if improved else "", entry["rows_per_s"])
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and main:
             on_epoch_end(entry)
         if stop:
             log.info("early stop: no improvement for %d epochs (best %.4f at epoch %d)", stale, conf.best_val, conf.best_epoch + 1)
             break
+    distributed.barrier()  # every process returns once rank 0 has written the last epoch
     return out
 
 
@@ -505,7 +522,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm train") -> int:
             variant = "teacher"
         out = args.out or default_run_dir(args.kind, variant, mcfg.mode, tcfg.seed)
         tracker = None
-        if not args.no_track:
+        if not args.no_track and distributed.is_main():  # under torchrun, rank 0 logs the run
             from deccm.tracking import TrainingTracker
 
             tracker = TrainingTracker(out)
@@ -513,8 +530,9 @@ def main(argv: list[str] | None = None, prog: str = "deccm train") -> int:
                     resume=args.resume, overwrite=args.overwrite, on_epoch_end=tracker.on_epoch if tracker else None)
         if tracker is not None:
             tracker.finish()
-        conf = read_config(run)
-        print(f"{run}: best epoch {conf.best_epoch + 1} val {conf.best_val:.4f}")
+        if distributed.is_main():
+            conf = read_config(run)
+            print(f"{run}: best epoch {conf.best_epoch + 1} val {conf.best_val:.4f}")
     except (RunError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
