@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.deccm-installed
 export DECCM_HOME ?= $(CURDIR)/.deccm
 export NUMBA_CACHE_DIR ?= $(DECCM_HOME)/cache/numba
 
-.PHONY: venv test chromium demo airflow pipeline clean-venv
+.PHONY: venv test chromium postgres stack-test demo airflow pipeline clean-venv
 
 venv: $(STAMP)
 
@@ -18,14 +18,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -qq --no-deps -c constraints.txt tinysoundfont==0.3.7
 	touch $(STAMP)
 
-test: venv chromium
+test: venv chromium postgres
 	$(PY) -m pytest -q -ra --durations=10
+
+# PostgreSQL behind the MLflow server and Airflow's metadata DB, started and stopped by the test itself.
+stack-test: venv postgres
+	$(PY) -m pytest -q -ra tests/test_stack.py
 
 # The demo's browser test drives Debian's chromium (playwright cannot download browsers here).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+# The stack test starts its own cluster from Debian's postgresql binaries (no service is enabled).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing Debian's postgresql for the stack test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
 
 # First run: builds the default demo corpus (generated media, 6-12 min on 2 cores), trains and registers a
 # champion through the pipeline's stages (no Airflow needed), then serves. Later runs serve at once.
