@@ -11,7 +11,7 @@ searched with single-clip queries (k = 10, what the demo and ``deccm recommend``
 Latency is per query, one at a time, after one warm-up query; p50 / p95 over --queries.
 Memory is what the index holds (the vectors; faiss: its serialised size).
 
-Usage: python benchmarks/catalog.py [--sizes 10000 100000 1000000] [--queries 200] [--nprobe 8 32]
+Usage: python benchmarks/catalog.py [--sizes 10000 100000 1000000] [--queries 200] [--nprobe 8 32 128]
        [--out FILE.json]   (numpy's BLAS and faiss use every core)
 """
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 32])
+    p.add_argument("--nprobe", type=int, nargs="+", default=[8, 32, 128])
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", default=None, help="also write the rows as JSON here")
