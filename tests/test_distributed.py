@@ -32,9 +32,12 @@ SCRIPT = textwrap.dedent("""
         if how == "crash" and entry["epoch"] == 1:
             raise SystemExit(3)
 
-    train("student", data, out, ModelConfig.for_mode("fixed", **VARIANTS["erased"]),
-          TrainConfig(epochs=6, batch_size=128, seed=4, device="cpu"), teacher=teacher, variant="erased",
-          resume=how == "resume", on_epoch_end=crash)
+    if how == "teacher":
+        train("teacher", data, out, ModelConfig.for_mode("fixed"), TrainConfig(epochs=3, batch_size=64, seed=4, device="cpu"))
+    else:
+        train("student", data, out, ModelConfig.for_mode("fixed", **VARIANTS["erased"]),
+              TrainConfig(epochs=6, batch_size=128, seed=4, device="cpu"), teacher=teacher, variant="erased",
+              resume=how == "resume", on_epoch_end=crash)
 """)
 
 
@@ -60,9 +63,10 @@ def _history(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_resume_exactly(setup: tuple[Path, Path, Path]) -> None:
     root, teacher, data = setup
-    for out, how, procs in (("one", "full", 1), ("two", "full", 2), ("cut", "crash", 2)):
+    for out, how, procs in (("one", "full", 1), ("two", "full", 2), ("cut", "crash", 2), ("teacher2", "teacher", 2)):
         r = _run(root, data, out, how, teacher, procs)
-        assert (r.returncode == 0) == (how == "full"), r.stderr[-3000:]
+        assert (r.returncode == 0) == (how != "crash"), r.stderr[-3000:]
+    assert len(_history(root / "teacher2")) == 3  # the teacher's loop runs the same way
     one, two = _history(root / "one"), _history(root / "two")
     assert len(one) == len(two) == 6 and len(_history(root / "cut")) == 2  # rank 0 wrote epochs 1-2, then died
     best_one, best_two = max(h["val"] for h in one), max(h["val"] for h in two)
