@@ -221,11 +221,11 @@ def test_readme_commands_work_from_any_directory(tmp_path: Path) -> None:
     run(["deccm.cli", "data", "synth", "--preset", "tiny"], proj)
     common = ["--data", ".deccm/data/synth-tiny", "--epochs", "2", "--batch-size", "64"]
     run(["deccm.train", "teacher", *common], proj)
-    run(["deccm.train", "student", *common], proj)
-    run(["deccm.train", "student", "--variant", "no-deconf", *common], proj)
+    run(["deccm.train", "student", *common], proj)  # the recommended student
+    run(["deccm.train", "student", "--variant", "deccm", *common], proj)
     runs = proj / ".deccm/runs"
-    conf = read_config(runs / "student-deccm-fixed-s1234")
+    conf = read_config(runs / "student-erased-fixed-s1234")
     assert Path(conf.data["path"]).is_absolute() and Path(conf.teacher["path"]).is_absolute()
-    out = run(["deccm.evaluate", str(runs / "student-deccm-fixed-s1234"), "--compare", str(runs / "student-no-deconf-fixed-s1234"),
+    out = run(["deccm.evaluate", str(runs / "student-erased-fixed-s1234"), "--compare", str(runs / "student-deccm-fixed-s1234"),
                "popularity", "--bootstrap", "20"], elsewhere, DECCM_HOME=str(proj / ".deccm"))
-    assert "student-no-deconf-fixed-s1234:test_oracle" in out and "popularity:test" in out
+    assert "student-deccm-fixed-s1234:test_oracle" in out and "popularity:test" in out
