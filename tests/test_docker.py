@@ -69,6 +69,8 @@ def test_compose_services_are_wired_healthy_and_local(compose: dict) -> None:
     env = services["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "${AIRFLOW_EXECUTOR:-LocalExecutor}"
+    # SQLAlchemy 2's default PostgreSQL driver is psycopg 3, which the image does not ship (benchmarks/celery_workers.py)
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
     assert services["airflow-scheduler"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert all(services[n]["image"] == services["demo"]["image"] for n in LONG_RUNNING - {"postgres", "redis"})
 
