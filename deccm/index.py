@@ -106,6 +106,7 @@ class IVFIndex:
         self.index.add(x)
         self.index.nprobe = self.nprobe
         self.m, self.dim = m, d
+        self._exact = ExactIndex(x)  # the same array (no copy): fills a query whose probed cells run short
         log.info("ivf index: %d tracks in %d cells, nprobe %d", m, self.nlist, self.nprobe)
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,16 +115,18 @@ class IVFIndex:
             raise SearchError(f"k must be in [1, {self.m}] for a catalog of {self.m} tracks, got {k}")
         scores, ids = self.index.search(q, k)
         if (ids < 0).any():  # the probed cells held fewer than k tracks: fill from exact search, never return holes
-            exact = ExactIndex(np.asarray(self.index.reconstruct_n(0, self.m)))
             bad = (ids < 0).any(1)
-            ids[bad], scores[bad] = exact.search(q[bad], k)
+            ids[bad], scores[bad] = self._exact.search(q[bad], k)
         return ids.astype(np.int64), scores
+
+
+def check_kind(kind: str) -> str:
+    """``kind`` if it names an index, else a clear error."""
+    if kind not in INDEXES:
+        raise SearchError(f"index {kind!r} is unknown. Fix: one of {', '.join(INDEXES)}.")
+    return kind
 
 
 def build_index(vectors: np.ndarray, kind: str = "exact", **options: int) -> Index:
     """The index named ``kind`` over the catalog vectors (M, D)."""
-    if kind == "exact":
-        return ExactIndex(vectors, **options)
-    if kind == "ivf":
-        return IVFIndex(vectors, **options)
-    raise SearchError(f"index {kind!r} is unknown. Fix: one of {', '.join(INDEXES)}.")
+    return (ExactIndex if check_kind(kind) == "exact" else IVFIndex)(vectors, **options)

@@ -28,7 +28,7 @@ import torch
 from deccm import config, io
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
-from deccm.index import INDEXES, ExactIndex, Index, SearchError, build_index
+from deccm.index import INDEXES, ExactIndex, Index, build_index, check_kind
 from deccm.runs import BEST, CONFIG, RunConfig, RunError, check_data, load_for_inference, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -131,9 +131,7 @@ class Catalog:
 
     def use_index(self, kind: str) -> "Catalog":
         """Answer queries with index ``kind`` (deccm.index.INDEXES) from now on; checked here, built on first query."""
-        if kind not in INDEXES:
-            raise SearchError(f"index {kind!r} is unknown. Fix: one of {', '.join(INDEXES)}.")
-        self.index, self._search = kind, None
+        self.index, self._search = check_kind(kind), None
         return self
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
