@@ -45,6 +45,9 @@ PARAMS: dict[str, Param] = {
     "variant": Param(None, type=["null", "string"], enum=[None, "deccm", "plain", "no-distill", "no-deconf", "ips", "ridge", "adversarial", "erased"],
                      description="student variant (docs/results.md); empty = the source's (demo plain, else erased; deccm in faithful mode); "
                                  "a distilling one falls back to its plain form without PGC data"),
+    "balance_blocks": Param(None, type=["null", "boolean"],
+                            description="each feature block (CNN frames, motion; embedding, descriptors) gets equal weight "
+                                        "at the encoders' input; empty = the source's (demo yes, else no)"),
     "mode": Param("fixed", type="string", enum=["fixed", "faithful"], description="fixed = corrected method, faithful = the authors' code"),
     "gate_metric": Param("HR_w@10", type="string", description="gate: primary metric (higher is better)"),
     "gate_split": Param("val", type="string", description="gate: held-out split both models are scored on"),

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "epochs": None, "teacher_epochs": None,  # epochs None: the source's (TRAINING); teacher None: the same as epochs
     "batch_size": None, "lr": None, "train_seed": 1234,  # None: the source's (TRAINING); lr None: per-kind defaults
     "variant": None,  # None: the source's (TRAINING); without PGC data a distilling variant trains its non-distilled form
+    "balance_blocks": None,  # None: the source's (TRAINING); True: each feature block gets equal weight (ModelConfig)
     "mode": "fixed",
     "gate_metric": "HR_w@10", "gate_split": "val", "gate_margin": 0.005, "gate_floor": 0.15, "bias_tolerance": 0.05,
     "shards": 4,  # extraction shards (parallel mapped tasks)
@@ -49,11 +50,22 @@ DEFAULTS: dict[str, Any] = {
 # epoch left the models barely trained; its settings and variant were chosen on its
 # validation split over three corpus seeds (docs/results.md, "The demo corpus").
 TRAINING: dict[str, dict[str, Any]] = {
-    "default": {"variant": RECOMMENDED, "epochs": 50, "batch_size": 1024},
-    "demo": {"variant": "plain", "epochs": 200, "batch_size": 128, "lr": 1e-3},
+    "default": {"variant": RECOMMENDED, "epochs": 50, "batch_size": 1024, "balance_blocks": False},
+    "demo": {"variant": "plain", "epochs": 200, "batch_size": 128, "lr": 1e-3, "balance_blocks": True},
 }
 _INT = ("seed", "epochs", "batch_size", "train_seed", "shards")
 _FLOAT = ("gate_margin", "gate_floor", "bias_tolerance")
+
+
+def _flag(v: Any) -> bool:
+    """A yes/no setting from a bool or the CLI's text."""
+    if isinstance(v, bool):
+        return v
+    if str(v).strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(v).strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{v!r} is not a yes/no value (use true or false)")
 
 
 def make_config(params: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -77,6 +89,7 @@ def make_config(params: dict[str, Any] | None = None) -> dict[str, Any]:
             cfg["teacher_epochs"] = int(cfg["teacher_epochs"])
         if cfg["lr"] is not None:
             cfg["lr"] = float(cfg["lr"])
+        cfg["balance_blocks"] = _flag(cfg["balance_blocks"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"pipeline settings: {e}") from None
     if cfg["source"] not in SOURCES:
@@ -195,8 +208,10 @@ def _train_config(cfg: dict[str, Any], epochs: int) -> TrainConfig:
 
 
 def _tracked(kind: str, data: str, out: Path, variant: str, cfg: dict[str, Any], epochs: int, teacher: str | None) -> str:
-    no_teacher = {"model": {"distill": "off"}} if kind == "student" and teacher is None else {}  # see student_variant
-    mcfg, _, _ = configs_from_dict({"mode": cfg["mode"], "variant": variant if kind == "student" else "deccm", **no_teacher})
+    model = {"balance_blocks": cfg["balance_blocks"]}
+    if kind == "student" and teacher is None:
+        model["distill"] = "off"  # see student_variant
+    mcfg, _, _ = configs_from_dict({"mode": cfg["mode"], "variant": variant if kind == "student" else "deccm", "model": model})
     tracker = tracking.TrainingTracker(out, strict=True)  # the pipeline registers from MLflow: tracking must work
     run = train(kind, data, out, mcfg, _train_config(cfg, epochs), teacher=teacher, variant=variant,  # type: ignore[arg-type]
                 resume="auto", overwrite=True, on_epoch_end=tracker.on_epoch)
@@ -207,6 +222,11 @@ def _tracked(kind: str, data: str, out: Path, variant: str, cfg: dict[str, Any],
 def _settings_tag(**settings: Any) -> str:
     """8 hex digits naming every setting that shapes a run, so other settings never share (or overwrite) a run dir."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _model_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Model settings that name a run only when they are on, so runs made before a setting existed keep their names."""
+    return {"balance_blocks": True} if cfg["balance_blocks"] else {}
 
 
 def train_teacher(cfg: dict[str, Any], data: str) -> str | None:
@@ -223,7 +243,8 @@ def train_teacher(cfg: dict[str, Any], data: str) -> str | None:
         log.info("%s has no PGC part: no teacher; the student trains without distillation", data)
         return None
     epochs = cfg["teacher_epochs"] or cfg["epochs"]
-    tag = _settings_tag(mode=cfg["mode"], epochs=epochs, lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["train_seed"])
+    tag = _settings_tag(mode=cfg["mode"], epochs=epochs, lr=cfg["lr"], batch_size=cfg["batch_size"], seed=cfg["train_seed"],
+                        **_model_settings(cfg))
     out = config.runs_dir() / "pipeline" / f"teacher-{cfg['mode']}-e{epochs}-pgc{h[:12]}-{tag}"
     return _tracked("teacher", data, out, "teacher", cfg, epochs, None)
 
@@ -248,7 +269,7 @@ def train_student(cfg: dict[str, Any], data: str, teacher: str | None) -> str:
     ds = load_dataset(data)
     variant = student_variant(cfg, teacher)
     tag = _settings_tag(variant=variant, mode=cfg["mode"], epochs=cfg["epochs"], lr=cfg["lr"], batch_size=cfg["batch_size"],
-                        seed=cfg["train_seed"], teacher=Path(teacher).name if teacher else None)
+                        seed=cfg["train_seed"], teacher=Path(teacher).name if teacher else None, **_model_settings(cfg))
     out = config.runs_dir() / "pipeline" / f"student-{variant}-{cfg['mode']}-e{cfg['epochs']}-{ds.manifest_hash[:12]}-{tag}"
     return _tracked("student", data, out, variant, cfg, cfg["epochs"], teacher)
 

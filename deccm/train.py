@@ -311,6 +311,7 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=train_cfg.learning_rate(kind), weight_decay=train_cfg.weight_decay)
     rows = _training_rows(ds, kind, model_cfg, device)
+    model.set_blocks(ds.feature_blocks("video"), ds.feature_blocks("music"))  # a no-op unless balance_blocks
     n = len(rows.video)
     _check_size(ds, kind, n, train_cfg.batch_size)
 

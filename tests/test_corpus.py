@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from deccm.data import load_dataset
 from deccm.data.corpus import build as corpus_build
@@ -67,6 +68,7 @@ def test_dataset_is_extracted_native_format_with_honest_specs(ds: Dataset) -> No
     assert m["dims"]["music_blocks"] == [{"name": "embedding", "dim": 128}, {"name": "descriptor", "dim": 128}]
     u = ds.ugc
     assert u.video_features.shape[1] == 1288 and u.music_features.shape[1] == 256  # EfficientNet-Lite0 1280 + motion 8
+    assert ds.feature_blocks("video") == [1280, 8] and ds.feature_blocks("music") == [128, 128]
     # music features are the catalog-normalised raw vectors, and the stats to redo that are stored
     assert u.music_norm_mean is not None and u.music_norm_std is not None
     assert np.abs(u.music_features.mean(axis=0)).max() < 1e-3
@@ -242,9 +244,13 @@ def test_models_train_and_evaluate_on_the_extracted_corpus(corpus: Path, tmp_pat
 
     tc = TrainConfig(epochs=2, batch_size=64, device="cpu")
     teacher = train("teacher", corpus, tmp_path / "t", ModelConfig.for_mode("fixed"), tc)
-    student = train("student", corpus, tmp_path / "s", ModelConfig.for_mode("fixed"), tc, teacher=teacher)
+    # with the demo's balance_blocks: the 8 motion features weigh as much as the 1,280 CNN features
+    student = train("student", corpus, tmp_path / "s", ModelConfig.for_mode("fixed", balance_blocks=True), tc, teacher=teacher)
     conf = json.loads((student / "config.json").read_text())
     assert conf["model"]["video_dim"] == 1288 and conf["data"]["provenance"] == "extracted"
+    gain = torch.load(student / "best.pt", weights_only=True, map_location="cpu")["model"]["vae.enc_v.gain"]
+    assert torch.allclose(gain[:1280], torch.full((1280,), (1288 / 2560) ** 0.5))
+    assert torch.allclose(gain[1280:], torch.full((8,), (1288 / 16) ** 0.5))
     assert conf["data"]["features"]["music"]["weights"] == "untrained"  # VGGish without its weights, said so
     results, payload = evaluate([str(student), "popularity"], corpus, ["test", "test_oracle"], n_boot=0, device="cpu")
     assert {r.split for r in results} == {"test", "test_oracle"}

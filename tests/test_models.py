@@ -1,11 +1,12 @@
 """Loss and model properties that pin down the faithful and fixed computations (§3–§6, §9)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig
 from deccm.models.matching import faithful_matching_loss, hinge_matching_loss
-from deccm.models.vae import Encoder, faithful_distill_kl, gaussian_kl, prior_kl, reparameterize
+from deccm.models.vae import Encoder, block_gains, faithful_distill_kl, gaussian_kl, prior_kl, reparameterize
 
 
 def _sim(pos: float, neg: float, b: int = 4) -> torch.Tensor:
@@ -98,6 +99,25 @@ def test_encoder_unit_norms_and_reparameterisation() -> None:
     assert torch.equal(reparameterize(mu, lv, training=False), mu)
     assert not torch.equal(reparameterize(mu, lv, training=True), mu)
     assert prior_kl(mu, lv).item() > 0
+
+
+def test_block_balance_gives_each_feature_block_the_same_weight() -> None:
+    g = block_gains([1280, 8])
+    assert torch.allclose((g[:1280] ** 2).sum(), (g[1280:] ** 2).sum())  # equal total variance per block
+    assert torch.isclose((g ** 2).sum(), torch.tensor(1288.0))  # and the overall scale is kept
+    assert torch.equal(block_gains([16]), torch.ones(16))  # one block: unchanged
+    enc = Encoder(24, 4, balance_blocks=True)
+    torch.manual_seed(0)
+    x = torch.randn(64, 24)
+    before = enc.eval()(x)[0]
+    enc.set_blocks([20, 4])
+    assert torch.equal(enc.gain, block_gains([20, 4])) and "gain" in enc.state_dict()
+    assert not torch.allclose(enc(x)[0], before)
+    with pytest.raises(ValueError, match="add up to 23, the encoder reads 24"):
+        enc.set_blocks([20, 3])
+    plain = Encoder(24, 4)
+    plain.set_blocks([20, 4])  # an encoder that does not balance ignores the layout
+    assert plain.gain is None and "gain" not in plain.state_dict()
 
 
 def _student(mode: str) -> DecCMStudent:

@@ -20,8 +20,12 @@ def test_config_is_validated_with_clear_messages() -> None:
     assert pipeline.make_config({"source": "synth-tiny", "mode": "faithful", "variant": "plain"})["variant"] == "plain"
     demo = pipeline.make_config({"source": "demo"})
     assert (demo["variant"], demo["epochs"], demo["batch_size"], demo["lr"]) == ("plain", 200, 128, 1e-3)
-    mine = pipeline.make_config({"source": "demo", "batch_size": "64", "epochs": 7, "variant": "no-deconf"})
-    assert (mine["variant"], mine["epochs"], mine["batch_size"], mine["lr"]) == ("no-deconf", 7, 64, 1e-3)
+    # the demo's encoders weigh each feature block equally (docs/results.md, the demo corpus); others do not
+    assert demo["balance_blocks"] is True and cfg["balance_blocks"] is False
+    mine = pipeline.make_config({"source": "demo", "batch_size": "64", "epochs": 7, "variant": "no-deconf", "balance_blocks": "false"})
+    assert (mine["variant"], mine["epochs"], mine["batch_size"], mine["lr"], mine["balance_blocks"]) == ("no-deconf", 7, 64, 1e-3, False)
+    with pytest.raises(ValueError, match="'maybe' is not a yes/no value"):
+        pipeline.make_config({"balance_blocks": "maybe"})
     with pytest.raises(ValueError, match="unknown pipeline settings \\['epoch'\\]"):
         pipeline.make_config({"epoch": 3})
     with pytest.raises(ValueError, match="source 'media' needs videos, tracks, logs, tracks_meta"):
@@ -38,15 +42,16 @@ def test_distilling_variants_train_without_distillation_when_no_teacher_exists(t
         pass
 
     def fake_train(kind, data, out, mcfg, tcfg, teacher=None, variant="deccm", **kw):  # noqa: ANN001, ANN003, ANN202
-        seen.update(kind=kind, distill=mcfg.distill, erase=mcfg.erase_taste, variant=variant, teacher=teacher)
+        seen.update(kind=kind, distill=mcfg.distill, erase=mcfg.erase_taste, variant=variant, teacher=teacher,
+                    balance=mcfg.balance_blocks)
         raise Stop
 
     monkeypatch.setattr(pipeline, "train", fake_train)
-    for variant, trained, erase in (("no-deconf", "plain", False), ("erased", "erased", True)):
-        cfg = pipeline.make_config({"source": "synth-tiny", "variant": variant})
+    for variant, trained, erase, balance in (("no-deconf", "plain", False, False), ("erased", "erased", True, True)):
+        cfg = pipeline.make_config({"source": "synth-tiny", "variant": variant, "balance_blocks": balance})
         with pytest.raises(Stop):
             pipeline.train_student(cfg, str(tiny_dataset), None)
-        assert seen == {"kind": "student", "distill": "off", "erase": erase, "variant": trained, "teacher": None}
+        assert seen == {"kind": "student", "distill": "off", "erase": erase, "variant": trained, "teacher": None, "balance": balance}
 
 
 @pytest.mark.slow

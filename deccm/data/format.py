@@ -184,6 +184,17 @@ class Dataset:
     def n_tracks(self) -> int:
         return int(self.ugc.music_features.shape[0])
 
+    def feature_blocks(self, kind: str) -> list[int]:
+        """Sizes of the feature blocks of ``kind`` ("video" or "music") in column order, as the extractor
+        recorded them (e.g. CNN frames then motion); one block when the layout is not recorded."""
+        dim = int((self.ugc.video_features if kind == "video" else self.ugc.music_features).shape[1])
+        if kind == "music":
+            sizes = [int(b["dim"]) for b in self.manifest.get("dims", {}).get("music_blocks", [])]
+        else:
+            blocks = (self.manifest.get("features", {}).get("video") or {}).get("blocks") or []
+            sizes = [int(b["stop"]) - int(b["start"]) for b in blocks if "stop" in b]
+        return sizes if sizes and sum(sizes) == dim else [dim]
+
     @property
     def is_synthetic(self) -> bool:
         return self.manifest.get("provenance") == "synthetic"

@@ -88,6 +88,10 @@ class DecCMStudent(nn.Module):
             self.teacher.eval()  # always run in eval mode (§5.1)
         return self
 
+    def set_blocks(self, video: list[int], music: list[int]) -> None:
+        """The feature blocks of each input (sizes); used with ``balance_blocks``."""
+        self.vae.set_blocks(video, music)
+
     def similarity(self, z_m: torch.Tensor, mu_m: torch.Tensor, z_v: torch.Tensor, prior: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """S (B_m, B_v) for music latents against video latents, and the fused music latent.
 

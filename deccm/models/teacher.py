@@ -42,10 +42,15 @@ class CrossModalVAE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.enc_m = Encoder(cfg.music_dim, cfg.latent_dim, cfg.dropout, cfg.unit_logvar)
-        self.enc_v = Encoder(cfg.video_dim, cfg.latent_dim, cfg.dropout, cfg.unit_logvar)
+        self.enc_m = Encoder(cfg.music_dim, cfg.latent_dim, cfg.dropout, cfg.unit_logvar, cfg.balance_blocks)
+        self.enc_v = Encoder(cfg.video_dim, cfg.latent_dim, cfg.dropout, cfg.unit_logvar, cfg.balance_blocks)
         self.dec_m = Decoder(cfg.latent_dim, cfg.music_dim, cfg.dropout)
         self.dec_v = Decoder(cfg.latent_dim, cfg.video_dim, cfg.dropout)
+
+    def set_blocks(self, video: list[int], music: list[int]) -> None:
+        """The feature blocks of each input (sizes); used with ``balance_blocks``."""
+        self.enc_v.set_blocks(video)
+        self.enc_m.set_blocks(music)
 
     def posteriors(self, x_v: torch.Tensor, x_m: torch.Tensor) -> Posteriors:
         mu_v, lv_v = self.enc_v(x_v)

@@ -9,17 +9,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def block_gains(blocks: list[int]) -> torch.Tensor:
+    """(F,) per-feature gains that give each block of the input the same total variance after
+    BatchNorm: g_b = √(F / (n_blocks · F_b)), so the gains keep Σ g² = F (docs/method.md §3.1)."""
+    total, n = sum(blocks), len(blocks)
+    return torch.cat([torch.full((d,), (total / (n * d)) ** 0.5) for d in blocks])
+
+
 class Encoder(nn.Module):
-    """x (B, F) → (μ, ℓ), each (B, D): BatchNorm → Dropout → two linear heads (§3.1–3.3).
+    """x (B, F) → (μ, ℓ), each (B, D): BatchNorm [→ block gains] → Dropout → two linear heads (§3.1–3.3).
 
     μ is L2-normalised. ℓ (the log-variance) is L2-normalised too when ``unit_logvar``
     (what the authors' code does, §9.12: σ² ≈ 1 in every dimension); otherwise it is a
     free linear output clamped to [-10, 10].
     """
 
-    def __init__(self, in_dim: int, latent_dim: int, dropout: float = 0.2, unit_logvar: bool = True):
+    def __init__(self, in_dim: int, latent_dim: int, dropout: float = 0.2, unit_logvar: bool = True,
+                 balance_blocks: bool = False):
         super().__init__()
         self.bn = nn.BatchNorm1d(in_dim)
+        if balance_blocks:  # all ones (one block) until set_blocks is called; stored with the weights
+            self.register_buffer("gain", torch.ones(in_dim))
+        else:
+            self.gain = None
         self.drop = nn.Dropout(dropout)
         self.mu = nn.Linear(in_dim, latent_dim)
         self.logvar = nn.Linear(in_dim, latent_dim)
@@ -28,8 +40,18 @@ class Encoder(nn.Module):
             nn.init.xavier_normal_(lin.weight)
             nn.init.zeros_(lin.bias)
 
+    def set_blocks(self, blocks: list[int]) -> None:
+        """The input's feature blocks (their sizes, in order); only an encoder that balances them keeps them."""
+        if self.gain is not None:
+            if sum(blocks) != self.gain.numel():
+                raise ValueError(f"feature blocks {blocks} add up to {sum(blocks)}, the encoder reads {self.gain.numel()} features")
+            self.gain.copy_(block_gains(blocks))
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.drop(self.bn(x))
+        h = self.bn(x)
+        if self.gain is not None:
+            h = h * self.gain
+        h = self.drop(h)
         mu = F.normalize(self.mu(h), dim=-1)
         logvar = self.logvar(h)
         logvar = F.normalize(logvar, dim=-1) if self.unit_logvar else logvar.clamp(-10.0, 10.0)
