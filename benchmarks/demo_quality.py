@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from deccm import config, pipeline
-from deccm.data import load_dataset
+from deccm.data import Dataset, load_dataset
 from deccm.data.corpus import relation
 from deccm.evaluate import evaluate
 from deccm.metrics import hit_rate, positive_rank
@@ -38,22 +38,20 @@ from deccm.train import configs_from_dict, train
 VARIANTS = ("plain", "no-deconf", "deccm")
 
 
-def affinity_hit_rate(data: Path, split: str, k: int = 10) -> float:
+def affinity_hit_rate(ds: Dataset, split: str, k: int = 10) -> float:
     """HR@k of ranking each row's 101 candidates by the planted affinity of the clip's true look."""
-    ds = load_dataset(data)
     v, q = relation.from_manifest(ds.manifest, ds.videos)
     rows = getattr(ds.ugc, split)
     scores = np.take_along_axis(relation.affinity(v, q)[rows.video], rows.candidates(), axis=1)
     return hit_rate(positive_rank(scores), k)
 
 
-def planted_recall(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, data: Path, split: str, k: int = 10) -> float:
+def planted_recall(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, ds: Dataset, split: str, k: int = 10) -> float:
     """Expected recall@k over the whole catalog of a pick drawn from the planted affinity alone, softmax(β·a) (how
     test_oracle's picks are drawn), averaged over the split's clips; ``scores`` None ranks by the affinity itself.
 
     Unlike HR@10 on one drawn pick per clip it has no pick noise, and on ``val`` clips it is a
     figure a choice may look at that logged picks do not bias (docs/results.md, the demo corpus)."""
-    ds = load_dataset(data)
     v, q = relation.from_manifest(ds.manifest, ds.videos)
     clips = np.unique(getattr(ds.ugc, split).video)
     a = relation.affinity(v[clips], q)
@@ -86,13 +84,13 @@ def one_seed(seed: int, device: str, balance_blocks: str | None = None) -> dict:
         entry = out["models"].setdefault(name, {})
         entry[r.split] = {m: [float(r.values[m]), *map(float, r.intervals.get(m, (np.nan, np.nan)))]
                           for m in ("HR@10", "HR_w@10", "genre_KL@10") if m in r.values}
-    out["models"]["planted affinity"] = {s: {"HR@10": [affinity_hit_rate(data, s)]} for s in ("val", "test_oracle")}
     ds = load_dataset(data)
+    out["models"]["planted affinity"] = {s: {"HR@10": [affinity_hit_rate(ds, s)]} for s in ("val", "test_oracle")}
     rankers = {**{v: load_ranker(runs[v], device).scores for v in VARIANTS},
                "popularity": popularity_ranker(np.asarray(ds.ugc.train.music), ds.n_tracks).scores, "planted affinity": None}
     for name, fn in rankers.items():
         for split, rows in (("val", "val"), ("test_oracle", "test")):  # test_oracle holds the test clips
-            out["models"][name][split]["planted_R@10"] = [planted_recall(fn, data, rows)]
+            out["models"][name][split]["planted_R@10"] = [planted_recall(fn, ds, rows)]
     return out
 
 

@@ -61,9 +61,10 @@ def _flag(v: Any) -> bool:
     """A yes/no setting from a bool or the CLI's text."""
     if isinstance(v, bool):
         return v
-    if str(v).strip().lower() in ("1", "true", "yes", "on"):
+    word = str(v).strip().lower()
+    if word in ("1", "true", "yes", "on"):
         return True
-    if str(v).strip().lower() in ("0", "false", "no", "off"):
+    if word in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{v!r} is not a yes/no value (use true or false)")
 
