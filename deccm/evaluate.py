@@ -2,7 +2,8 @@
 
 ``python -m deccm.evaluate RUN --data DIR`` prints a table and writes JSON;
 ``--compare A B …`` puts several models (run dirs, or ``popularity``) side by side on the
-same rows with bootstrap 95% intervals over test rows. On synthetic data every metric is
+same rows with bootstrap 95% intervals over the split's clips (a clip with several rows,
+as in the demo corpus's ``test_oracle``, is resampled whole). On synthetic data every metric is
 also computed on ``test_oracle`` and against the true affinity.
 
 Protocols (docs/method.md §7): each row ranks its positive among 100 fixed
@@ -43,6 +44,7 @@ class SplitResult:
     per_row: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     top: np.ndarray | None = None  # (N, bias_k) full-catalog top track ids per row, best first
+    videos: np.ndarray | None = None  # (N,) each row's clip: the bootstrap resamples clips
 
 
 def _head_tail(ds: Dataset) -> tuple[np.ndarray, int]:
@@ -81,7 +83,7 @@ def sampled_hit_rate(ranker: Ranker, ds: Dataset, split: str, k: int) -> float:
 def evaluate_split(ranker: Ranker, ds: Dataset, split: str, ks: tuple[int, ...] = KS, bias_k: int = BIAS_K) -> SplitResult:
     """Every metric of one model on one split (rows × candidates and rows × catalog)."""
     rows = split_rows(ds, split)
-    res = SplitResult(ranker.name, split)
+    res = SplitResult(ranker.name, split, videos=np.asarray(rows.video))
     q = ranker.video_vectors(ds.ugc.video_features[rows.video])  # (N, D)
     p = ranker.music_vectors(ds.ugc.music_features)  # (M, D)
     cand = rows.candidates()  # (N, 101)
@@ -150,10 +152,13 @@ def taste_probe(ranker: Ranker, ds: Dataset, split: str = "test", lam: float = 1
 
 
 def add_intervals(results: list[SplitResult], n_boot: int, seed: int = 0) -> None:
-    """Bootstrap 95% intervals over rows for every per-row metric (same resamples for every model)."""
+    """Bootstrap 95% intervals over clips for every per-row metric (same resamples for every model).
+
+    Rows are resampled by their clip, so a split with several picks per clip (the demo
+    corpus's ``test_oracle``) does not count its copies as independent evidence."""
     for res in results:
         for name, (v, w) in res.per_row.items():
-            res.intervals[name] = metrics.bootstrap_ci(v, w, n_boot=n_boot, seed=seed)
+            res.intervals[name] = metrics.bootstrap_ci(v, w, n_boot=n_boot, seed=seed, groups=res.videos)
 
 
 def metric_names(results: list[SplitResult]) -> list[str]:

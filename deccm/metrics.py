@@ -336,6 +336,7 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the weighted mean θ = Σ_i w_i v_i / Σ_i w_i.
 
@@ -343,6 +344,11 @@ def bootstrap_ci(
     N rows with replacement, θ* = Σ_i n_i w_i v_i / Σ_i n_i w_i with n_i the draw counts,
     and the interval is the ((1−level)/2, (1+level)/2) quantiles of θ*. Weights need not
     sum to 1 here (θ is a ratio). Replicates run in chunks of at most _CHUNK_ELEMS draws.
+
+    ``groups`` (N,) resamples clusters instead of rows (e.g. the video of each row, where a
+    split holds several picks for one clip): rows of a cluster are not independent, and a
+    row bootstrap would make the interval too narrow. Clusters are taken in order of first
+    appearance, so with one row per cluster this is exactly the row bootstrap.
     """
     v = np.asarray(values, dtype=np.float64).ravel()
     n = v.shape[0]
@@ -354,6 +360,16 @@ def bootstrap_ci(
     if w.shape != (n,) or np.any(w < 0) or not w.sum() > 0:
         raise ValueError(f"weights must be ({n},), non-negative, with a positive sum")
     wv = w * v
+    if groups is not None:
+        groups = np.asarray(groups).ravel()
+        if groups.shape != (n,):
+            raise ValueError(f"groups must be ({n},), one cluster label per row, got shape {groups.shape}")
+        _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # cluster label → order of first appearance
+        cluster = rank[inverse.ravel()]
+        wv, w = np.bincount(cluster, weights=wv), np.bincount(cluster, weights=w)
+        n = len(first)
     rng = np.random.default_rng(seed)
     stats = np.empty(n_boot)
     for sl in _row_chunks(n_boot, n):

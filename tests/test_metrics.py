@@ -271,6 +271,20 @@ def test_bootstrap_ci_width_matches_the_binomial_and_survives_chunking(monkeypat
     assert lo < p < hi
 
 
+def test_bootstrap_ci_over_clusters_widens_for_copied_rows_and_is_the_row_bootstrap_for_singletons() -> None:
+    rng = np.random.default_rng(4)
+    v = (rng.random(300) < 0.3).astype(float)
+    w = rng.random(300)
+    # one row per cluster, clusters labelled out of order: the same draws as the row bootstrap
+    assert M.bootstrap_ci(v, w, n_boot=200, seed=1, groups=rng.permutation(300) + 7) == M.bootstrap_ci(v, w, n_boot=200, seed=1)
+    # every value copied 10 times: rows are not independent, and only the cluster bootstrap knows
+    lo_r, hi_r = M.bootstrap_ci(np.repeat(v, 10), n_boot=400, seed=0)
+    lo_c, hi_c = M.bootstrap_ci(np.repeat(v, 10), n_boot=400, seed=0, groups=np.repeat(np.arange(300), 10))
+    lo_1, hi_1 = M.bootstrap_ci(v, n_boot=400, seed=0)
+    assert (hi_c - lo_c) == pytest.approx(hi_1 - lo_1, rel=0.2)
+    assert (hi_r - lo_r) < 0.5 * (hi_c - lo_c)  # ≈ 1/sqrt(10) of it
+    with pytest.raises(ValueError, match="one cluster label per row"):
+        M.bootstrap_ci(v, groups=np.arange(5))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_probe_r2_is_one_for_a_linear_target_and_near_zero_for_noise(seed: int) -> None:
     rng = np.random.default_rng(seed)
