@@ -4,6 +4,7 @@ One ``--size tiny`` build through the ``deccm data demo-corpus`` CLI serves ever
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from deccm.data import load_dataset
 from deccm.data.corpus import build as corpus_build
-from deccm.data.corpus import relation, video
+from deccm.data.corpus import catalog, relation, video
 from deccm.data.format import Dataset
 from deccm.runs import RunError
 
@@ -74,7 +75,9 @@ def test_dataset_is_extracted_native_format_with_honest_specs(ds: Dataset) -> No
     assert np.abs(u.music_features.mean(axis=0)).max() < 1e-3
     assert ds.genres == ["folk-dance", "classical-era", "romantic", "chorale", "renaissance", "medieval"]
     assert set(np.unique(u.music_genre)) == set(range(6))
-    np.testing.assert_array_equal(u.test_oracle.video, u.test.video)
+    k = m["generator"]["oracle_draws"]  # test_oracle: the test clips, each with k affinity-only picks
+    assert k == corpus_build.SIZES["tiny"].oracle_draws > 1
+    np.testing.assert_array_equal(u.test_oracle.video, np.repeat(u.test.video, k))
     kinds = [v["kind"] for v in ds.videos]
     assert kinds.count("ugc") == u.video_features.shape[0] and kinds.count("pgc") == ds.pgc.segment_features.shape[0]
     assert ds.pgc.music_features.shape == u.music_features.shape
@@ -229,6 +232,27 @@ def test_a_failed_build_leaves_no_destination_and_no_temp_files(tmp_path: Path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_more_oracle_draws_leave_the_world_as_it_was_and_pick_afresh() -> None:
+    cfg = corpus_build.SIZES["default"]
+    rng = np.random.default_rng(5)
+    q = rng.uniform(-1, 1, size=(cfg.n_tracks, 4))
+    genre = rng.integers(len(catalog.GENRES), size=cfg.n_tracks)
+    one = corpus_build.sample_world(dataclasses.replace(cfg, oracle_draws=1), q, genre)
+    many = corpus_build.sample_world(cfg, q, genre)
+    for name, a in vars(one).items():  # every other draw is the same, and the first oracle pick too
+        b = vars(many)[name]
+        np.testing.assert_array_equal(a, b[:, :1] if name == "oracle_pick" else b, err_msg=name)
+    assert many.oracle_pick.shape == (cfg.n_ugc, cfg.oracle_draws)
+    distinct = np.array([len(set(row)) for row in many.oracle_pick])
+    assert np.mean(distinct > 1) > 0.9  # fresh draws, not copies
+    # picks follow the affinity: each clip's picks rank high under it
+    a = relation.affinity(many.ugc_props, q)
+    rank = (a[:, None, :] > np.take_along_axis(a, many.oracle_pick, axis=1)[:, :, None]).sum(axis=2)
+    assert np.median(rank) < 0.1 * cfg.n_tracks
+    with pytest.raises(ValueError, match="oracle_draws must be at least 1"):
+        corpus_build.build_corpus(Path("unused"), oracle_draws=0)
+
+
 def test_unknown_size_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown size"):
         corpus_build.build_corpus(tmp_path / "x", size="huge")
@@ -252,9 +276,17 @@ def test_models_train_and_evaluate_on_the_extracted_corpus(corpus: Path, tmp_pat
     assert torch.allclose(gain[:1280], torch.full((1280,), (1288 / 2560) ** 0.5))
     assert torch.allclose(gain[1280:], torch.full((8,), (1288 / 16) ** 0.5))
     assert conf["data"]["features"]["music"]["weights"] == "untrained"  # VGGish without its weights, said so
-    results, payload = evaluate([str(student), "popularity"], corpus, ["test", "test_oracle"], n_boot=0, device="cpu")
+    results, payload = evaluate([str(student), "popularity"], corpus, ["test", "test_oracle"], n_boot=200, device="cpu")
     assert {r.split for r in results} == {"test", "test_oracle"}
     assert all(0.0 <= r.values["HR_w@10"] <= 1.0 for r in results)
+    # test_oracle's intervals resample clips (each holds oracle_draws rows), not rows
+    from deccm.metrics import bootstrap_ci
+
+    oracle = next(r for r in results if r.split == "test_oracle" and r.model == "popularity")
+    hits, _ = oracle.per_row["HR@10"]
+    rows = load_dataset(corpus).ugc.test_oracle
+    assert oracle.intervals["HR@10"] == bootstrap_ci(hits, n_boot=200, groups=rows.video)
+    assert oracle.intervals["HR@10"] != bootstrap_ci(hits, n_boot=200)
     with pytest.raises(RunError, match="1288/256-d features"):
         evaluate([str(student)], tiny_dataset, ["test"], n_boot=0, device="cpu")
 

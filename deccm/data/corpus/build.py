@@ -14,8 +14,9 @@ Stages (each timed, see :class:`Timings`):
    ``v = clip(φ(m*) + σ·ε)``; its uploader picks a track with probability
    ``∝ exp(β·a(v, m)) · d_u[genre(m)]^γ`` (``deccm.data.corpus.relation``). ``test`` is drawn
    like training; ``test_oracle`` re-draws the same test clips' tracks from
-   ``exp(β·a)`` alone. PGC clips are generated *from* a track, ``v = clip(φ(m) + σ_pgc·ε)``:
-   professional matching, no uploader.
+   ``exp(β·a)`` alone, ``oracle_draws`` times a clip (one row each): picks cost no media, and
+   more of them take the pick's noise out of the figure. PGC clips are generated *from* a
+   track, ``v = clip(φ(m) + σ_pgc·ε)``: professional matching, no uploader.
 4. **encode**: every clip drawn with ffmpeg from its visual vector (``deccm.data.corpus.video``),
    in a thread pool (each ffmpeg single-threaded).
 5. **extract** (video): features of every clip; a clip that fails drops its rows.
@@ -78,6 +79,7 @@ class CorpusConfig:
     genre_margin: float = 0.5  # video_genre marks groups whose best track is this close to the best
     prior_smoothing: float = 1.0
     pgc_val_fraction: float = 0.1
+    oracle_draws: int = 10  # test_oracle rows per test clip, each an affinity-only pick (docs/results.md, the demo corpus)
     seed: int = 0
 
     @property
@@ -194,7 +196,7 @@ class World:
     ugc_mood: np.ndarray  # (N,) hidden mood track
     ugc_pick: np.ndarray  # (N,) logged (biased) choice
     video_genre: np.ndarray  # (N, G) uint8
-    oracle_pick: np.ndarray  # (N,) affinity-only choice (used for test clips)
+    oracle_pick: np.ndarray  # (N, oracle_draws) affinity-only choices (used for test clips)
     pgc_track: np.ndarray  # (P,)
     pgc_props: np.ndarray  # (P, 5)
     ugc_seconds: np.ndarray
@@ -219,6 +221,9 @@ def sample_world(cfg: CorpusConfig, q: np.ndarray, genre: np.ndarray) -> World:
     logits = cfg.beta * a + cfg.gamma * np.log(pref[uploader][:, genre])
     pick = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
     oracle = np.argmax(cfg.beta * a + rng.gumbel(size=a.shape), axis=1)
+    # further draws from a stream of their own, so the world drawn below is the same for any oracle_draws
+    more = np.random.default_rng([cfg.seed, 23]).gumbel(size=(cfg.n_ugc, cfg.oracle_draws - 1, m))
+    oracle = np.column_stack([oracle, np.argmax(cfg.beta * a[:, None, :] + more, axis=2)])  # (N, oracle_draws)
     onehot = np.eye(g, dtype=bool)[genre]
     best = np.stack([np.where(onehot[:, j], a, -np.inf).max(axis=1) for j in range(g)], axis=1)
     vgenre = (best >= best.max(axis=1, keepdims=True) - cfg.genre_margin).astype(np.uint8)
@@ -263,6 +268,8 @@ def build_corpus(dest: str | Path, size: str = "default", seed: int = 0, workers
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     cfg = replace(SIZES[size], seed=seed, **overrides)
+    if cfg.oracle_draws < 1:
+        raise ValueError(f"oracle_draws must be at least 1 (test_oracle picks per test clip), got {cfg.oracle_draws}")
     if cfg.n_tracks <= N_NEGATIVES:
         raise ValueError(f"the catalog needs more than {N_NEGATIVES} tracks, this size asks for {cfg.n_tracks}")
     dest = Path(dest)
@@ -367,7 +374,7 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
         train=train,
         val=rank_rows(va, pick[va]),
         test=rank_rows(te, pick[te]),
-        test_oracle=rank_rows(te, w.oracle_pick[ugc_ok][te]),
+        test_oracle=rank_rows(np.repeat(te, cfg.oracle_draws), w.oracle_pick[ugc_ok][te].reshape(-1)),  # clip-major
     )
     n_pval = max(1, int(round(len(pgc_ok) * cfg.pgc_val_fraction)))
     seg = np.arange(len(pgc_ok))
