@@ -49,18 +49,26 @@ def affinity_hit_rate(ds: Dataset, split: str, k: int = 10) -> float:
     return hit_rate(positive_rank(scores), k)
 
 
-def planted_recall(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, ds: Dataset, split: str, k: int = 10) -> float:
-    """Expected recall@k over the whole catalog of a pick drawn from the planted affinity alone, softmax(β·a) (how
-    test_oracle's picks are drawn), averaged over the split's clips; ``scores`` None ranks by the affinity itself.
-
-    Unlike HR@10 on one drawn pick per clip it has no pick noise, and on ``val`` clips it is a
-    figure a choice may look at that logged picks do not bias (docs/results.md, the demo corpus)."""
+def _picks_and_scores(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, ds: Dataset,
+                      split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(p, s), each (clips, M), over the split's distinct clips: p = softmax(β·a), the planted affinity-only
+    pick (how test_oracle's picks are drawn); s = the model's scores, or the affinity itself for None."""
     v, q = relation.from_manifest(ds.manifest, ds.videos)
     clips = np.unique(getattr(ds.ugc, split).video)
     a = relation.affinity(v[clips], q)
     p = np.exp(ds.manifest["generator"]["beta"] * (a - a.max(axis=1, keepdims=True)))
     p /= p.sum(axis=1, keepdims=True)
     s = a if scores is None else scores(np.asarray(ds.ugc.video_features)[clips], np.asarray(ds.ugc.music_features))
+    return p, s
+
+
+def planted_recall(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, ds: Dataset, split: str, k: int = 10) -> float:
+    """Expected recall@k over the whole catalog of a pick drawn from the planted affinity alone, softmax(β·a) (how
+    test_oracle's picks are drawn), averaged over the split's clips; ``scores`` None ranks by the affinity itself.
+
+    Unlike HR@10 on one drawn pick per clip it has no pick noise, and on ``val`` clips it is a
+    figure a choice may look at that logged picks do not bias (docs/results.md, the demo corpus)."""
+    p, s = _picks_and_scores(scores, ds, split)
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return float(np.take_along_axis(p, top, axis=1).sum(axis=1).mean())
 
@@ -70,12 +78,7 @@ def expected_hit_rate(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | N
     the row's n uniform negatives outscore m), with p = softmax(β·a) the affinity-only pick and the
     count of negatives above m hypergeometric (n drawn from the M − 1 other tracks, of which c_m
     outscore m; ties count against m, as in deccm.metrics.positive_rank)."""
-    v, q = relation.from_manifest(ds.manifest, ds.videos)
-    clips = np.unique(ds.ugc.test_oracle.video)
-    a = relation.affinity(v[clips], q)
-    p = np.exp(ds.manifest["generator"]["beta"] * (a - a.max(axis=1, keepdims=True)))
-    p /= p.sum(axis=1, keepdims=True)
-    s = a if scores is None else scores(np.asarray(ds.ugc.video_features)[clips], np.asarray(ds.ugc.music_features))
+    p, s = _picks_and_scores(scores, ds, "test_oracle")
     above = (s[:, None, :] >= s[:, :, None]).sum(axis=2) - 1  # (clips, M): other tracks scoring at least m's
     n_neg = ds.ugc.test_oracle.negatives.shape[1]
     return float((p * hypergeom.cdf(k - 1, s.shape[1] - 1, above, n_neg)).sum(axis=1).mean())
