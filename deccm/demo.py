@@ -3,46 +3,63 @@
 ``demo/app.py`` only builds the Gradio page and wires its events to this module, so
 everything a person sees is computed (and tested) here:
 
-- :func:`check_upload`: a usable clip or a :class:`DemoError` whose message says what is
-  wrong (not a video, nothing decodable, too large). A clip longer than the limit is used:
-  its first ``max_seconds`` are ranked and the notes say so.
+- :func:`check_upload`: the cheap admission of an upload (size, then the media rule of
+  :mod:`deccm.features.admit`: allow-listed container, stream metadata within the caps),
+  or a :class:`DemoError` whose message names the file and says what is wrong. Nothing is
+  decoded. A clip longer than the limit is used: its first ``max_seconds`` are ranked and
+  the notes say so.
 - :func:`suggest`: the ranked :class:`deccm.serve.Suggestion` list of a
   :class:`deccm.serve.Recommender` (the same ranking as ``Recommender.recommend``), with
   timings, notes and the suggestions' genre mix beside the catalog's.
 - :func:`preview`: the clip with a track laid under it (H.264 + AAC mp4, the shorter of
-  the two), muxed with the ffmpeg binary of imageio-ffmpeg and written atomically.
+  the two, at most 30 s, 30 fps and 720p), muxed with the ffmpeg binary of imageio-ffmpeg
+  (both inputs admitted, demuxers forced, a timeout) and written atomically.
 - :func:`card_markdown`: the registered model card in words, SYNTHETIC / GENERATED data
   called out loudly.
 - :func:`comparison_model`: the registered model shown beside the champion.
 - :class:`DemoService`: the champion (loaded once, shared by every request), its
-  comparison model and examples, and one call per page event.
+  comparison model and examples, the media files it may serve, and one call per page
+  event. Each event runs its cheap checks first, then takes one of :data:`HEAVY_SLOTS`
+  slots (shared by suggestions and previews) for the decoding, ranking or encoding, under a
+  deadline (docs/architecture.md, "Media admission").
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
 import os
-import subprocess
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from deccm import io
+from deccm.data.format import MEDIA_DIR
+from deccm.features import admit
+from deccm.features.admit import DecodeError
 from deccm.serve import Recommender, Suggestion
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 200_000_000  # 200 MB
-MAX_SECONDS = 60.0
+MAX_SECONDS = 60.0  # the part of a clip that is ranked
+LIMITS = admit.UPLOAD  # what an upload may declare: 4K, 4:1, 240 fps, 10 min; 4 s of decoding
 TOP_AUDIO = 5  # tracks with a player on the page
-# Container formats PyAV opens that hold a still image, not a clip.
-STILL_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "gif", "webp_pipe", "tiff_pipe", "svg_pipe")
+HEAVY_SLOTS = 2  # decodes, rankings and preview encodes at once, in all (two cores)
+SLOT_WAIT_S = 60.0  # a request that waits longer for a slot is told the demo is busy
+REQUEST_BUDGET_S = 4.0  # decoding time of one request once it holds a slot
 PREVIEW_SHORT_SIDE = 480  # previews are scaled down to this (never up): quick to encode and to stream
+PREVIEW_LONG_SIDE = 1280  # and to at most 720p's long side
+PREVIEW_MAX_FPS = 30
+PREVIEW_MAX_S = 30.0
+PREVIEW_TIMEOUT_S = 30.0
 PREVIEW_KEEP_S = 3600.0  # previews older than this are deleted
 
 
@@ -64,6 +81,7 @@ class Upload:
     used_seconds: float | None  # what will be ranked: min(duration, limit); None when unknown
     capped: bool  # longer than the limit (or of unknown length): only the first max_seconds are used
     notes: tuple[str, ...]
+    info: admit.MediaInfo  # what the file declared: opened again with the same demuxer
 
 
 def _mb(n: int) -> str:
@@ -72,16 +90,16 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 10**9 else f"{n / 1e9:.2f} GB"
 
 
-def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS) -> Upload:
-    """The clip if the demo can use it, else :class:`DemoError` saying why.
+def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS,
+                 limits: admit.Limits = LIMITS) -> Upload:
+    """The clip if the demo may decode it, else :class:`DemoError` naming the file and the reason. Decodes nothing.
 
-    Refused: no file, an empty file, a file over ``max_bytes``, anything that is not a
-    video (text, audio only, a still image) or has no decodable frame (the decoder's
-    reason, e.g. "truncated or corrupt MP4/MOV file"). A clip longer than ``max_seconds``
-    is not refused: the first ``max_seconds`` are used and ``notes`` say so.
+    Refused: no file, an empty file, a file over ``max_bytes``, anything that is not an
+    allow-listed video container (text, playlists, concat lists, images, audio only …),
+    and streams whose metadata break ``limits`` (frame size, aspect, frame rate, frame
+    count, length). A clip longer than ``max_seconds`` is not refused: the first
+    ``max_seconds`` are used and ``notes`` say so.
     """
-    from deccm.features import DecodeError, read_frames
-
     if path is None or str(path) == "":
         raise DemoError("No clip was uploaded. Upload a video (mp4, mov, webm …) or pick one of the examples.")
     path = Path(path)
@@ -95,13 +113,11 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
         raise DemoError(f"{name} is {_mb(size)}: the demo takes clips up to {_mb(max_bytes)}. "
                         f"Upload a shorter or smaller clip (only the first {max_seconds:g} s are used anyway).")
     try:
-        frames = read_frames(path, fps=1.0, max_frames=1, max_seconds=max_seconds, short_side=64)
+        info = admit.check(path, "video", limits)
     except DecodeError as e:
-        _refuse_still_image(path, name)
         raise DemoError(f"{name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
-    _refuse_still_image(path, name)
-    duration = frames.duration
-    notes = [n for n in frames.notes if not n.startswith("capped:")]
+    duration = info.duration
+    notes: list[str] = []
     capped = duration is None or duration > max_seconds
     if duration is None:
         notes.append(f"the clip does not state its length: at most its first {max_seconds:g} s are used")
@@ -111,49 +127,21 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
         used = max_seconds
     else:
         used = duration
-    return Upload(path=path, name=name, bytes=size, duration=duration, used_seconds=used, capped=capped, notes=tuple(notes))
+    return Upload(path=path, name=name, bytes=size, duration=duration, used_seconds=used, capped=capped, notes=tuple(notes),
+                  info=info)
 
 
-def _refuse_still_image(path: Path, name: str) -> None:
-    """A picture opens as a one-frame "video": say what it is."""
-    import av
-
-    try:
-        with av.open(str(path)) as c:
-            fmt = str(c.format.name)
-    except av.error.FFmpegError:
-        return
-    if any(f in fmt.split(",") for f in STILL_FORMATS):
-        raise DemoError(f"{name} is a still image ({fmt}), not a video. Upload a video file (mp4, mov, webm …).")
-
-
-def _duration(path: str | os.PathLike) -> float | None:
-    """Seconds of a media file as its container or first stream states it, else None."""
-    import av
-
-    with av.open(str(path)) as c:
-        if c.duration is not None and c.duration > 0:
-            return c.duration / av.time_base
-        for s in c.streams:
-            if s.duration and s.time_base:
-                return float(s.duration * s.time_base)
-    return None
-
-
-def _ffmpeg(args: list[str]) -> None:
-    import imageio_ffmpeg
-
-    proc = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        reason = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no reason given"
-        raise DemoError(f"ffmpeg could not process the clip: {reason}")
-
-
-def _first_seconds(src: Path, seconds: float, dest: Path) -> Path:
+def _first_seconds(up: Upload, seconds: float, dest: Path) -> Path:
     """The first ``seconds`` of a clip's video, remuxed without re-encoding (fast, lossless)."""
-    _ffmpeg(["-i", str(src), "-map", "0:v:0", "-t", f"{seconds:g}", "-c", "copy", "-an", str(dest)])
+    _ffmpeg([*up.info.ffmpeg_input(), "-map", "0:v:0", "-t", f"{seconds:g}", "-c", "copy", "-an", str(dest)], up.name)
     return dest
+
+
+def _ffmpeg(args: list[str], name: str, timeout: float = admit.FFMPEG_TIMEOUT_S) -> None:
+    try:
+        admit.run_ffmpeg(args, timeout=timeout)
+    except DecodeError as e:
+        raise DemoError(f"{name} could not be processed: {e}") from None
 
 
 # --------------------------------------------------------------------------- suggestions
@@ -193,15 +181,16 @@ def genre_mix(rec: Recommender, items: list[Suggestion]) -> list[dict[str, Any]]
 
 
 def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10, *, max_bytes: int = MAX_BYTES,
-            max_seconds: float = MAX_SECONDS) -> SuggestResult:
+            max_seconds: float = MAX_SECONDS,
+            slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> SuggestResult:
     """The top-``k`` tracks for an uploaded clip: exactly ``rec.recommend(video_path, k)`` for a clip within the limits.
 
-    A clip longer than ``max_seconds`` is ranked on its first ``max_seconds`` (or the
-    extractor's own cap if that is shorter) and the notes say so. Unusable clips raise
-    :class:`DemoError`.
+    The cheap checks (:func:`check_upload`) run first; the decoding and ranking then run
+    inside ``slot()`` (a :class:`DemoService` passes one of its shared slots) and under a
+    deadline of :data:`REQUEST_BUDGET_S`. A clip longer than ``max_seconds`` is ranked on
+    its first ``max_seconds`` (or the extractor's own cap if that is shorter) and the notes
+    say so. Unusable clips raise :class:`DemoError`.
     """
-    from deccm.features import DecodeError
-
     t0 = time.perf_counter()
     if rec.extractor is None:
         raise DemoError(f"the model {model_label(rec)} was trained on SYNTHETIC feature vectors, so it has no video "
@@ -216,30 +205,35 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
     k = min(k, len(rec.catalog.tracks))
     limit = min(float(max_seconds), float(rec.extractor.max_seconds))
     up = check_upload(video_path, max_bytes=max_bytes, max_seconds=limit)
-    t1 = time.perf_counter()
     notes = list(up.notes)
-    try:
-        with tempfile.TemporaryDirectory(prefix="deccm-demo-") as tmp:
-            clip = up.path
-            if up.capped and limit < rec.extractor.max_seconds:
-                clip = _first_seconds(up.path, limit, Path(tmp) / f"first{up.path.suffix or '.mp4'}")
-            feats, decoder_notes = rec.extractor.extract_with_notes(clip)
-    except DecodeError as e:
-        raise DemoError(f"{up.name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
-    notes += [n for n in decoder_notes if not n.startswith("capped:") and n not in notes]
-    x = feats[None, :]
-    t2 = time.perf_counter()
-    items = rec.recommend(x, k=k)
-    t3 = time.perf_counter()
+    with slot():
+        t1 = time.perf_counter()
+        try:
+            with admit.budget(REQUEST_BUDGET_S), tempfile.TemporaryDirectory(prefix="deccm-demo-") as tmp:
+                clip = up.path
+                if up.capped and limit < rec.extractor.max_seconds:
+                    clip = _first_seconds(up, limit, Path(tmp) / f"first.{_SUFFIX[up.info.demuxer]}")
+                feats, decoder_notes = rec.extractor.extract_with_notes(clip)
+        except DecodeError as e:
+            raise DemoError(f"{up.name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
+        notes += [n for n in decoder_notes if not n.startswith("capped:") and n not in notes]
+        x = feats[None, :]
+        t2 = time.perf_counter()
+        items = rec.recommend(x, k=k)
+        t3 = time.perf_counter()
     return SuggestResult(clip=up.name, model=model_label(rec), k=k, suggestions=items,
                          timings={"check": t1 - t0, "features": t2 - t1, "rank": t3 - t2, "total": t3 - t0},
                          notes=notes, genre_mix=genre_mix(rec, items), features=x)
 
 
+_SUFFIX = {"mov": "mp4", "matroska": "mkv", "avi": "avi", "mpegts": "ts"}  # a remux keeps the container it came in
+
+
 def rank_like(other: Recommender, result: SuggestResult, video_path: str | os.PathLike,
-              max_seconds: float = MAX_SECONDS) -> list[Suggestion]:
+              max_seconds: float = MAX_SECONDS,
+              slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> list[Suggestion]:
     """``other``'s top-k for the clip ``result`` ranked: the same features when it reads the same video features
-    (``other`` loaded without an extractor), its own extraction otherwise."""
+    (``other`` loaded without an extractor), its own extraction (in ``slot()``) otherwise."""
     spec = (other.run.data.get("features") or {}).get("video")
     if spec is None:
         raise DemoError(f"{model_label(other)} was trained on SYNTHETIC feature vectors and cannot rank an uploaded clip")
@@ -247,7 +241,7 @@ def rank_like(other: Recommender, result: SuggestResult, video_path: str | os.Pa
         if result.features is None or result.features.shape[1] != other.run.model.video_dim:
             raise DemoError(f"{model_label(other)} reads other video features than the champion and has no extractor loaded")
         return other.recommend(result.features, k=result.k)
-    return suggest(other, video_path, result.k, max_seconds=max_seconds).suggestions
+    return suggest(other, video_path, result.k, max_seconds=max_seconds, slot=slot).suggestions
 
 
 def side_by_side(left: list[Suggestion], right: list[Suggestion]) -> list[list[Any]]:
@@ -261,29 +255,41 @@ def side_by_side(left: list[Suggestion], right: list[Suggestion]) -> list[list[A
 
 
 def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None, out_dir: str | os.PathLike,
-            max_seconds: float = MAX_SECONDS) -> Path:
+            max_seconds: float = MAX_SECONDS, limits: admit.Limits = LIMITS) -> Path:
     """The clip with ``audio_path`` laid under it (its own sound replaced): an H.264 + AAC mp4 in ``out_dir``.
 
-    As long as the shorter of the clip and the track (at most ``max_seconds``); scaled down
-    so its shorter side is at most 480 px. Written atomically; the same inputs give the same
-    file name, so a repeated request reuses it.
+    Both inputs must pass the media rule (the clip as a video under ``limits``, the track
+    as audio); ffmpeg opens them with the admitted demuxers forced, the ``file`` protocol
+    only, and a timeout. As long as the shorter of the clip and the track, at most
+    ``max_seconds`` and :data:`PREVIEW_MAX_S`; at most 30 fps; scaled down so its shorter
+    side is at most 480 px and its longer at most 1280 (720p). Written atomically; the same
+    inputs give the same file name, so a repeated request reuses it.
     """
     if audio_path is None or not Path(audio_path).is_file():
         raise DemoError(f"no audio file for this track ({audio_path or 'the catalog has no media'}): nothing to lay under the clip")
     video_path, audio_path = Path(video_path), Path(audio_path)
-    lengths = [d for d in (_duration(video_path), _duration(audio_path)) if d]
-    seconds = min([*lengths, float(max_seconds)])
+    try:
+        clip = admit.check(video_path, "video", limits)
+    except DecodeError as e:
+        raise DemoError(f"{video_path.name} is not a usable video: {e}") from None
+    try:
+        track = admit.check(audio_path, "audio", admit.TRACK)
+    except DecodeError as e:
+        raise DemoError(f"the track {audio_path.name} cannot be played: {e}") from None
+    lengths = [d for d in (clip.duration, track.duration) if d]
+    seconds = min([*lengths, float(max_seconds), PREVIEW_MAX_S])
     key = hashlib.sha256(f"{video_path.resolve()}|{video_path.stat().st_size}|{video_path.stat().st_mtime_ns}|"
                          f"{audio_path.resolve()}|{seconds:.3f}".encode()).hexdigest()[:16]
     dest = Path(out_dir) / f"preview-{key}.mp4"
     if dest.is_file():
         return dest
-    s = f"min(1,{PREVIEW_SHORT_SIDE}/min(iw,ih))"
+    s = f"min(1,min({PREVIEW_SHORT_SIDE}/min(iw,ih),{PREVIEW_LONG_SIDE}/max(iw,ih)))"
     scale = f"scale=w='2*trunc(iw*{s}/2)':h='2*trunc(ih*{s}/2)'"
     with io.atomic_path(dest) as tmp:
-        _ffmpeg(["-i", str(video_path), "-i", str(audio_path), "-map", "0:v:0", "-map", "1:a:0", "-t", f"{seconds:.3f}",
-                 "-vf", scale, "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-                 "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart", "-shortest", "-f", "mp4", str(tmp)])
+        _ffmpeg([*clip.ffmpeg_input(), *track.ffmpeg_input(), "-map", "0:v:0", "-map", "1:a:0", "-t", f"{seconds:.3f}",
+                 "-vf", scale, "-fpsmax", str(PREVIEW_MAX_FPS), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                 "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart", "-shortest", "-f", "mp4", str(tmp)],
+                video_path.name, timeout=PREVIEW_TIMEOUT_S)
     return dest
 
 
@@ -540,10 +546,12 @@ class Page:
 
 
 class DemoService:
-    """The champion (loaded once, shared by every request), the model beside it, the examples, the card."""
+    """The champion (loaded once, shared by every request), the model beside it, the examples, the card,
+    the media files it may serve, and the slots its heavy work shares."""
 
     def __init__(self, rec: Recommender | None = None, comparison: Comparison | None | bool = True, device: str = "auto",
-                 max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS, preview_dir: str | os.PathLike | None = None):
+                 max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS, preview_dir: str | os.PathLike | None = None,
+                 slots: int = HEAVY_SLOTS):
         """``rec`` None loads ``deccm-student@champion`` (a ``RegistryError`` says how to train one);
         ``comparison`` True picks one with :func:`comparison_model`, None / False shows none."""
         from deccm import registry
@@ -551,8 +559,14 @@ class DemoService:
         self.rec = rec if rec is not None else registry.load_champion(device=device)
         self.comparison = comparison_model(self.rec, device=device) if comparison is True else (comparison or None)
         self.max_bytes, self.max_seconds = max_bytes, max_seconds
-        self.examples = example_clips(self.rec)
+        self._audio = _servable_audio([self.rec] + ([self.comparison.rec] if self.comparison else []))
+        root = media_root(self.rec)
+        self.examples = [p for p in example_clips(self.rec) if servable(p, root, "video")]
         self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
+        self._slots = threading.BoundedSemaphore(slots)
+        self._lock = threading.Lock()
+        self.busy = 0  # heavy jobs running now
+        self.busy_peak = 0  # the most that ever ran at once
 
     @property
     def label(self) -> str:
@@ -580,32 +594,105 @@ class DemoService:
         return data_warning(self.rec.card)
 
     def media_files(self) -> list[str]:
-        """Files the page serves as they are: the catalog's audio and the example clips."""
-        recs = [self.rec] + ([self.comparison.rec] if self.comparison else [])
-        return sorted({t["audio"] for r in recs for t in r.catalog.tracks if t.get("audio")} | set(self.examples))
+        """The only files the page serves as they are: checked catalog audio and example clips (resolved paths)."""
+        return sorted(set(self._audio.values()) | set(self.examples))
+
+    def playable(self, audio: str | None) -> str | None:
+        """The checked, resolved file to play for a catalog ``audio`` path, or None when it may not be served."""
+        return self._audio.get(audio) if audio else None
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of the slots that decoding, ranking and preview encoding share; a request that cannot get one is told so."""
+        if not self._slots.acquire(timeout=SLOT_WAIT_S):
+            raise DemoError(f"the demo is busy: {HEAVY_SLOTS} clips are being processed and more are waiting. "
+                            "Try again in a minute.")
+        with self._lock:
+            self.busy += 1
+            self.busy_peak = max(self.busy_peak, self.busy)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.busy -= 1
+            self._slots.release()
 
     def respond(self, video: str | os.PathLike | None, k: int = 10) -> Page:
         """One Suggest press: the champion's ranking and the comparison model's, or the reason there is none."""
         try:
-            result = suggest(self.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds)
+            result = suggest(self.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds, slot=self.slot)
         except DemoError as e:
             return Page(error=str(e))
+        result.suggestions = [replace(s, audio=self.playable(s.audio)) for s in result.suggestions]
         page = Page(result=result)
         if self.comparison is None:
             page.comparison_note = self.comparison_note
         else:
             try:
-                page.comparison = rank_like(self.comparison.rec, result, video, self.max_seconds)
+                page.comparison = rank_like(self.comparison.rec, result, video, self.max_seconds, slot=self.slot)
             except DemoError as e:
                 page.comparison_note = f"{self.comparison.label} cannot rank this clip: {e}"
         return page
 
     def preview(self, video: str | os.PathLike | None, audio: str | None) -> Path | None:
-        """The clip with the top track under it; None when there is no clip or no track audio yet."""
+        """The clip with the top track under it; None when there is no clip or no track audio yet.
+
+        ``audio`` must be one of the files this service serves (a client may send any
+        string); the clip passes :func:`check_upload` before it takes a slot.
+        """
         if not video or not audio:
             return None
-        _prune(self.preview_dir, PREVIEW_KEEP_S)
-        return preview(video, audio, self.preview_dir, self.max_seconds)
+        if str(audio) not in self._audio.values():
+            raise DemoError(f"{Path(str(audio)).name} is not a track of the served catalog: nothing to lay under the clip")
+        up = check_upload(video, max_bytes=self.max_bytes, max_seconds=self.max_seconds)
+        with self.slot():
+            _prune(self.preview_dir, PREVIEW_KEEP_S)
+            return preview(up.path, audio, self.preview_dir, self.max_seconds)
+
+
+def media_root(rec: Recommender) -> Path | None:
+    """The served model's dataset media folder, resolved: the only folder the demo serves files from."""
+    root = (rec.catalog.source or {}).get("path")
+    folder = Path(str(root)) / MEDIA_DIR if root else None
+    return folder.resolve() if folder is not None and folder.is_dir() else None
+
+
+def servable(path: str | os.PathLike | None, root: Path | None, kind: str) -> str | None:
+    """``path`` resolved (symlinks followed) when it is a regular file inside ``root`` that passes the media rule
+    for ``kind``; None otherwise."""
+    if not path or root is None:
+        return None
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not real.is_file() or not real.is_relative_to(root):
+        return None
+    try:
+        admit.check(real, kind, admit.TRACK if kind == "audio" else LIMITS)
+    except DecodeError:
+        return None
+    return str(real)
+
+
+def _servable_audio(recs: list[Recommender]) -> dict[str, str]:
+    """Catalog audio path → the checked file to serve, for each model's tracks under its own media folder."""
+    out: dict[str, str] = {}
+    refused = 0
+    for rec in recs:
+        root = media_root(rec)
+        for t in rec.catalog.tracks:
+            audio = t.get("audio")
+            if audio and audio not in out:
+                real = servable(audio, root, "audio")
+                if real is None:
+                    refused += 1
+                else:
+                    out[audio] = real
+    if refused:
+        log.warning("%d catalog audio files are not served: missing, outside the dataset's %s/ folder, or not accepted "
+                    "audio", refused, MEDIA_DIR)
+    return out
 
 
 def _prune(folder: Path, max_age_s: float) -> None:

@@ -9,6 +9,12 @@ every check, ranking, preview and text is computed and tested. The champion
 Events (stable API names for ``gradio_client``): ``/suggest`` (clip, k → status, ranking,
 players, genre chart, side-by-side table, JSON) and ``/preview`` (the clip with the top
 track under it; chained after ``/suggest`` on the page).
+
+Hostile uploads (docs/architecture.md, "Media admission"): the upload size is capped by
+Gradio before anything is stored; both events run the cheap checks of ``deccm.demo`` first
+and then share :data:`deccm.demo.HEAVY_SLOTS` slots for decoding and encoding; the queue
+holds at most :data:`QUEUE_MAX` waiting requests; only checked files under the served
+model's dataset media folder are served as static files.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ import pandas as pd
 from deccm import demo as lib
 
 TITLE = "deccm: background music for a short video"
+QUEUE_MAX = 32  # waiting requests; more are refused at once ("queue is full") instead of piling up
+EVENT_THREADS = 8  # /suggest and /preview handlers at once, in one group: cheap checks run here, heavy work in a slot
 RANKING_COLUMNS = ["rank", "title", "composer / artist", "genre", "score"]
 
 
@@ -45,7 +53,7 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
         svc = service or lib.DemoService(rec, device=device)
     except (RegistryError, RunError) as e:
         return _error_page(str(e))
-    gr.set_static_paths(svc.media_files())  # catalog audio and example clips, served as they are (nothing else)
+    gr.set_static_paths(svc.media_files())  # checked files under the dataset's media folder, one by one (never a folder)
     n_tracks = len(svc.rec.catalog.tracks)
     k_default = min(10, n_tracks)
 
@@ -104,9 +112,11 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
                 gr.Warning(f"No preview: {e}")
                 return None
 
+        media = {"concurrency_id": "media", "concurrency_limit": EVENT_THREADS}
         go.click(on_suggest, inputs=[video, k], outputs=[status, table, *players, chart, compare, raw, top_audio],
-                 api_name="suggest").then(on_preview, inputs=[video, top_audio], outputs=[preview], api_name="preview")
-    app.queue(default_concurrency_limit=2)
+                 api_name="suggest", **media).then(on_preview, inputs=[video, top_audio], outputs=[preview],
+                                                   api_name="preview", **media)
+    app.queue(default_concurrency_limit=2, max_size=QUEUE_MAX)
     return app
 
 

@@ -72,7 +72,7 @@ def test_bad_uploads_get_clear_messages(tmp_path: Path) -> None:
     media.truncate(clip, tmp_path / "cut.mp4", 0.4)
     assert "cut.mp4 is not a usable video: truncated or corrupt MP4/MOV file" in refused(tmp_path / "cut.mp4")
     media.run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=size=64x48", "-frames:v", "1", str(tmp_path / "still.png")])
-    assert "still.png is a still image" in refused(tmp_path / "still.png")
+    assert refused(tmp_path / "still.png").startswith("still.png is not a usable video: a PNG image (a still image; accepted: ")
     size = clip.stat().st_size
     msg = refused(clip, max_bytes=size - 1)
     assert msg.startswith(f"clip.mp4 is {size / 1e3:.1f} kB: the demo takes clips up to {(size - 1) / 1e3:.1f} kB")
@@ -85,7 +85,7 @@ def test_a_long_clip_is_not_refused_its_first_seconds_are_used(tmp_path: Path) -
     clip = media.make_clip(tmp_path / "long.mp4", duration=6.0)
     up = demo.check_upload(clip, max_seconds=2.5)
     assert up.capped and up.used_seconds == 2.5 and up.notes == ("the clip is 6.0 s long: used the first 2.5 s",)
-    first = demo._first_seconds(clip, 2.5, tmp_path / "first.mp4")
+    first = demo._first_seconds(up, 2.5, tmp_path / "first.mp4")
     assert abs(_streams(first)["duration"] - 2.5) < 0.3 and _streams(first)["audio"] == []
 
 
@@ -258,7 +258,7 @@ def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(ser
     # longer than the limit: ranked on its first seconds, and the result says so
     capped = demo.suggest(rec, clip, 5, max_seconds=4)
     assert capped.notes == ["the clip is 10.0 s long: used the first 4 s"]
-    first = demo._first_seconds(clip, 4, tmp_path / "first4.mp4")
+    first = demo._first_seconds(demo.check_upload(clip, max_seconds=4), 4, tmp_path / "first4.mp4")
     assert [s.track for s in capped.suggestions] == [s.track for s in rec.recommend(first, k=5)]
     assert demo.suggest(rec, clip, 10_000).k == len(rec.catalog.tracks)  # k is capped at the catalog
     with pytest.raises(demo.DemoError, match="k must be at least 1"):

@@ -57,7 +57,7 @@ def test_clip_without_audio_has_frames_and_a_named_audio_failure(clips: dict[str
     assert read_frames(clips["noaudio"]).images.shape[0] == 2
     with pytest.raises(DecodeError, match="^no audio stream$"):
         read_audio(clips["noaudio"])
-    with pytest.raises(DecodeError, match="^no video stream$"):
+    with pytest.raises(DecodeError, match="^no video stream"):
         read_frames(clips["wav"])
 
 
@@ -137,7 +137,7 @@ def test_seeking_picks_the_same_frames_as_decoding_everything(tmp_path: Path, mo
     ("truncated", r"^truncated or corrupt MP4/MOV file \(cannot parse container"),
     ("text", r"^not a media file \(looks like text\)$"),
     ("empty", r"^empty file$"),
-    ("garbage", r"^not a media file \(unrecognised content\)$"),
+    ("garbage", r"^not a media file \(unrecognised content; accepted: "),
 ])
 def test_broken_files_raise_a_named_reason(clips: dict[str, Path], name: str, reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
@@ -159,14 +159,6 @@ def test_truncated_webm_keeps_what_decodes_and_says_so(clips: dict[str, Path], t
     frames = read_frames(cut, fps=1.0)
     assert frames.images.shape[0] >= 1
     assert any("truncated?" in n for n in frames.notes)
-
-
-def test_sniff_names_containers() -> None:
-    assert decode.sniff(b"\x00\x00\x00\x20ftypisom") == "MP4/MOV"
-    assert decode.sniff(b"\x1a\x45\xdf\xa3\x01") == "Matroska/WebM"
-    assert decode.sniff(b"RIFF\x00\x00\x00\x00AVI LIST") == "AVI"
-    assert decode.sniff(b"RIFF\x00\x00\x00\x00WAVEfmt ") == "WAV"
-    assert decode.sniff(b"hello world") is None
 
 
 def test_ffmpeg_used_by_tests_is_the_bundled_one() -> None:

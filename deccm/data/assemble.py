@@ -59,6 +59,7 @@ from deccm import io
 from deccm.data import protocol
 from deccm.data.format import (
     MANIFEST,
+    MEDIA_DIR,
     N_NEGATIVES,
     PGC,
     UGC,
@@ -75,7 +76,7 @@ from deccm.features.store import FeatureStore, StoreError, load_store, store_dir
 log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the same inputs would assemble into a different dataset
-MEDIA = "media"
+MEDIA = MEDIA_DIR
 UNKNOWN_GENRE = "unknown"
 DEFAULT_NAME = "assembled"
 MAX_SHOWN = 5  # lines / ids quoted per problem

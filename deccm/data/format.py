@@ -55,6 +55,7 @@ MANIFEST = "dataset.json"
 TRACKS_CSV = "tracks.csv"
 TRACKS_CSV_COLUMNS = ("id", "title", "artist", "genre", "source", "licence", "path")
 VIDEOS_CSV = "videos.csv"
+MEDIA_DIR = "media"  # media files the CSVs reference; the only folder the demo serves from
 N_NEGATIVES = 100
 
 

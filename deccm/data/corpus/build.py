@@ -45,11 +45,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from deccm import config
 from deccm.data import protocol
 from deccm.data.corpus import catalog, music, relation, video
-from deccm.data.format import N_NEGATIVES, PGC, UGC, PairRows, RankRows, write_dataset
+from deccm.data.format import MEDIA_DIR, N_NEGATIVES, PGC, UGC, PairRows, RankRows, write_dataset
 
 log = logging.getLogger(__name__)
 
-MEDIA = "media"
+MEDIA = MEDIA_DIR
 
 
 @dataclass(frozen=True)

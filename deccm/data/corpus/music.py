@@ -208,11 +208,12 @@ def encode_mp3(samples: np.ndarray, dest: Path, sample_rate: int = SAMPLE_RATE) 
 
     MP3 rather than Vorbis: half the encode time here, and every browser plays it (the demo app).
     """
-    from deccm.data.corpus.video import ffmpeg_exe
+    from deccm.data.corpus.video import FFMPEG_TIMEOUT_S, ffmpeg_exe
 
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "f32le", "-ar", str(sample_rate), "-ac", "1",
            "-i", "pipe:0", "-c:a", "libmp3lame", "-q:a", "4", "-fflags", "+bitexact", "-flags:a", "+bitexact", str(dest)]
-    proc = subprocess.run(cmd, input=np.ascontiguousarray(samples, dtype="<f4").tobytes(), capture_output=True)
+    proc = subprocess.run(cmd, input=np.ascontiguousarray(samples, dtype="<f4").tobytes(), capture_output=True,
+                          timeout=FFMPEG_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg could not encode {dest.name}: {proc.stderr.decode(errors='replace').strip()}")
 

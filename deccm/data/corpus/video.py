@@ -35,6 +35,9 @@ COOL = np.array([0.35, 0.65, 1.00])
 WARM = np.array([1.00, 0.68, 0.30])
 
 
+FFMPEG_TIMEOUT_S = 300.0  # one generated clip or track; a hung encoder fails the item instead of the build
+
+
 @functools.cache
 def ffmpeg_exe() -> str:
     """The ffmpeg binary inside the imageio-ffmpeg wheel (no system ffmpeg needed)."""
@@ -95,7 +98,7 @@ def make_clip(dest: str | os.PathLike, properties: np.ndarray, duration: float, 
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-filter_complex_threads", "1", "-filter_complex", graph,
            "-t", f"{duration:.3f}", "-an", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "26", "-threads", "1",
            "-pix_fmt", "yuv420p", "-fflags", "+bitexact", "-flags:v", "+bitexact", "-movflags", "+faststart", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=FFMPEG_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg could not make {dest.name}: {proc.stderr.strip()}")
     return dest
