@@ -65,6 +65,11 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
     media.run_ffmpeg(["-f", "lavfi", "-t", "1", "-i", "testsrc2=size=64x48:rate=10", str(root / "anim.gif")])
     (root / "still.mp4").write_bytes((root / "frame000.png").read_bytes())
     (root / "riff_trick.avi").write_bytes(b"RIFF" + struct.pack("<I", 4096) + b"AVI LIST" + b"\x00" * 4096)
+    # a transport stream whose second half switches to 8K frames: admitted on its first header, stopped by the decoder's cap
+    parts = [_x264(root / "small.ts", "testsrc2=size=320x240", 1.0, 10), _x264(root / "big.ts", "color=c=blue:size=7680x4320", 0.5, 10)]
+    (root / "grows.ts").write_bytes(b"".join(p.read_bytes() for p in parts))
+    for p in parts:
+        p.unlink()
     return [
         Case("hls playlist", root / "playlist.m3u8", "refused", "HLS playlist"),
         Case("hls playlist renamed .mp4", root / "playlist.mp4", "refused", "HLS playlist"),
@@ -84,4 +89,5 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
         Case("animated GIF", root / "anim.gif", "refused", "GIF image"),
         Case("PNG renamed .mp4", root / "still.mp4", "refused", "PNG image"),
         Case("AVI header, no streams", root / "riff_trick.avi", "refused", "AVI"),
+        Case("grows to 8K mid-stream", root / "grows.ts", "served", ""),
     ]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,6 +25,7 @@ import av
 import numpy as np
 import pytest
 
+import hostile
 import media
 from deccm import demo
 
@@ -221,7 +224,7 @@ def models(home: Path, tiny_corpus: Path) -> dict[str, Any]:
     v2 = registry.register(run2, pipeline.evaluate_candidates(cfg2, run2))
     registry.promote(v2, "test: the newer model")
     print(f"\ndemo fixture: corpus {built:.0f} s, two models registered {time.perf_counter() - t - built:.0f} s")
-    return {"data": Path(data), "alone": alone, "v2": v2}
+    return {"data": Path(data), "alone": alone, "v2": v2, "run2": Path(run2)}
 
 
 @pytest.fixture(scope="module")
@@ -390,3 +393,141 @@ def test_browser_upload_suggest_listen_and_preview(app_url: str, service: demo.D
             browser.close()
     assert shot.stat().st_size > 50_000
     print(f"\nbrowser round trip {time.perf_counter() - t:.1f} s; screenshot {shot}")
+
+
+# --------------------------------------------------------------------------- hostile uploads (slow: the same server)
+
+
+@pytest.fixture(scope="module")
+def hostile_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("hostile")
+    secret = hostile.make_secret(root / "private")
+    return {"secret": secret, "cases": hostile.make_corpus(root / "upload", secret)}
+
+
+def _magenta_share(path: Path) -> float:
+    """Share of decoded frames that look like the secret clip (solid magenta)."""
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0) for f in c.decode(video=0)]
+    return float(np.mean([abs(r - 255) < 40 and g < 40 and abs(b - 255) < 40 for r, g, b in frames])) if frames else 0.0
+
+
+@pytest.mark.slow
+def test_hostile_uploads_through_suggest_and_preview_are_refused_by_name_or_served_within_caps(
+        app_url: str, service: demo.DemoService, clip: Path, hostile_corpus: dict[str, Any]) -> None:
+    from gradio_client import Client, handle_file
+
+    assert _magenta_share(hostile_corpus["secret"]) == 1.0  # the leak detector sees the secret
+    client = Client(app_url, verbose=False, download_files=False)
+    previews = 0
+    for case in hostile_corpus["cases"]:
+        # a good clip first, so the session holds a top track: /preview then gets the hostile file as its clip
+        assert client.predict(handle_file(str(clip)), 5, api_name="/suggest")[9]["error"] is None
+        shown = client.predict(handle_file(str(case.path)), api_name="/preview")
+        video = shown.get("video", shown) if isinstance(shown, dict) else shown
+        if case.expect == "refused":
+            assert not video, (case.name, shown)
+        else:
+            path = Path(video["path"] if isinstance(video, dict) else video)
+            previews += 1
+            with av.open(str(path)) as c:
+                v = c.streams.video[0]
+                assert max(v.width, v.height) <= 1280 and min(v.width, v.height) <= 480 and float(v.average_rate) <= 30
+            assert _magenta_share(path) == 0.0, case.name
+        out = client.predict(handle_file(str(case.path)), 5, api_name="/suggest")
+        status, raw = out[0], out[9]
+        assert "Traceback" not in status, (case.name, status)
+        if case.expect == "refused":
+            assert status.startswith(f"**Cannot suggest music:** {case.path.name} "), (case.name, status)
+            assert case.reason.lower() in status.lower(), (case.name, status)
+            assert raw["error"].startswith(case.path.name) and "suggestions" not in raw
+        else:
+            assert status.startswith(f"Top 5 for **{case.path.name}**"), (case.name, status)
+    assert previews == sum(c.expect == "served" for c in hostile_corpus["cases"])
+    assert service.busy == 0 and 1 <= service.busy_peak <= demo.HEAVY_SLOTS
+
+
+@pytest.mark.slow
+def test_only_checked_files_under_the_media_folder_are_served(app_url: str, service: demo.DemoService,
+                                                             hostile_corpus: dict[str, Any], tmp_path: Path) -> None:
+    import httpx
+
+    track = service.playable(service.rec.catalog.tracks[0]["audio"])
+    ok = httpx.get(f"{app_url}gradio_api/file={track}", timeout=30)
+    assert ok.status_code == 200 and ok.content == Path(track).read_bytes()  # the route works: the refusals below mean something
+    root = demo.media_root(service.rec)
+    assert root is not None and all(Path(f).is_relative_to(root) for f in service.media_files())
+    private = [hostile_corpus["secret"], root.parent / "videos.csv", root.parent / "dataset.json", Path("/etc/passwd")]
+    unlisted = sorted(p for p in (root / "clips").rglob("*.mp4") if str(p) not in service.media_files())[0]
+    for path in [*private, unlisted, root]:
+        r = httpx.get(f"{app_url}gradio_api/file={path}", timeout=30)
+        assert r.status_code in (403, 404), (path, r.status_code)
+        assert hostile_corpus["secret"].read_bytes()[:4096] not in r.content
+
+    # what may be served: a regular, accepted file inside the media folder, symlinks resolved first
+    outside = hostile_corpus["secret"]
+    link = tmp_path / "media"
+    link.mkdir()
+    (link / "song.wav").symlink_to(track)
+    (link / "escape.mp4").symlink_to(outside)
+    assert demo.servable(track, root, "audio") == str(Path(track).resolve())
+    assert demo.servable(link / "song.wav", root, "audio") == str(Path(track).resolve())  # resolves into the folder
+    assert demo.servable(link / "escape.mp4", link, "video") is None  # resolves out of it
+    assert demo.servable(outside, root, "video") is None and demo.servable(root, root.parent, "audio") is None
+    assert demo.servable(unlisted, root, "audio") is None  # a silent clip is no track
+    with pytest.raises(demo.DemoError, match="not a track of the served catalog"):
+        service.preview(str(unlisted), str(outside))
+
+
+@pytest.mark.slow
+def test_recommend_cli_names_each_hostile_file_and_its_reason(models: dict[str, Any], hostile_corpus: dict[str, Any]) -> None:
+    for case in hostile_corpus["cases"]:
+        proc = subprocess.run([sys.executable, "-m", "deccm.cli", "recommend", str(models["run2"]), str(case.path), "--k", "3",
+                               "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert "Traceback" not in proc.stderr, (case.name, proc.stderr[-2000:])
+        if case.expect == "refused":
+            assert proc.returncode == 2 and proc.stderr.startswith(f"error: {case.path}: "), (case.name, proc.stderr)
+            assert case.reason.lower() in proc.stderr.lower(), (case.name, proc.stderr)
+        else:
+            assert proc.returncode == 0 and proc.stdout.count("\n") >= 3, (case.name, proc.stderr)
+
+
+@pytest.mark.slow
+def test_example_clips_rank_exactly_as_their_training_features(service: demo.DemoService, models: dict[str, Any]) -> None:
+    """The admission rule and the streaming frame conversion leave admitted clips' features as they were extracted."""
+    from deccm.data import load_dataset
+
+    ds = load_dataset(models["data"])
+    row_of = {str((ds.root / r["path"]).resolve()): int(r["id"]) for r in ds.videos if r.get("kind") == "ugc"}
+    assert service.examples
+    for example in service.examples:
+        page = service.respond(example, 10)
+        assert page.error is None, page.error
+        want = service.rec.recommend(ds.ugc.video_features[row_of[example]], k=10)
+        assert [s.track for s in page.result.suggestions] == [s.track for s in want]
+        np.testing.assert_allclose([s.score for s in page.result.suggestions], [s.score for s in want], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_the_heavy_slots_and_are_all_answered(service: demo.DemoService, clip: Path,
+                                                                       hostile_corpus: dict[str, Any]) -> None:
+    mixed = [clip, *(c.path for c in hostile_corpus["cases"][:5])] * 2
+    track = service.playable(service.rec.catalog.tracks[0]["audio"])
+    answers: list[str] = []
+    service.busy_peak = 0
+
+    def one(path: Path) -> None:
+        page = service.respond(path, 5)
+        try:
+            service.preview(path, track)
+        except demo.DemoError:
+            pass
+        answers.append(page.error or "ok")
+
+    threads = [threading.Thread(target=one, args=(p,)) for p in mixed]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert len(answers) == len(mixed) and answers.count("ok") == 2
+    assert service.busy == 0 and service.busy_peak == demo.HEAVY_SLOTS  # the two good clips' work overlapped, never more
