@@ -33,6 +33,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -180,14 +181,41 @@ def genre_mix(rec: Recommender, items: list[Suggestion]) -> list[dict[str, Any]]
     return [{"genre": g, "suggestions": sum(s.genre == g for s in items) / n, "catalog": share} for g, share in catalog.items()]
 
 
+class RecentClips:
+    """Video features of recently ranked clips by content: a clip sent again (another K, a popular example, the
+    same upload twice) is not decoded again and takes no slot. Keyed by the extractor's spec, the clip's sha256
+    and the part of it in use; at most ``size`` entries, least recently used first out."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: OrderedDict[str, tuple[np.ndarray, list[str]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[np.ndarray, list[str]] | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: str, value: tuple[np.ndarray, list[str]]) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
 def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10, *, max_bytes: int = MAX_BYTES,
             max_seconds: float = MAX_SECONDS,
-            slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> SuggestResult:
+            slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+            recent: RecentClips | None = None) -> SuggestResult:
     """The top-``k`` tracks for an uploaded clip: exactly ``rec.recommend(video_path, k)`` for a clip within the limits.
 
     The cheap checks (:func:`check_upload`) run first; the decoding and ranking then run
     inside ``slot()`` (a :class:`DemoService` passes one of its shared slots) and under a
-    deadline of :data:`REQUEST_BUDGET_S`. A clip longer than ``max_seconds`` is ranked on
+    deadline of :data:`REQUEST_BUDGET_S`, unless ``recent`` already holds the clip's
+    features. A clip longer than ``max_seconds`` is ranked on
     its first ``max_seconds`` (or the extractor's own cap if that is shorter) and the notes
     say so. Unusable clips raise :class:`DemoError`.
     """
@@ -206,16 +234,22 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
     limit = min(float(max_seconds), float(rec.extractor.max_seconds))
     up = check_upload(video_path, max_bytes=max_bytes, max_seconds=limit)
     notes = list(up.notes)
-    with slot():
+    key = f"{rec.extractor.spec['spec_id']}:{io.sha256_file(up.path)}:{limit:g}" if recent is not None else ""
+    known = recent.get(key) if recent is not None else None
+    with contextlib.nullcontext() if known else slot():
         t1 = time.perf_counter()
-        try:
-            with admit.budget(REQUEST_BUDGET_S), tempfile.TemporaryDirectory(prefix="deccm-demo-") as tmp:
-                clip = up.path
-                if up.capped and limit < rec.extractor.max_seconds:
-                    clip = _first_seconds(up, limit, Path(tmp) / f"first.{_SUFFIX[up.info.demuxer]}")
-                feats, decoder_notes = rec.extractor.extract_with_notes(clip)
-        except DecodeError as e:
-            raise DemoError(f"{up.name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
+        if known is None:
+            try:
+                with admit.budget(REQUEST_BUDGET_S), tempfile.TemporaryDirectory(prefix="deccm-demo-") as tmp:
+                    clip = up.path
+                    if up.capped and limit < rec.extractor.max_seconds:
+                        clip = _first_seconds(up, limit, Path(tmp) / f"first.{_SUFFIX[up.info.demuxer]}")
+                    known = rec.extractor.extract_with_notes(clip)
+            except DecodeError as e:
+                raise DemoError(f"{up.name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
+            if recent is not None:
+                recent.put(key, known)
+        feats, decoder_notes = known
         notes += [n for n in decoder_notes if not n.startswith("capped:") and n not in notes]
         x = feats[None, :]
         t2 = time.perf_counter()
@@ -231,7 +265,8 @@ _SUFFIX = {"mov": "mp4", "matroska": "mkv", "avi": "avi", "mpegts": "ts"}  # a r
 
 def rank_like(other: Recommender, result: SuggestResult, video_path: str | os.PathLike,
               max_seconds: float = MAX_SECONDS,
-              slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext) -> list[Suggestion]:
+              slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+              recent: RecentClips | None = None) -> list[Suggestion]:
     """``other``'s top-k for the clip ``result`` ranked: the same features when it reads the same video features
     (``other`` loaded without an extractor), its own extraction (in ``slot()``) otherwise."""
     spec = (other.run.data.get("features") or {}).get("video")
@@ -241,7 +276,7 @@ def rank_like(other: Recommender, result: SuggestResult, video_path: str | os.Pa
         if result.features is None or result.features.shape[1] != other.run.model.video_dim:
             raise DemoError(f"{model_label(other)} reads other video features than the champion and has no extractor loaded")
         return other.recommend(result.features, k=result.k)
-    return suggest(other, video_path, result.k, max_seconds=max_seconds, slot=slot).suggestions
+    return suggest(other, video_path, result.k, max_seconds=max_seconds, slot=slot, recent=recent).suggestions
 
 
 def side_by_side(left: list[Suggestion], right: list[Suggestion]) -> list[list[Any]]:
@@ -564,6 +599,7 @@ class DemoService:
         self.examples = [p for p in example_clips(self.rec) if servable(p, root, "video")]
         self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
         self._slots = threading.BoundedSemaphore(slots)
+        self.recent = RecentClips()
         self._lock = threading.Lock()
         self.busy = 0  # heavy jobs running now
         self.busy_peak = 0  # the most that ever ran at once
@@ -620,7 +656,8 @@ class DemoService:
     def respond(self, video: str | os.PathLike | None, k: int = 10) -> Page:
         """One Suggest press: the champion's ranking and the comparison model's, or the reason there is none."""
         try:
-            result = suggest(self.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds, slot=self.slot)
+            result = suggest(self.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds, slot=self.slot,
+                             recent=self.recent)
         except DemoError as e:
             return Page(error=str(e))
         result.suggestions = [replace(s, audio=self.playable(s.audio)) for s in result.suggestions]
@@ -629,7 +666,8 @@ class DemoService:
             page.comparison_note = self.comparison_note
         else:
             try:
-                page.comparison = rank_like(self.comparison.rec, result, video, self.max_seconds, slot=self.slot)
+                page.comparison = rank_like(self.comparison.rec, result, video, self.max_seconds, slot=self.slot,
+                                            recent=self.recent)
             except DemoError as e:
                 page.comparison_note = f"{self.comparison.label} cannot rank this clip: {e}"
         return page

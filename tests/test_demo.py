@@ -510,8 +510,10 @@ def test_example_clips_rank_exactly_as_their_training_features(service: demo.Dem
 
 @pytest.mark.slow
 def test_concurrent_requests_share_the_heavy_slots_and_are_all_answered(service: demo.DemoService, clip: Path,
-                                                                       hostile_corpus: dict[str, Any]) -> None:
-    mixed = [clip, *(c.path for c in hostile_corpus["cases"][:5])] * 2
+                                                                       hostile_corpus: dict[str, Any], tmp_path: Path) -> None:
+    goods = [media.make_clip(tmp_path / f"good{i}.mp4", duration=3.0, source=src, size="320x240", rate=25)
+             for i, src in enumerate(("testsrc2", "smptebars", "mandelbrot", "red"))]  # new content: nothing cached
+    mixed = [*goods, *(c.path for c in hostile_corpus["cases"][:6])]
     track = service.playable(service.rec.catalog.tracks[0]["audio"])
     answers: list[str] = []
     service.busy_peak = 0
@@ -529,5 +531,11 @@ def test_concurrent_requests_share_the_heavy_slots_and_are_all_answered(service:
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert len(answers) == len(mixed) and answers.count("ok") == 2
-    assert service.busy == 0 and service.busy_peak == demo.HEAVY_SLOTS  # the two good clips' work overlapped, never more
+    assert len(answers) == len(mixed) and answers.count("ok") == len(goods)
+    assert service.busy == 0 and service.busy_peak == demo.HEAVY_SLOTS  # four good clips' work overlapped, never more than two
+
+    # a clip sent again is ranked from its remembered features: the same answer, and no slot taken
+    service.busy_peak = 0
+    again = service.respond(goods[0], 5)
+    assert again.error is None and service.busy_peak == 0
+    assert [s.track for s in again.result.suggestions] == [s.track for s in service.rec.recommend(goods[0], k=5)]

@@ -31,7 +31,8 @@ from av.video.reformatter import VideoReformatter
 from deccm.features import admit
 from deccm.features.admit import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, DecodeError, Limits
 
-__all__ = ["AUDIO_EXTENSIONS", "VIDEO_EXTENSIONS", "Audio", "DecodeError", "Frames", "Limits", "read_audio", "read_frames"]
+__all__ = ["AUDIO_EXTENSIONS", "VIDEO_EXTENSIONS", "Audio", "DecodeError", "Frames", "Limits", "Sampling", "read_audio", "read_frames",
+           "read_samplings"]
 
 SAMPLE_RATE = 16_000
 # Targets further apart than this are reached by seeking instead of decoding every frame.
@@ -61,13 +62,28 @@ class Audio:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Frames per second to sample, at most how many (evenly spread over long clips), and their shorter side in pixels."""
+
+    fps: float = 1.0
+    max_frames: int = 16
+    short_side: int | None = 224
+
+
 def read_frames(path: str | os.PathLike, fps: float = 1.0, max_frames: int = 16, max_seconds: float = 600.0,
                 short_side: int | None = 224, limits: Limits = admit.CLIP) -> Frames:
     """Sample display-oriented RGB frames; ``short_side`` rescales (area filter) so the shorter side has that size.
 
     ``limits`` is the admission rule the file must pass first (:mod:`deccm.features.admit`).
     """
-    if fps <= 0 or max_frames < 1 or max_seconds <= 0:
+    return read_samplings(path, [Sampling(fps, max_frames, short_side)], max_seconds, limits)[0]
+
+
+def read_samplings(path: str | os.PathLike, samplings: list[Sampling], max_seconds: float = 600.0,
+                   limits: Limits = admit.CLIP) -> list[Frames]:
+    """Several samplings of one clip from one decoding pass: each exactly what :func:`read_frames` gives for it."""
+    if not samplings or any(s.fps <= 0 or s.max_frames < 1 for s in samplings) or max_seconds <= 0:
         raise ValueError("fps, max_frames and max_seconds must be positive")
     with admit.open_media(path, "video", limits) as (container, _):
         stream = container.streams.video[0]
@@ -75,27 +91,31 @@ def read_frames(path: str | os.PathLike, fps: float = 1.0, max_frames: int = 16,
         start = _stream_start(container, stream)
         duration = _duration(container, stream)
         notes: list[str] = []
-        rgb = _RGB(short_side)
+        rgbs = [_RGB(s.short_side) for s in samplings]
         if duration is None:
             notes.append("duration unknown: sampled while decoding")
             clock = admit.Clock(limits, limits.frame_budget(max_seconds))
-            picked = _sample_unknown_length(container, stream, start, fps, max_frames, max_seconds, rgb, clock)
+            picks = _sample_unknown_length(container, stream, start, samplings, max_seconds, rgbs, clock)
         else:
             span = duration
             if duration > max_seconds:
                 notes.append(f"capped: used the first {max_seconds:g} s of {duration:.1f} s")
                 span = max_seconds
-            n = min(max_frames, max(1, math.floor(span * fps)))
-            targets = [(k + 0.5) * span / n for k in range(n)]
+            targets = []
+            for k, s in enumerate(samplings):
+                n = min(s.max_frames, max(1, math.floor(span * s.fps)))
+                targets += [((j + 0.5) * span / n, k) for j in range(n)]
             clock = admit.Clock(limits, limits.frame_budget(span))
-            picked = _sample_targets(container, stream, start, targets, span, notes, rgb, clock)
-        if not picked:
+            picks = _sample_targets(container, stream, start, sorted(targets), span, notes, rgbs, clock)
+        if not all(picks):
             raise DecodeError("truncated / cannot decode: no video frame could be decoded")
-        if rgb.rotation % 90:
-            notes.append(f"display rotation of {rgb.rotation} degrees is not a multiple of 90: not applied")
-        return Frames(images=np.ascontiguousarray(np.stack([img for _, img in picked])),
-                      times=np.array([t for t, _ in picked], dtype=np.float64),
-                      duration=duration, rotation=rgb.rotation, notes=notes)
+        out = []
+        for picked, rgb in zip(picks, rgbs):
+            extra = [f"display rotation of {rgb.rotation} degrees is not a multiple of 90: not applied"] if rgb.rotation % 90 else []
+            out.append(Frames(images=np.ascontiguousarray(np.stack([img for _, img in picked])),
+                              times=np.array([t for t, _ in picked], dtype=np.float64),
+                              duration=duration, rotation=rgb.rotation, notes=notes + extra))
+        return out
 
 
 def read_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, max_seconds: float = 60.0,
@@ -200,27 +220,35 @@ class _RGB:
 
 
 def _sample_targets(container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float,
-                    targets: list[float], span: float, notes: list[str], rgb: _RGB,
-                    clock: admit.Clock) -> list[tuple[float, np.ndarray]]:
-    """For each target time, the frame displayed then (as ``rgb`` makes it); seeks across long gaps.
+                    targets: list[tuple[float, int]], span: float, notes: list[str], rgbs: list[_RGB],
+                    clock: admit.Clock) -> list[list[tuple[float, np.ndarray]]]:
+    """For each (time, sampling) target in time order, the frame displayed then, as that sampling's ``rgbs[k]`` makes it;
+    seeks across long gaps.
 
     ``span`` is the part of the clip in use: a stream that stops well before it is noted as truncated.
     """
-    picked: list[tuple[float, np.ndarray]] = []
+    picked: list[list[tuple[float, np.ndarray]]] = [[] for _ in rgbs]
     frames = container.decode(stream)
     prev: av.VideoFrame | None = None
     prev_t = -math.inf
     seekable = True
     before_seek: float | None = None  # where decoding was when we last sought
     i = 0
+
+    def pick(frame: av.VideoFrame) -> None:
+        nonlocal i
+        t, k = targets[i]
+        picked[k].append((t, rgbs[k](frame)))
+        i += 1
+
     try:
-        if targets[0] > SEEK_GAP_S:
-            _seek(container, stream, start, targets[0])
+        if targets[0][0] > SEEK_GAP_S:
+            _seek(container, stream, start, targets[0][0])
             frames = container.decode(stream)
         while i < len(targets):
-            if seekable and prev is not None and targets[i] - prev_t > SEEK_GAP_S:
+            if seekable and prev is not None and targets[i][0] - prev_t > SEEK_GAP_S:
                 before_seek = prev_t
-                _seek(container, stream, start, targets[i])
+                _seek(container, stream, start, targets[i][0])
                 frames = container.decode(stream)
                 prev, prev_t = None, -math.inf
             frame = next(frames, None)
@@ -236,16 +264,14 @@ def _sample_targets(container: av.container.InputContainer, stream: av.video.str
                 # Landing at or before where we were means key frames are too sparse to gain anything.
                 seekable = t > before_seek
                 before_seek = None
-            while i < len(targets) and t > targets[i]:
-                picked.append((targets[i], rgb(prev if prev is not None else frame)))
-                i += 1
+            while i < len(targets) and t > targets[i][0]:
+                pick(prev if prev is not None else frame)
             prev, prev_t = frame, t
     except av.error.FFmpegError as e:
         notes.append(f"video decoding stopped ({admit.ffmpeg_message(e)}): truncated?")
     # Targets after the last frame: that frame is still displayed, unless the stream ended early.
-    while i < len(targets) and prev is not None and targets[i] <= prev_t + END_SLACK_S:
-        picked.append((targets[i], rgb(prev)))
-        i += 1
+    while i < len(targets) and prev is not None and targets[i][0] <= prev_t + END_SLACK_S:
+        pick(prev)
     return picked
 
 
@@ -256,32 +282,48 @@ def _seek(container: av.container.InputContainer, stream: av.stream.Stream, star
         pass  # not seekable: decoding simply continues from where it is
 
 
-def _sample_unknown_length(container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float,
-                           fps: float, max_frames: int, max_seconds: float, rgb: _RGB,
-                           clock: admit.Clock) -> list[tuple[float, np.ndarray]]:
+class _Thinning:
     """One frame per 1/fps s while decoding; when more than 2·max_frames pile up, keep every other one.
 
     Keeps memory bounded and the kept frames evenly spread without knowing the length upfront.
     """
-    kept: list[tuple[float, np.ndarray]] = []
-    step = 1.0 / fps
-    next_t = 0.5 * step
+
+    def __init__(self, sampling: Sampling, rgb: _RGB):
+        self.max_frames, self.rgb = sampling.max_frames, rgb
+        self.step = 1.0 / sampling.fps
+        self.next_t = 0.5 * self.step
+        self.kept: list[tuple[float, np.ndarray]] = []
+
+    def offer(self, t: float | None, frame: av.VideoFrame) -> None:
+        t = self.next_t if t is None else t
+        if t >= self.next_t:
+            self.kept.append((t, self.rgb(frame)))
+            self.next_t = t + self.step
+            if len(self.kept) > 2 * self.max_frames:
+                self.kept = self.kept[::2]
+                self.step *= 2
+
+    def result(self) -> list[tuple[float, np.ndarray]]:
+        if len(self.kept) <= self.max_frames:
+            return self.kept
+        idx = np.linspace(0, len(self.kept) - 1, self.max_frames).round().astype(int)
+        return [self.kept[j] for j in idx]
+
+
+def _sample_unknown_length(container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float,
+                           samplings: list[Sampling], max_seconds: float, rgbs: list[_RGB],
+                           clock: admit.Clock) -> list[list[tuple[float, np.ndarray]]]:
+    """Each sampling's frames of a clip whose length is not stated (:class:`_Thinning`), in one pass."""
+    thins = [_Thinning(s, rgb) for s, rgb in zip(samplings, rgbs)]
     try:
         for frame in container.decode(stream):
             clock.tick()
             t = _frame_time(frame, start)
-            t = next_t if t is None else t
-            if t > max_seconds:
+            live = [thin for thin in thins if (thin.next_t if t is None else t) <= max_seconds]
+            if not live:
                 break
-            if t >= next_t:
-                kept.append((t, rgb(frame)))
-                next_t = t + step
-                if len(kept) > 2 * max_frames:
-                    kept = kept[::2]
-                    step *= 2
+            for thin in live:
+                thin.offer(t, frame)
     except av.error.FFmpegError:
         pass  # keep what decoded
-    if len(kept) > max_frames:
-        idx = np.linspace(0, len(kept) - 1, max_frames).round().astype(int)
-        kept = [kept[j] for j in idx]
-    return kept
+    return [thin.result() for thin in thins]

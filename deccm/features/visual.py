@@ -221,16 +221,16 @@ class VideoExtractor(HasSpec):
 
     def extract_with_notes(self, path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
         """The clip vector and the decoder's notes (capped, truncated …) for the batch log."""
-        frames = decode.read_frames(path, fps=self.fps, max_frames=self.max_frames, max_seconds=self.max_seconds,
-                                    short_side=INPUT_SIZE)
+        samplings = [decode.Sampling(self.fps, self.max_frames, INPUT_SIZE)]
+        if self.motion:
+            samplings.append(decode.Sampling(MOTION_FPS, MOTION_MAX_FRAMES, MOTION_SIDE))
+        frames, *small = decode.read_samplings(path, samplings, max_seconds=self.max_seconds)  # one decoding pass for both
         feats = self.frame_features(frames.images)
         vec = feats.mean(axis=0)
         if self.pool == "meanmax":
             vec = np.concatenate([vec, feats.max(axis=0)])
-        if self.motion:
-            small = decode.read_frames(path, fps=MOTION_FPS, max_frames=MOTION_MAX_FRAMES, max_seconds=self.max_seconds,
-                                       short_side=MOTION_SIDE)
-            vec = np.concatenate([vec, motion_block(small.images, small.times)])
+        if small:
+            vec = np.concatenate([vec, motion_block(small[0].images, small[0].times)])
         return vec.astype(np.float32), frames.notes
 
     def extract(self, path: str | os.PathLike) -> np.ndarray:
