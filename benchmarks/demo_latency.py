@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +86,17 @@ def one(client: object, clip: str) -> tuple[float, float]:
     return took, float(raw["timings"]["total"])
 
 
+def run_threads(worker: Callable[[int], None], args: list[int]) -> float:
+    """``worker(a)`` for each ``a`` at once, one thread each; the wall seconds until all are done."""
+    threads = [threading.Thread(target=worker, args=(a,)) for a in args]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t
+
+
 def pct(xs: list[float], q: float) -> float:
     import numpy as np
 
@@ -132,13 +144,7 @@ def main() -> None:
                 with lock:
                     par.append(r)
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in per]
-        t = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.perf_counter() - t
+        wall = run_threads(worker, per)
 
         preview_s = None
         if home is not None:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import hostile  # noqa: E402  (tests/hostile.py: the corpus)
 import media  # noqa: E402
-from demo_latency import ensure_champion, pct, start_app  # noqa: E402
+from demo_latency import ensure_champion, pct, run_threads, start_app  # noqa: E402
 
 
 def vm_kb(pid: int, field: str) -> int:
@@ -94,13 +94,7 @@ def load(url: str, clients: int, per_client: int, good_clip: object, mix: list[h
                 if is_good and r.get("error"):
                     errors.append(r["error"])
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.perf_counter() - t
+    wall = run_threads(worker, list(range(clients)))
     answered = len(lat["good"]) + len(lat["hostile"])
     print(f"\nmixed load ({what}): {clients} clients x {per_client} requests, good and hostile alternating: "
           f"{answered}/{clients * per_client} answered in {wall:.1f} s, {len(errors)} errors {errors[:3]}")
@@ -138,7 +132,7 @@ def main() -> None:
             client.predict(handle_file(good), api_name="/preview")
         idle_rss, idle_hwm = vm_kb(pid, "VmRSS"), vm_kb(pid, "VmHWM")
         print(f"server after warm-up: RSS {idle_rss / 1e3:.0f} MB, peak {idle_hwm / 1e3:.0f} MB\n")
-        print(f"| case | outcome | /suggest s | /preview s | peak RSS growth MB | secret frames back |")
+        print("| case | outcome | /suggest s | /preview s | peak RSS growth MB | secret frames back |")
         print("|---|---|---:|---:|---:|---:|")
         worst = 0.0
         leaked = 0
