@@ -30,6 +30,7 @@ import csv
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -595,6 +596,8 @@ class DemoService:
         self.comparison = comparison_model(self.rec, device=device) if comparison is True else (comparison or None)
         self.max_bytes, self.max_seconds = max_bytes, max_seconds
         self._audio = _servable_audio([self.rec] + ([self.comparison.rec] if self.comparison else []))
+        self._served = Path(tempfile.mkdtemp(prefix="deccm-served-"))  # snapshots of checked tracks, made when first played
+        self._copies: dict[str, str] = {}  # checked file -> its snapshot
         root = media_root(self.rec)
         self.examples = [p for p in example_clips(self.rec) if servable(p, root, "video")]
         self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
@@ -629,13 +632,31 @@ class DemoService:
     def warning(self) -> str:
         return data_warning(self.rec.card)
 
-    def media_files(self) -> list[str]:
-        """The only files the page serves as they are: checked catalog audio and example clips (resolved paths)."""
-        return sorted(set(self._audio.values()) | set(self.examples))
+    def static_files(self) -> list[str]:
+        """The only files the page serves as they are: the checked example clips (resolved paths), one by one."""
+        return sorted(self.examples)
 
     def playable(self, audio: str | None) -> str | None:
-        """The checked, resolved file to play for a catalog ``audio`` path, or None when it may not be served."""
-        return self._audio.get(audio) if audio else None
+        """A snapshot of the checked file for a catalog ``audio`` path (what a player and the preview use), or None
+        when it may not be served.
+
+        The snapshot lives in the service's own temp folder, so Gradio copies it into its cache like any output
+        and the catalog folder is never a static path; a file swapped after the check is never served.
+        """
+        real = self._audio.get(audio) if audio else None
+        if real is None:
+            return None
+        with self._lock:
+            copy = self._copies.get(real)
+        if copy is None:
+            dest = self._served / hashlib.sha256(real.encode()).hexdigest()[:16] / Path(real).name
+            dest.parent.mkdir(exist_ok=True)
+            with io.atomic_path(dest) as tmp:
+                shutil.copyfile(real, tmp)
+            copy = str(dest)
+            with self._lock:
+                self._copies[real] = copy
+        return copy
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -680,7 +701,9 @@ class DemoService:
         """
         if not video or not audio:
             return None
-        if str(audio) not in self._audio.values():
+        with self._lock:
+            known = str(audio) in self._copies.values()
+        if not known:
             raise DemoError(f"{Path(str(audio)).name} is not a track of the served catalog: nothing to lay under the clip")
         up = check_upload(video, max_bytes=self.max_bytes, max_seconds=self.max_seconds)
         with self.slot():

@@ -53,7 +53,8 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
         svc = service or lib.DemoService(rec, device=device)
     except (RegistryError, RunError) as e:
         return _error_page(str(e))
-    gr.set_static_paths(svc.media_files())  # checked files under the dataset's media folder, one by one (never a folder)
+    # the checked example clips, one by one (never a folder); track audio reaches the page as snapshots of checked files
+    gr.set_static_paths(svc.static_files())
     n_tracks = len(svc.rec.catalog.tracks)
     k_default = min(10, n_tracks)
 
@@ -95,14 +96,15 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
             if page.error:
                 gr.Warning(page.error)
             items = page.result.suggestions if page.result else []
-            audio = [gr.Audio(value=s.audio, label=f"#{s.rank} {s.title} · {s.artist} ({s.genre})", visible=True)
-                     if s.audio else gr.Audio(value=None, visible=False) for s in items[:lib.TOP_AUDIO]]
-            audio += [gr.Audio(value=None, visible=False)] * (lib.TOP_AUDIO - len(audio))
+            # updates, not new components: a component would have its whole config and schema rebuilt per request
+            audio = [gr.update(value=s.audio, label=f"#{s.rank} {s.title} · {s.artist} ({s.genre})", visible=True)
+                     if s.audio else gr.update(value=None, visible=False) for s in items[:lib.TOP_AUDIO]]
+            audio += [gr.update(value=None, visible=False)] * (lib.TOP_AUDIO - len(audio))
             compare_rows = page.side_by_side()
             return [page.status(), pd.DataFrame(page.table(), columns=RANKING_COLUMNS), *audio,
                     pd.DataFrame(page.genre_bars(), columns=["bar", "share", "list"]),
-                    gr.Dataframe(pd.DataFrame(compare_rows, columns=["rank", svc.label, svc.comparison_label]),
-                                 label=page.comparison_note or None),
+                    gr.update(value=pd.DataFrame(compare_rows, columns=["rank", svc.label, svc.comparison_label]),
+                              label=page.comparison_note or None),
                     page.to_dict(), items[0].audio if items else None]
 
         def on_preview(clip: str | None, audio: str | None) -> Any:

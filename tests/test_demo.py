@@ -452,13 +452,19 @@ def test_only_checked_files_under_the_media_folder_are_served(app_url: str, serv
                                                              hostile_corpus: dict[str, Any], tmp_path: Path) -> None:
     import httpx
 
-    track = service.playable(service.rec.catalog.tracks[0]["audio"])
-    ok = httpx.get(f"{app_url}gradio_api/file={track}", timeout=30)
-    assert ok.status_code == 200 and ok.content == Path(track).read_bytes()  # the route works: the refusals below mean something
+    example = service.static_files()[0]
+    ok = httpx.get(f"{app_url}gradio_api/file={example}", timeout=30)
+    assert ok.status_code == 200 and ok.content == Path(example).read_bytes()  # the route works: the refusals below mean something
     root = demo.media_root(service.rec)
-    assert root is not None and all(Path(f).is_relative_to(root) for f in service.media_files())
-    private = [hostile_corpus["secret"], root.parent / "videos.csv", root.parent / "dataset.json", Path("/etc/passwd")]
-    unlisted = sorted(p for p in (root / "clips").rglob("*.mp4") if str(p) not in service.media_files())[0]
+    assert root is not None and set(service.static_files()) == set(service.examples)
+    assert all(Path(f).is_relative_to(root) for f in service.static_files())
+    catalog_track = service.rec.catalog.tracks[0]["audio"]
+    played = service.playable(catalog_track)  # what a player gets: a snapshot of the checked file, not the file itself
+    assert played != catalog_track and Path(played).read_bytes() == Path(catalog_track).read_bytes()
+    assert service.playable("/etc/passwd") is None and service.playable(str(hostile_corpus["secret"])) is None
+    private = [hostile_corpus["secret"], root.parent / "videos.csv", root.parent / "dataset.json", Path("/etc/passwd"),
+               Path(catalog_track)]
+    unlisted = sorted(p for p in (root / "clips").rglob("*.mp4") if str(p) not in service.static_files())[0]
     for path in [*private, unlisted, root]:
         r = httpx.get(f"{app_url}gradio_api/file={path}", timeout=30)
         assert r.status_code in (403, 404), (path, r.status_code)
@@ -468,10 +474,10 @@ def test_only_checked_files_under_the_media_folder_are_served(app_url: str, serv
     outside = hostile_corpus["secret"]
     link = tmp_path / "media"
     link.mkdir()
-    (link / "song.wav").symlink_to(track)
+    (link / "song.wav").symlink_to(catalog_track)
     (link / "escape.mp4").symlink_to(outside)
-    assert demo.servable(track, root, "audio") == str(Path(track).resolve())
-    assert demo.servable(link / "song.wav", root, "audio") == str(Path(track).resolve())  # resolves into the folder
+    assert demo.servable(catalog_track, root, "audio") == str(Path(catalog_track).resolve())
+    assert demo.servable(link / "song.wav", root, "audio") == str(Path(catalog_track).resolve())  # resolves into the folder
     assert demo.servable(link / "escape.mp4", link, "video") is None  # resolves out of it
     assert demo.servable(outside, root, "video") is None and demo.servable(root, root.parent, "audio") is None
     assert demo.servable(unlisted, root, "audio") is None  # a silent clip is no track
@@ -480,16 +486,28 @@ def test_only_checked_files_under_the_media_folder_are_served(app_url: str, serv
 
 
 @pytest.mark.slow
-def test_recommend_cli_names_each_hostile_file_and_its_reason(models: dict[str, Any], hostile_corpus: dict[str, Any]) -> None:
+def test_recommend_cli_names_each_hostile_file_and_its_reason(models: dict[str, Any], hostile_corpus: dict[str, Any],
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from deccm.serve import main
+
+    def recommend(path: Path) -> tuple[int, str, str]:
+        """``deccm recommend`` once as a real process (the console entry), then in this one (the same main, no start-up)."""
+        if path == hostile_corpus["cases"][0].path:
+            proc = subprocess.run([sys.executable, "-m", "deccm.cli", "recommend", str(models["run2"]), str(path), "--k", "3",
+                                   "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+            return proc.returncode, proc.stdout, proc.stderr
+        code = main([str(models["run2"]), str(path), "--k", "3", "--device", "cpu"])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
     for case in hostile_corpus["cases"]:
-        proc = subprocess.run([sys.executable, "-m", "deccm.cli", "recommend", str(models["run2"]), str(case.path), "--k", "3",
-                               "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-        assert "Traceback" not in proc.stderr, (case.name, proc.stderr[-2000:])
+        code, out, err = recommend(case.path)
+        assert "Traceback" not in err, (case.name, err[-2000:])
         if case.expect == "refused":
-            assert proc.returncode == 2 and proc.stderr.startswith(f"error: {case.path}: "), (case.name, proc.stderr)
-            assert case.reason.lower() in proc.stderr.lower(), (case.name, proc.stderr)
+            assert code == 2 and err.startswith(f"error: {case.path}: "), (case.name, err)
+            assert case.reason.lower() in err.lower(), (case.name, err)
         else:
-            assert proc.returncode == 0 and proc.stdout.count("\n") >= 3, (case.name, proc.stderr)
+            assert code == 0 and out.count("\n") >= 3, (case.name, err)
 
 
 @pytest.mark.slow
