@@ -135,7 +135,8 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
 
 def _first_seconds(up: Upload, seconds: float, dest: Path) -> Path:
     """The first ``seconds`` of a clip's video, remuxed without re-encoding (fast, lossless)."""
-    _ffmpeg([*up.info.ffmpeg_input(), "-map", "0:v:0", "-t", f"{seconds:g}", "-c", "copy", "-an", str(dest)], up.name)
+    _ffmpeg([*up.info.ffmpeg_input(), "-map", "0:v:0", "-map_metadata", "-1", "-t", f"{seconds:g}", "-c", "copy", "-an",
+             str(dest)], up.name)
     return dest
 
 
@@ -322,7 +323,8 @@ def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None,
     s = f"min(1,min({PREVIEW_SHORT_SIDE}/min(iw,ih),{PREVIEW_LONG_SIDE}/max(iw,ih)))"
     scale = f"scale=w='2*trunc(iw*{s}/2)':h='2*trunc(ih*{s}/2)'"
     with io.atomic_path(dest) as tmp:
-        _ffmpeg([*clip.ffmpeg_input(), *track.ffmpeg_input(), "-map", "0:v:0", "-map", "1:a:0", "-t", f"{seconds:.3f}",
+        _ffmpeg([*clip.ffmpeg_input(), *track.ffmpeg_input(), "-map", "0:v:0", "-map", "1:a:0", "-map_metadata", "-1",
+                 "-t", f"{seconds:.3f}",
                  "-vf", scale, "-fpsmax", str(PREVIEW_MAX_FPS), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
                  "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart", "-shortest", "-f", "mp4", str(tmp)],
                 video_path.name, timeout=PREVIEW_TIMEOUT_S)
@@ -681,6 +683,8 @@ class DemoService:
                              recent=self.recent)
         except DemoError as e:
             return Page(error=str(e))
+        except Exception as e:  # noqa: BLE001 - whatever an upload triggers reaches the page as one line, never a traceback
+            return Page(error=_unexpected(e, video))
         result.suggestions = [replace(s, audio=self.playable(s.audio)) for s in result.suggestions]
         page = Page(result=result)
         if self.comparison is None:
@@ -691,6 +695,8 @@ class DemoService:
                                             recent=self.recent)
             except DemoError as e:
                 page.comparison_note = f"{self.comparison.label} cannot rank this clip: {e}"
+            except Exception as e:  # noqa: BLE001 - as above
+                page.comparison_note = f"{self.comparison.label} cannot rank this clip: {_unexpected(e, video)}"
         return page
 
     def preview(self, video: str | os.PathLike | None, audio: str | None) -> Path | None:
@@ -708,7 +714,20 @@ class DemoService:
         up = check_upload(video, max_bytes=self.max_bytes, max_seconds=self.max_seconds)
         with self.slot():
             _prune(self.preview_dir, PREVIEW_KEEP_S)
-            return preview(up.path, audio, self.preview_dir, self.max_seconds)
+            try:
+                return preview(up.path, audio, self.preview_dir, self.max_seconds)
+            except DemoError:
+                raise
+            except Exception as e:  # noqa: BLE001 - as in respond
+                raise DemoError(_unexpected(e, video)) from None
+
+
+def _unexpected(e: Exception, video: str | os.PathLike | None) -> str:
+    """The person's message for an error no check foresaw; the log keeps the details (the traceback at debug level)."""
+    name = Path(str(video)).name if video else "the clip"
+    log.error("%s: unexpected %s: %s", name, type(e).__name__, e)
+    log.debug("%s: traceback", name, exc_info=True)
+    return f"{name} could not be processed ({type(e).__name__}). Try another clip; the server log has the details."
 
 
 def media_root(rec: Recommender) -> Path | None:

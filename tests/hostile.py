@@ -70,6 +70,7 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
     (root / "grows.ts").write_bytes(b"".join(p.read_bytes() for p in parts))
     for p in parts:
         p.unlink()
+    _x264(root / "tags.mkv", "testsrc2=size=160x120", 1.0, 10, ["-metadata", "title=bad\udcff\udcfe"])
     return [
         Case("hls playlist", root / "playlist.m3u8", "refused", "HLS playlist"),
         Case("hls playlist renamed .mp4", root / "playlist.mp4", "refused", "HLS playlist"),
@@ -90,4 +91,5 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
         Case("PNG renamed .mp4", root / "still.mp4", "refused", "PNG image"),
         Case("AVI header, no streams", root / "riff_trick.avi", "refused", "AVI"),
         Case("grows to 8K mid-stream", root / "grows.ts", "served", ""),
+        Case("tags that are not UTF-8", root / "tags.mkv", "served", ""),
     ]

@@ -43,7 +43,7 @@ def ffmpeg_exe() -> str:
 def run_ffmpeg(args: list[str]) -> None:
     """Run ffmpeg quietly; on failure raise with its stderr so the reason is visible."""
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args],
-                          capture_output=True, text=True, env={**os.environ, "AV_LOG_FORCE_NOCOLOR": "1"})
+                          capture_output=True, text=True, env={**os.environ, "AV_LOG_FORCE_NOCOLOR": "1"}, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"ffmpeg {' '.join(args)} failed:\n{proc.stderr}")
 

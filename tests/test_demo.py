@@ -557,3 +557,17 @@ def test_concurrent_requests_share_the_heavy_slots_and_are_all_answered(service:
     again = service.respond(goods[0], 5)
     assert again.error is None and service.busy_peak == 0
     assert [s.track for s in again.result.suggestions] == [s.track for s in service.rec.recommend(goods[0], k=5)]
+
+
+@pytest.mark.slow
+def test_an_error_no_check_foresaw_reaches_the_page_as_one_line(service: demo.DemoService, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    clip = media.make_clip(tmp_path / "odd.mp4", duration=2.0, source="smptebars")  # new content: not in RecentClips
+
+    def boom(path: Any) -> Any:
+        raise RuntimeError("the decoder hit something nobody planned for")
+
+    monkeypatch.setattr(service.rec.extractor, "extract_with_notes", boom)
+    page = service.respond(clip, 3)
+    assert page.error == "odd.mp4 could not be processed (RuntimeError). Try another clip; the server log has the details."
+    assert page.status().startswith("**Cannot suggest music:** odd.mp4") and service.busy == 0

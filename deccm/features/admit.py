@@ -217,6 +217,7 @@ def open_media(path: str | os.PathLike, kind: str = "video", limits: Limits = CL
     try:
         container = av.open(f"file:{path}", mode="r", format=demuxer,
                             options={"protocol_whitelist": "file", "max_pixels": pixels, "enable_drefs": "0"},
+                            metadata_errors="replace",  # a tag that is not UTF-8 must not stop the file
                             timeout=(min(limits.open_timeout_s, max(time_left(), 0.05)), None))
     except av.error.FFmpegError as e:
         raise DecodeError(f"truncated or corrupt {looks} file (cannot parse container: {ffmpeg_message(e)})") from e
