@@ -135,7 +135,7 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
 
 def _first_seconds(up: Upload, seconds: float, dest: Path) -> Path:
     """The first ``seconds`` of a clip's video, remuxed without re-encoding (fast, lossless)."""
-    _ffmpeg([*up.info.ffmpeg_input(), "-map", "0:v:0", "-map_metadata", "-1", "-t", f"{seconds:g}", "-c", "copy", "-an",
+    _ffmpeg([*up.info.ffmpeg_input(), "-map", f"0:{up.info.video_stream}", "-map_metadata", "-1", "-t", f"{seconds:g}", "-c", "copy", "-an",
              str(dest)], up.name)
     return dest
 
@@ -323,7 +323,8 @@ def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None,
     s = f"min(1,min({PREVIEW_SHORT_SIDE}/min(iw,ih),{PREVIEW_LONG_SIDE}/max(iw,ih)))"
     scale = f"scale=w='2*trunc(iw*{s}/2)':h='2*trunc(ih*{s}/2)'"
     with io.atomic_path(dest) as tmp:
-        _ffmpeg([*clip.ffmpeg_input(), *track.ffmpeg_input(), "-map", "0:v:0", "-map", "1:a:0", "-map_metadata", "-1",
+        _ffmpeg([*clip.ffmpeg_input(), *track.ffmpeg_input(), "-map", f"0:{clip.video_stream}", "-map", "1:a:0",
+                 "-map_metadata", "-1",
                  "-t", f"{seconds:.3f}",
                  "-vf", scale, "-fpsmax", str(PREVIEW_MAX_FPS), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
                  "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart", "-shortest", "-f", "mp4", str(tmp)],

@@ -70,6 +70,9 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
     (root / "grows.ts").write_bytes(b"".join(p.read_bytes() for p in parts))
     for p in parts:
         p.unlink()
+    media.run_ffmpeg(["-f", "lavfi", "-t", "2", "-i", "sine=frequency=440", "-f", "lavfi", "-i", "testsrc2=size=64x48",
+                      "-frames:v", "1", "-map", "0:a", "-map", "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-disposition:v", "attached_pic",
+                      str(root / "cover.m4a")])
     _x264(root / "tags.mkv", "testsrc2=size=160x120", 1.0, 10, ["-metadata", "title=bad\udcff\udcfe"])
     return [
         Case("hls playlist", root / "playlist.m3u8", "refused", "HLS playlist"),
@@ -92,4 +95,5 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
         Case("AVI header, no streams", root / "riff_trick.avi", "refused", "AVI"),
         Case("grows to 8K mid-stream", root / "grows.ts", "served", ""),
         Case("tags that are not UTF-8", root / "tags.mkv", "served", ""),
+        Case("audio with a cover picture", root / "cover.m4a", "refused", "only a cover picture"),
     ]

@@ -94,6 +94,7 @@ class MediaInfo:
     fps: float | None = None
     frames: int | None = None  # stated, or duration x rate; None when unknown
     has_audio: bool = False
+    video_stream: int | None = None  # index of the video stream in use (never a cover picture); ffmpeg's -map 0:<index>
 
     def ffmpeg_input(self) -> list[str]:
         """Arguments that make an ffmpeg subprocess open this file exactly as deccm did: demuxer and protocol forced."""
@@ -251,9 +252,10 @@ def _check(container: Any, path: Path, demuxer: str, looks: str, kind: str, limi
         if not a.rate or not a.channels:
             raise DecodeError("the audio stream states no sample rate or channels: truncated or corrupt?")
         return MediaInfo(path, demuxer, looks, duration, has_audio=True)
-    if not container.streams.video:
-        raise DecodeError("no video stream")
-    v = container.streams.video[0]
+    moving = [s for s in container.streams.video if not s.disposition & _NOT_MOVING]
+    if not moving:
+        raise DecodeError("no video stream (only a cover picture)" if container.streams.video else "no video stream")
+    v = moving[0]
     w, h = int(v.codec_context.width or 0), int(v.codec_context.height or 0)
     if not w or not h:
         raise DecodeError("the video stream states no frame size: truncated or corrupt?")
@@ -270,7 +272,11 @@ def _check(container: Any, path: Path, demuxer: str, looks: str, kind: str, limi
     if frames is not None and frames > limits.max_frames:
         raise DecodeError(f"{frames} frames: at most {limits.max_frames} are accepted")
     v.codec_context.options = {"max_pixels": str(limits.max_pixels)}  # frames past the cap never decode, even mid-stream
-    return MediaInfo(path, demuxer, looks, duration, w, h, fps, frames, has_audio)
+    return MediaInfo(path, demuxer, looks, duration, w, h, fps, frames, has_audio, v.index)
+
+
+# video streams that are pictures, not motion: album art in an M4A, a still or a thumbnail track
+_NOT_MOVING = av.stream.Disposition.attached_pic | av.stream.Disposition.still_image | av.stream.Disposition.timed_thumbnails
 
 
 def _duration(container: Any) -> float | None:

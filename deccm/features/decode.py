@@ -84,8 +84,8 @@ def read_samplings(path: str | os.PathLike, samplings: list[Sampling], max_secon
     """Several samplings of one clip from one decoding pass: each exactly what :func:`read_frames` gives for it."""
     if not samplings or any(s.fps <= 0 or s.max_frames < 1 for s in samplings) or max_seconds <= 0:
         raise ValueError("fps, max_frames and max_seconds must be positive")
-    with admit.open_media(path, "video", limits) as (container, _):
-        stream = container.streams.video[0]
+    with admit.open_media(path, "video", limits) as (container, info):
+        stream = container.streams[info.video_stream]
         stream.thread_type = "AUTO"
         start = _stream_start(container, stream)
         duration = _duration(container, stream)
