@@ -86,7 +86,9 @@ def read_samplings(path: str | os.PathLike, samplings: list[Sampling], max_secon
         raise ValueError("fps, max_frames and max_seconds must be positive")
     with admit.open_media(path, "video", limits) as (container, info):
         stream = container.streams[info.video_stream]
-        stream.thread_type = "AUTO"
+        # One decoding thread: the demo runs two decodes at once on two cores and extraction one worker per core;
+        # frame threads cost a 10 s 640x360 clip 0.31 CPU-s instead of 0.23 for the same frames.
+        stream.codec_context.thread_count = 1
         start = _stream_start(container, stream)
         duration = _duration(container, stream)
         notes: list[str] = []
