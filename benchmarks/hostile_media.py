@@ -76,8 +76,12 @@ def load(url: str, clients: int, per_client: int, good_clip: object, mix: list[h
     errors: list[str] = []
     lock = threading.Lock()
 
+    connected = [Client(url, verbose=False, download_files=False) for _ in range(clients)]  # set-up is not a request
+    ready = threading.Barrier(clients)
+
     def worker(i: int) -> None:
-        c = Client(url, verbose=False, download_files=False)
+        c = connected[i]
+        ready.wait()  # every client sends its first request at the same moment
         for j in range(per_client):
             is_good = (i + j) % 2 == 0
             k = i * per_client + j
