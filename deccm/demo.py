@@ -135,8 +135,8 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
 
 def _first_seconds(up: Upload, seconds: float, dest: Path) -> Path:
     """The first ``seconds`` of a clip's video, remuxed without re-encoding (fast, lossless)."""
-    _ffmpeg([*up.info.ffmpeg_input(), "-map", f"0:{up.info.video_stream}", "-map_metadata", "-1", "-t", f"{seconds:g}", "-c", "copy", "-an",
-             str(dest)], up.name)
+    _ffmpeg([*up.info.ffmpeg_input(), "-map", f"0:{up.info.video_stream}", "-map_metadata", "-1", "-t", f"{seconds:g}",
+             "-c", "copy", "-an", str(dest)], up.name)
     return dest
 
 

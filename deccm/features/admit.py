@@ -87,7 +87,6 @@ class MediaInfo:
 
     path: Path
     demuxer: str  # forced by name when the file is opened again
-    format: str  # what a person calls it
     duration: float | None  # seconds, None when the container does not say
     width: int | None = None
     height: int | None = None
@@ -164,7 +163,7 @@ def accepted(kind: str) -> str:
     return ", ".join(dict.fromkeys(names.values()))
 
 
-def _read_head(path: Path) -> tuple[int, bytes]:
+def _read_head(path: Path) -> bytes:
     try:
         if not path.exists():
             raise DecodeError("missing file")
@@ -179,7 +178,7 @@ def _read_head(path: Path) -> tuple[int, bytes]:
         raise DecodeError(f"unreadable: {e.strerror or e}") from e
     if size == 0:
         raise DecodeError("empty file")
-    return size, head
+    return head
 
 
 def ffmpeg_message(e: av.error.FFmpegError) -> str:
@@ -201,7 +200,7 @@ def open_media(path: str | os.PathLike, kind: str = "video", limits: Limits = CL
     if kind not in ("video", "audio"):
         raise ValueError(f"kind must be video or audio, got {kind!r}")
     path = Path(os.path.abspath(path))
-    _, head = _read_head(path)
+    head = _read_head(path)
     demuxer, looks = sniff(head)
     allowed = VIDEO_DEMUXERS if kind == "video" else {**VIDEO_DEMUXERS, **AUDIO_DEMUXERS}
     if demuxer not in allowed:
@@ -223,7 +222,7 @@ def open_media(path: str | os.PathLike, kind: str = "video", limits: Limits = CL
     except av.error.FFmpegError as e:
         raise DecodeError(f"truncated or corrupt {looks} file (cannot parse container: {ffmpeg_message(e)})") from e
     try:
-        info = _check(container, path, demuxer, looks, kind, limits)
+        info = _check(container, path, demuxer, kind, limits)
         yield container, info
     finally:
         container.close()
@@ -235,7 +234,7 @@ def check(path: str | os.PathLike, kind: str = "video", limits: Limits = CLIP) -
         return info
 
 
-def _check(container: Any, path: Path, demuxer: str, looks: str, kind: str, limits: Limits) -> MediaInfo:
+def _check(container: Any, path: Path, demuxer: str, kind: str, limits: Limits) -> MediaInfo:
     if len(container.streams) > limits.max_streams:
         raise DecodeError(f"{len(container.streams)} streams (at most {limits.max_streams} are accepted)")
     duration = _duration(container)
@@ -251,7 +250,7 @@ def _check(container: Any, path: Path, demuxer: str, looks: str, kind: str, limi
                               f"and {limits.max_channels} channels are accepted")
         if not a.rate or not a.channels:
             raise DecodeError("the audio stream states no sample rate or channels: truncated or corrupt?")
-        return MediaInfo(path, demuxer, looks, duration, has_audio=True)
+        return MediaInfo(path, demuxer, duration, has_audio=True)
     moving = [s for s in container.streams.video if not s.disposition & _NOT_MOVING]
     if not moving:
         raise DecodeError("no video stream (only a cover picture)" if container.streams.video else "no video stream")
@@ -272,7 +271,7 @@ def _check(container: Any, path: Path, demuxer: str, looks: str, kind: str, limi
     if frames is not None and frames > limits.max_frames:
         raise DecodeError(f"{frames} frames: at most {limits.max_frames} are accepted")
     v.codec_context.options = {"max_pixels": str(limits.max_pixels)}  # frames past the cap never decode, even mid-stream
-    return MediaInfo(path, demuxer, looks, duration, w, h, fps, frames, has_audio, v.index)
+    return MediaInfo(path, demuxer, duration, w, h, fps, frames, has_audio, v.index)
 
 
 # video streams that are pictures, not motion: album art in an M4A, a still or a thumbnail track
