@@ -9,6 +9,11 @@ or re-assembled only when their inputs changed, training resumes or returns a fi
 (``train(resume="auto")``), and registering the same weights returns their version. Run dirs
 are named after the data they saw, so new data means new runs and a rerun means none.
 ``python -m deccm.pipeline run`` runs every stage in this process (no Airflow needed).
+
+Writers lock what they write (``deccm.locks``): training its run dir, data preparation,
+registration, ``run_all`` and ``ensure_champion`` the pipeline state. The source a
+scheduled run trains on comes from deployment config, ``$DECCM_SOURCE``
+(:func:`scheduled_source`); local runs without it keep the demo corpus.
 """
 from __future__ import annotations
 
@@ -16,12 +21,13 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from deccm import config, registry, tracking
+from deccm import config, locks, registry, tracking
 from deccm import log as _log
 from deccm.data import DatasetError, load_dataset
 from deccm.runs import RunError, TrainConfig, check_data, pgc_hash, read_config
@@ -30,9 +36,10 @@ from deccm.train import RECOMMENDED, VARIANTS, configs_from_dict, default_varian
 log = logging.getLogger(__name__)
 
 SOURCES = ("synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo", "media")
+ENV_SOURCE = "DECCM_SOURCE"  # deployment config: the source scheduled runs train on (docker/compose.yaml sets it)
 MEDIA_KEYS = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
 DEFAULTS: dict[str, Any] = {
-    "source": "demo",  # one of SOURCES; "media" reads the media keys below
+    "source": "demo",  # one of SOURCES ($DECCM_SOURCE when set); "media" reads the media keys below
     "seed": 0,  # data seed of generated sources, split seed of assembled ones
     "videos": None, "tracks": None, "logs": None, "tracks_meta": None, "pgc": None, "pgc_pairs": None,
     "epochs": None, "teacher_epochs": None,  # epochs None: the source's (TRAINING); teacher None: the same as epochs
@@ -69,9 +76,26 @@ def _flag(v: Any) -> bool:
     raise ValueError(f"{v!r} is not a yes/no value (use true or false)")
 
 
+def scheduled_source() -> str:
+    """The source a scheduled (Airflow) run trains on: ``$DECCM_SOURCE``, never a silent demo corpus.
+
+    A deployment fed with real media must not lose its champion to a model trained on the
+    generated corpus because a setting was forgotten, so unset is an error here.
+    """
+    source = os.environ.get(ENV_SOURCE, "").strip()
+    if not source:
+        raise ValueError(f"{ENV_SOURCE} is not set: a scheduled run does not guess its data. Fix: set {ENV_SOURCE} in the "
+                         f"deployment (docker/compose.yaml, docker/env.example) to one of {', '.join(SOURCES)}.")
+    if source not in SOURCES:
+        raise ValueError(f"{ENV_SOURCE}={source!r} is unknown; choose one of {', '.join(SOURCES)}")
+    return source
+
+
 def make_config(params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Defaults ← params (Airflow params, CLI values), validated; the one config every stage takes."""
+    """Defaults ← ``$DECCM_SOURCE`` ← params (Airflow params, CLI values), validated; the one config every stage takes."""
     params = {k: v for k, v in (params or {}).items() if v is not None and v != ""}
+    if "source" not in params and os.environ.get(ENV_SOURCE, "").strip():
+        params["source"] = os.environ[ENV_SOURCE].strip()
     unknown = set(params) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown pipeline settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
@@ -170,6 +194,11 @@ def _merge(kind: str, stores: list[str]) -> Path:
 
 def prepare_data(cfg: dict[str, Any], stores: list[str] | None = None) -> str:
     """The dataset to train on: generated once per (source, seed), or assembled from the extracted shards."""
+    with locks.pipeline_lock():
+        return _prepare_data(cfg, stores)
+
+
+def _prepare_data(cfg: dict[str, Any], stores: list[str] | None) -> str:
     source, seed = cfg["source"], cfg["seed"]
     if source.startswith("synth-"):
         from deccm.data.synth import synth
@@ -213,10 +242,11 @@ def _tracked(kind: str, data: str, out: Path, variant: str, cfg: dict[str, Any],
     if kind == "student" and teacher is None:
         model["distill"] = "off"  # see student_variant
     mcfg, _, _ = configs_from_dict({"mode": cfg["mode"], "variant": variant if kind == "student" else "deccm", "model": model})
-    tracker = tracking.TrainingTracker(out, strict=True)  # the pipeline registers from MLflow: tracking must work
-    run = train(kind, data, out, mcfg, _train_config(cfg, epochs), teacher=teacher, variant=variant,  # type: ignore[arg-type]
-                resume="auto", overwrite=True, on_epoch_end=tracker.on_epoch)
-    tracker.finish()
+    with locks.run_lock(out):  # a DAG run and `make pipeline` may train the same run dir
+        tracker = tracking.TrainingTracker(out, strict=True)  # the pipeline registers from MLflow: tracking must work
+        run = train(kind, data, out, mcfg, _train_config(cfg, epochs), teacher=teacher, variant=variant,  # type: ignore[arg-type]
+                    resume="auto", overwrite=True, on_epoch_end=tracker.on_epoch)
+        tracker.finish()
     return str(run)
 
 
@@ -295,9 +325,12 @@ def evaluate_candidates(cfg: dict[str, Any], run: str) -> dict[str, Any]:
                            "challenger": {s: _values(evaluate_split(challenger, ds, s)) for s in splits},
                            "champion": None, "champion_version": registry.champion_version(), "comparable": False}
     if out["champion_version"] is not None:
-        champ = registry.load_champion(device=cfg["device"], extractor=False)
+        champ = registry.load(out["champion_version"], device=cfg["device"], extractor=False)  # the version seen, not a later one
         try:
             check_data(champ.run, ds, f"champion v{out['champion_version']}")
+            if champ.run.synthetic != conf.synthetic:
+                raise RunError(f"champion v{out['champion_version']} was trained on {tracking.provenance(champ.run)} data, "
+                               f"the challenger on {tracking.provenance(conf)}: their scores do not compare")
         except RunError as e:
             out["why_not_comparable"] = str(e)
             log.warning("the champion cannot score this data, so the floors decide: %s", e)
@@ -329,22 +362,54 @@ def gate(cfg: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
 
 
 def register(cfg: dict[str, Any], run: str, decision: dict[str, Any]) -> dict[str, Any]:
-    """Register the student (alias challenger); promote it to champion when the gate said so."""
-    version = registry.register(run, decision.get("evaluation"))
-    registry.tag_decision(version, decision)
-    if decision["promote"]:
-        registry.promote(version, reason="gate: " + "; ".join(decision["reasons"]))
-    champion = registry.champion_version()
+    """Register the student (alias challenger); promote it to champion when the gate said so and the registry allows.
+
+    The registry's rules (docs/architecture.md, "The registry's state machine") can keep the
+    champion although the gate said promote: the version was rolled back or rejected before,
+    the champion cannot be compared with it (a person decides), or the champion moved since
+    the evaluation (compare-and-swap). Each is logged and returned in ``held``.
+    """
+    with locks.pipeline_lock():
+        version = registry.register(run, decision.get("evaluation"))
+        evaluation = decision.get("evaluation") or {}
+        seen = decision.get("champion_version", evaluation.get("champion_version"))
+        held = None
+        if decision["promote"]:
+            if (why := registry.blocked(version)) is not None:
+                held = f"version {version} is not promoted automatically ({why}); `deccm registry clear {version}` lifts it"
+            elif seen is not None and not evaluation.get("comparable", False):
+                held = (f"champion v{seen} cannot be compared with this challenger "
+                        f"({evaluation.get('why_not_comparable', 'other data')}); a person decides: "
+                        f"`deccm registry promote {version}`")
+        registry.tag_decision(version, decision if held is None else {**decision, "promote": False,
+                                                                      "reasons": [*decision["reasons"], "kept: " + held]})
+        if decision["promote"] and held is None:
+            try:
+                registry.promote(version, reason="gate: " + "; ".join(decision["reasons"]), expected_champion=seen)
+            except registry.ChampionMoved as e:
+                held = str(e)
+        if held is not None:
+            log.warning("the champion stays: %s", held)
+        champion = registry.champion_version()
     log.info("registered %s as version %s; champion is version %s", run, version, champion)
-    return {"version": version, "promoted": bool(decision["promote"]) and champion == version, "champion": champion}
+    return {"version": version, "promoted": bool(decision["promote"]) and held is None and champion == version,
+            "champion": champion, "held": held}
 
 
 # --------------------------------------------------------------------------- all stages in one process
 
 
 def run_all(params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Every stage in order, in this process (the DAG's work without Airflow); returns the registration."""
-    cfg = make_config(params)
+    """Every stage in order, in this process (the DAG's work without Airflow); returns the registration.
+
+    Holds the pipeline lock throughout, so a second pipeline on the same state dir waits or
+    fails with who holds it (``$DECCM_LOCK_TIMEOUT``).
+    """
+    with locks.pipeline_lock():
+        return _run_all(make_config(params))
+
+
+def _run_all(cfg: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -369,7 +434,16 @@ def run_all(params: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def ensure_champion(params: dict[str, Any] | None = None) -> str:
-    """The champion's version; when none is registered, run every stage once first (what ``make demo`` needs)."""
+    """The champion's version; when none is registered, run every stage once first (what ``make demo`` needs).
+
+    An unreachable registry raises :class:`deccm.registry.RegistryUnavailable`: an outage is
+    not "no champion", and must never start a training.
+    """
+    with locks.pipeline_lock():
+        return _ensure_champion(params)
+
+
+def _ensure_champion(params: dict[str, Any] | None) -> str:
     version = registry.champion_version()
     if version is not None:
         log.info("champion: %s version %s", registry.MODEL_NAME, version)
@@ -411,7 +485,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm pipeline") -> int:
             print(f"champion: {registry.MODEL_NAME} version {ensure_champion(params)}")
             return 0
         result = run_all(params)
-    except (ValueError, RunError, DatasetError, registry.RegistryError) as e:
+    except (ValueError, RunError, DatasetError, registry.RegistryError, locks.LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps({k: result[k] for k in ("version", "promoted", "champion", "run", "reasons", "total_s")}, indent=2))

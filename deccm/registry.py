@@ -11,24 +11,39 @@
   it back.
 - :func:`load_champion` returns the champion as a :class:`deccm.serve.Recommender`.
 
-``deccm registry list | promote VERSION | rollback`` is the CLI. Aliases, never stages.
+The registry is a small state machine (docs/architecture.md, "The registry's state machine"):
+
+- a version is created with its identity tags (weights sha256, run dir, MLflow run) in one
+  call; a rerun finds it by its weights, or adopts an untagged version of the same MLflow
+  run (left by a crash) instead of registering a duplicate;
+- a rolled-back version, and one the gate rejected, carries ``deccm.no_auto_promote`` and is
+  never promoted automatically again until ``deccm registry clear VERSION``; a manual
+  ``promote`` still works and says what it overrides;
+- automatic promotion is compare-and-swap: :func:`promote` with ``expected_champion`` re-reads
+  the alias under the registry lock and aborts (:class:`ChampionMoved`) if it moved;
+- an unreachable or locked store raises :class:`RegistryUnavailable`; only MLflow's
+  RESOURCE_DOES_NOT_EXIST (no registered model) means "no champion".
+
+``deccm registry list | promote VERSION | rollback | clear VERSION`` is the CLI. Aliases, never stages.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from deccm import io, tracking
+from deccm import config, io, locks, tracking
 from deccm import log as _log
 from deccm.models import ModelConfig
 from deccm.runs import BEST, RunError, read_config, run_dir_of
@@ -40,11 +55,68 @@ MODEL_NAME = "deccm-student"
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_PREVIOUS = "deccm.previous_champion"
 TAG_WEIGHTS = "deccm.best_sha256"
+TAG_RUN_ID = "deccm.mlflow_run"
+TAG_BLOCK = "deccm.no_auto_promote"  # why this version must not be promoted automatically (rolled back, rejected)
+TAG_ABORTED = "deccm.promotion_aborted"
 CARD = "card.json"
+UNCHECKED: Any = object()  # promote(expected_champion=UNCHECKED): a person's promote, no compare-and-swap
+_MISSING = ("RESOURCE_DOES_NOT_EXIST",)
+_REQUEST = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class RegistryError(RuntimeError):
     """The registry cannot do what was asked; the message says how to fix it."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The tracking store cannot be reached or is locked: retry later; never read as "no champion"."""
+
+
+class ChampionMoved(RegistryError):
+    """Compare-and-swap failed: the champion is not the one the evaluation saw; nothing was changed."""
+
+
+def _outage(e: BaseException) -> bool:
+    """An error of the store (connection refused, timeout, "database is locked"), not of the request."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException):
+        return e.error_code not in _MISSING + _REQUEST
+    try:
+        import sqlalchemy.exc
+
+        if isinstance(e, sqlalchemy.exc.OperationalError):
+            return True
+    except ImportError:  # pragma: no cover - MLflow's SQL store needs it
+        pass
+    import requests
+
+    return isinstance(e, (requests.exceptions.RequestException, ConnectionError, TimeoutError))
+
+
+def _unavailable(e: BaseException) -> RegistryUnavailable:
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    return RegistryUnavailable(f"the model registry at {tracking.tracking_uri()} is unavailable ({first}). Nothing was "
+                               "changed. Fix: start the MLflow server or free the database (MLFLOW_TRACKING_URI names it), "
+                               "then retry; the task is safe to run again.")
+
+
+def _guarded(fn: F) -> F:
+    """Turn a store outage inside ``fn`` into :class:`RegistryUnavailable` (an Airflow task then fails and retries)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RegistryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified just below; anything else propagates unchanged
+            if _outage(e):
+                raise _unavailable(e) from e
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _client() -> Any:
@@ -52,6 +124,15 @@ def _client() -> Any:
 
     tracking.setup()
     return mlflow.MlflowClient()
+
+
+def _aliases_lock() -> Any:
+    """Held around every read-check-move of an alias, so two promotes on one state dir cannot interleave."""
+    return locks.hold(config.state_path("pipeline", "registry.lock"), what="the registry's aliases")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 # --------------------------------------------------------------------------- the gate
@@ -166,6 +247,7 @@ def _requirements() -> list[str]:
         return []
 
 
+@_guarded
 def find_version(run_dir: str | Path) -> Any | None:
     """The registered version holding exactly this run's best weights, if any."""
     sha = io.sha256_file(run_dir_of(Path(run_dir)) / BEST)
@@ -175,10 +257,34 @@ def find_version(run_dir: str | Path) -> Any | None:
     return None
 
 
+def _orphan(client: Any, run_id: str | None) -> Any | None:
+    """An untagged version of this MLflow run: a crash came between its creation and its tags (older deccm)."""
+    if run_id is None:
+        return None
+    for mv in client.search_model_versions(f"name = '{MODEL_NAME}' and run_id = '{run_id}'"):
+        if TAG_WEIGHTS not in mv.tags:
+            return mv
+    return None
+
+
+def _identity(run_dir: Path, conf: Any, run_id: str | None, evaluation: dict[str, Any] | None) -> dict[str, str]:
+    """The tags that say which weights, run dir and MLflow run a version is (set when it is created)."""
+    tags = {TAG_WEIGHTS: io.sha256_file(run_dir / BEST), "deccm.run_dir": str(run_dir), "deccm.run": conf.name,
+            "deccm.provenance": tracking.provenance(conf), "deccm.synthetic": str(conf.synthetic).lower(),
+            "deccm.variant": conf.variant, "deccm.mode": conf.mode}
+    if run_id:
+        tags[TAG_RUN_ID] = run_id
+    for name, value in _key_metrics(evaluation).items():
+        tags[tracking.metric_key(f"metric.{name}")] = f"{value:.4f}"
+    return tags
+
+
+@_guarded
 def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> str:
     """Register a trained student as a new version of ``deccm-student`` with alias ``challenger``; returns the version.
 
-    The same weights registered before return their version (and it becomes the challenger again).
+    The same weights registered before return their version (and it becomes the challenger
+    again); an untagged version of the same MLflow run is adopted, never duplicated.
     """
     import mlflow
     import pandas as pd
@@ -195,12 +301,20 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
         client.set_registered_model_alias(MODEL_NAME, CHALLENGER, existing.version)
         log.info("%s is already version %s of %s", run_dir, existing.version, MODEL_NAME)
         return str(existing.version)
+    run_id = tracking.find_run(run_dir, conf)
+    orphan = _orphan(client, run_id)
+    if orphan is not None:
+        for k, v in _identity(run_dir, conf, run_id, evaluation).items():
+            client.set_model_version_tag(MODEL_NAME, orphan.version, k, v)
+        client.set_registered_model_alias(MODEL_NAME, CHALLENGER, orphan.version)
+        log.warning("adopted version %s of %s (created by MLflow run %s, untagged after a crash) for %s",
+                    orphan.version, MODEL_NAME, run_id, run_dir)
+        return str(orphan.version)
     rec = Recommender.from_run(run_dir, device="cpu", extractor=False)
     ds = load_dataset(conf.data_path)
     example = pd.DataFrame({"features": [np.asarray(ds.ugc.video_features[i], dtype=np.float32).tolist()
                                          for i in ds.ugc.val.video[:2]]})
     card = model_card(rec, evaluation)
-    run_id = tracking.find_run(run_dir, conf)
     with tempfile.TemporaryDirectory(prefix="deccm-bundle-") as tmp:
         bundle = rec.save_bundle(Path(tmp) / "bundle")
         io.write_json(bundle / CARD, card)
@@ -210,15 +324,16 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
             info = mlflow.pyfunc.log_model(
                 name="student", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={"bundle": str(bundle)}, signature=_signature(conf.model.video_dim), input_example=example,
-                registered_model_name=MODEL_NAME, pip_requirements=_requirements())
-    version = str(info.registered_model_version)
-    tags = {TAG_WEIGHTS: io.sha256_file(run_dir / BEST), "deccm.run_dir": str(run_dir), "deccm.run": conf.name,
-            "deccm.provenance": tracking.provenance(conf), "deccm.synthetic": str(conf.synthetic).lower(),
-            "deccm.variant": conf.variant, "deccm.mode": conf.mode}
-    for name, value in _key_metrics(evaluation).items():
-        tags[tracking.metric_key(f"metric.{name}")] = f"{value:.4f}"
-    for k, v in tags.items():
-        client.set_model_version_tag(MODEL_NAME, version, k, v)
+                pip_requirements=_requirements())
+    try:
+        client.create_registered_model(MODEL_NAME)
+    except Exception as e:  # noqa: BLE001 - "already exists" is the usual answer; outages go on to _guarded
+        if _outage(e):
+            raise
+    # the version and its identity in one call: a crash leaves either nothing or a whole, findable version
+    mv = client.create_model_version(MODEL_NAME, source=info.model_uri, run_id=info.run_id, model_id=info.model_id,
+                                     tags=_identity(run_dir, conf, info.run_id, evaluation))
+    version = str(mv.version)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
     log.info("registered %s as %s version %s (alias %s)", run_dir, MODEL_NAME, version, CHALLENGER)
     return version
@@ -236,74 +351,149 @@ def _key_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
 # --------------------------------------------------------------------------- aliases
 
 
+@_guarded
 def champion_version() -> str | None:
-    """The version the ``champion`` alias points at, or None."""
+    """The version the ``champion`` alias points at; None only when the registry says so.
+
+    A missing registered model (RESOURCE_DOES_NOT_EXIST) or a model without the alias is
+    "no champion"; an unreachable or locked store raises :class:`RegistryUnavailable`.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(_client().get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
-    except MlflowException:
-        return None
+        model = _client().get_registered_model(MODEL_NAME)
+    except MlflowException as e:
+        if e.error_code in _MISSING:
+            return None
+        raise
+    version = (model.aliases or {}).get(CHAMPION)
+    return None if version is None else str(version)
 
 
-def promote(version: str, reason: str = "manual") -> None:
-    """Point ``champion`` at ``version``, recording the champion it replaces on the version."""
-    client = _client()
+@_guarded
+def blocked(version: str) -> str | None:
+    """Why ``version`` must not be promoted automatically (rolled back, rejected by the gate), or None."""
+    return _version(_client(), version).tags.get(TAG_BLOCK)
+
+
+def _version(client: Any, version: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
     try:
-        client.get_model_version(MODEL_NAME, str(version))
-    except Exception as e:  # noqa: BLE001 - MLflow raises its own types; one clear message
-        raise RegistryError(f"{MODEL_NAME} has no version {version}. Fix: `deccm registry list` shows the versions.") from e
-    previous = champion_version()
-    if previous == str(version):
-        return
-    client.set_model_version_tag(MODEL_NAME, str(version), TAG_PREVIOUS, previous or "none")
-    client.set_model_version_tag(MODEL_NAME, str(version), "deccm.promoted", f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {reason}")
-    client.set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
-    log.info("%s champion: version %s (was %s): %s", MODEL_NAME, version, previous, reason)
+        return client.get_model_version(MODEL_NAME, str(version))
+    except MlflowException as e:
+        if e.error_code in _MISSING + _REQUEST:
+            raise RegistryError(f"{MODEL_NAME} has no version {version}. Fix: `deccm registry list` shows the versions.") from e
+        raise
 
 
-def rollback() -> str:
-    """Move ``champion`` back to the champion the current one replaced; returns that version."""
+@_guarded
+def promote(version: str, reason: str = "manual", expected_champion: str | None = UNCHECKED) -> list[str]:
+    """Point ``champion`` at ``version``, recording the champion it replaces; returns what a manual promote overrides.
+
+    With ``expected_champion`` (the champion the evaluation saw; None = there was none) this
+    is compare-and-swap, the automatic path: the alias is re-read under the registry lock and,
+    if it moved, nothing changes, the version is tagged why and :class:`ChampionMoved` is
+    raised; a version tagged ``deccm.no_auto_promote`` is refused. Without it (a person's
+    promote) those tags are overridden, and the overrides are logged and returned.
+    """
     client = _client()
-    current = champion_version()
-    if current is None:
-        raise RegistryError(f"{MODEL_NAME} has no champion to roll back. Fix: train and register one (`make pipeline`).")
-    previous = client.get_model_version(MODEL_NAME, current).tags.get(TAG_PREVIOUS)
-    if not previous or previous == "none":
-        raise RegistryError(f"version {current} replaced no earlier champion; nothing to roll back to.")
-    client.set_registered_model_alias(MODEL_NAME, CHAMPION, previous)
-    client.set_model_version_tag(MODEL_NAME, current, "deccm.rolled_back",
-                                 f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: champion back to {previous}")
+    mv = _version(client, version)
+    version = str(mv.version)
+    automatic = expected_champion is not UNCHECKED
+    with _aliases_lock():
+        previous = champion_version()
+        if automatic and previous != (None if expected_champion is None else str(expected_champion)):
+            why = (f"{_now()}: not promoted: the champion moved from version {expected_champion} to {previous} since the "
+                   "evaluation. Fix: run the pipeline again to evaluate against the current champion.")
+            client.set_model_version_tag(MODEL_NAME, version, TAG_ABORTED, why)
+            raise ChampionMoved(f"{MODEL_NAME} version {version} {why.split(': ', 1)[1]}")
+        if previous == version:
+            return []
+        overrides = [f"{k}: {mv.tags[k]}" for k in (TAG_BLOCK, "deccm.rolled_back", TAG_ABORTED) if mv.tags.get(k)]
+        if automatic and mv.tags.get(TAG_BLOCK):
+            raise RegistryError(f"{MODEL_NAME} version {version} is not promoted automatically ({mv.tags[TAG_BLOCK]}). "
+                                f"Fix: a person may `deccm registry promote {version}`, or `deccm registry clear {version}`.")
+        client.set_model_version_tag(MODEL_NAME, version, TAG_PREVIOUS, previous or "none")
+        client.set_model_version_tag(MODEL_NAME, version, "deccm.promoted", f"{_now()}: {reason}")
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    log.info("%s champion: version %s (was %s): %s", MODEL_NAME, version, previous, reason)
+    for o in overrides:
+        log.warning("manual promote of version %s overrides %s", version, o)
+    return overrides
+
+
+@_guarded
+def rollback() -> str:
+    """Move ``champion`` back to the champion the current one replaced; returns that version.
+
+    The version rolled back from is tagged ``deccm.no_auto_promote``: a rerun on unchanged
+    data returns the same weights, and they must not win the gate again.
+    """
+    client = _client()
+    with _aliases_lock():
+        current = champion_version()
+        if current is None:
+            raise RegistryError(f"{MODEL_NAME} has no champion to roll back. Fix: train and register one (`make pipeline`).")
+        previous = client.get_model_version(MODEL_NAME, current).tags.get(TAG_PREVIOUS)
+        if not previous or previous == "none":
+            raise RegistryError(f"version {current} replaced no earlier champion; nothing to roll back to.")
+        client.set_model_version_tag(MODEL_NAME, current, "deccm.rolled_back", f"{_now()}: champion back to {previous}")
+        client.set_model_version_tag(MODEL_NAME, current, TAG_BLOCK, f"rolled back {_now()}")
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, previous)
     log.info("%s champion rolled back from %s to %s", MODEL_NAME, current, previous)
     return previous
 
 
+@_guarded
+def clear(version: str) -> str | None:
+    """Let the gate promote ``version`` again (a person's decision); returns the block it lifted, or None."""
+    client = _client()
+    reason = _version(client, version).tags.get(TAG_BLOCK)
+    if reason:
+        client.delete_model_version_tag(MODEL_NAME, str(version), TAG_BLOCK)
+        log.info("%s version %s may be promoted automatically again (was: %s)", MODEL_NAME, version, reason)
+    return reason
+
+
+@_guarded
 def list_versions() -> list[dict[str, Any]]:
-    """Every version, newest first, with its aliases and key metrics."""
+    """Every version, newest first, with its aliases, key metrics and why it is not promoted automatically."""
     from mlflow.exceptions import MlflowException
 
     client = _client()
     try:
         aliases = client.get_registered_model(MODEL_NAME).aliases or {}
-    except MlflowException:
-        return []
+    except MlflowException as e:
+        if e.error_code in _MISSING:
+            return []
+        raise
     out = []
     for mv in sorted(client.search_model_versions(f"name = '{MODEL_NAME}'"), key=lambda v: -int(v.version)):
         out.append({"version": str(mv.version), "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
                     "run": mv.tags.get("deccm.run", ""),
                     "provenance": mv.tags.get("deccm.provenance", ""),
                     "metrics": {k.removeprefix("metric."): v for k, v in mv.tags.items() if k.startswith("metric.")},
+                    "blocked": mv.tags.get(TAG_BLOCK, ""),
                     "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(mv.creation_timestamp / 1000))})
     return out
 
 
+@_guarded
 def tag_decision(version: str, decision: dict[str, Any]) -> None:
-    """Record the gate's verdict and reasons on a version."""
+    """Record the gate's verdict and reasons on a version; a rejection also blocks automatic promotion for good.
+
+    Without the block, the same weights (a rerun on unchanged data) could win a later gate
+    against a weaker champion, e.g. after a rollback.
+    """
     client = _client()
     client.set_model_version_tag(MODEL_NAME, str(version), "deccm.gate", "promote" if decision["promote"] else "rejected")
     client.set_model_version_tag(MODEL_NAME, str(version), "deccm.gate.reasons", "; ".join(decision["reasons"])[:5000])
+    if not decision["promote"] and not client.get_model_version(MODEL_NAME, str(version)).tags.get(TAG_BLOCK):
+        client.set_model_version_tag(MODEL_NAME, str(version), TAG_BLOCK, f"rejected by the gate {_now()}")
 
 
+@_guarded
 def load(ref: str = CHAMPION, device: str = "auto", extractor: bool = True) -> Recommender:
     """A registered version (``ref``: an alias such as ``champion`` / ``challenger`` / ``baseline``, or a version
     number) as a Recommender, its model card and registry version attached as ``rec.card``."""
@@ -313,7 +503,9 @@ def load(ref: str = CHAMPION, device: str = "auto", extractor: bool = True) -> R
     client = _client()
     try:
         mv = client.get_model_version(MODEL_NAME, ref) if str(ref).isdigit() else client.get_model_version_by_alias(MODEL_NAME, ref)
-    except MlflowException:
+    except MlflowException as e:
+        if _outage(e):
+            raise
         what = f"{MODEL_NAME} version {ref}" if str(ref).isdigit() else f"{MODEL_NAME}@{ref}"
         raise RegistryError(f"no {what} is registered in "
                             f"{tracking.tracking_uri()}. Fix: train and register one with `make pipeline` "
@@ -344,7 +536,9 @@ def build_parser(prog: str = "deccm registry") -> argparse.ArgumentParser:
     sub.add_parser("list", help="versions with their aliases and key metrics")
     pr = sub.add_parser("promote", help="make VERSION the champion (the previous one is recorded on it)")
     pr.add_argument("version")
-    sub.add_parser("rollback", help="move champion back to the champion the current one replaced")
+    sub.add_parser("rollback", help="move champion back to the champion the current one replaced (and block it from the gate)")
+    cl = sub.add_parser("clear", help="let the gate promote VERSION again (lifts the block a rollback or rejection set)")
+    cl.add_argument("version")
     return p
 
 
@@ -358,13 +552,20 @@ def main(argv: list[str] | None = None, prog: str = "deccm registry") -> int:
                 print(f"no versions of {MODEL_NAME} in {tracking.tracking_uri()}")
             for r in rows:
                 metrics = "  ".join(f"{k} {v}" for k, v in sorted(r["metrics"].items()))
-                print(f"v{r['version']:<4} {','.join(r['aliases']) or '-':<22} {r['created']}  {r['run']:<40} {r['provenance']:<30} {metrics}")
+                flag = f"  [no auto-promote: {r['blocked']}]" if r["blocked"] else ""
+                print(f"v{r['version']:<4} {','.join(r['aliases']) or '-':<22} {r['created']}  {r['run']:<40} {r['provenance']:<30} "
+                      f"{metrics}{flag}")
         elif args.cmd == "promote":
-            promote(args.version, reason="manual promote")
+            for o in promote(args.version, reason="manual promote"):
+                print(f"overrides {o}")
             print(f"{MODEL_NAME}@{CHAMPION} → version {args.version}")
+        elif args.cmd == "clear":
+            lifted = clear(args.version)
+            print(f"version {args.version}: " + (f"lifted '{lifted}'; the gate may promote it again" if lifted
+                                                  else "nothing to clear; the gate may promote it"))
         else:
             print(f"{MODEL_NAME}@{CHAMPION} → version {rollback()}")
-    except (RegistryError, RunError) as e:
+    except (RegistryError, RunError, locks.LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,7 @@ run beside the old one and swaps it in only once its first epoch is recorded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deccm import config, distributed, io, metrics
+from deccm import config, distributed, io, locks, metrics
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.evaluate import sampled_hit_rate
@@ -527,14 +528,16 @@ def main(argv: list[str] | None = None, prog: str = "deccm train") -> int:
             from deccm.tracking import TrainingTracker
 
             tracker = TrainingTracker(out)
-        run = train(args.kind, args.data, out, mcfg, tcfg, teacher=getattr(args, "teacher", None), variant=variant,
-                    resume=args.resume, overwrite=args.overwrite, on_epoch_end=tracker.on_epoch if tracker else None)
+        # one writer per run dir (docs/architecture.md, "Locks"); torchrun's ranks share theirs by design
+        with locks.run_lock(out) if distributed.world() == 1 else contextlib.nullcontext():
+            run = train(args.kind, args.data, out, mcfg, tcfg, teacher=getattr(args, "teacher", None), variant=variant,
+                        resume=args.resume, overwrite=args.overwrite, on_epoch_end=tracker.on_epoch if tracker else None)
         if tracker is not None:
             tracker.finish()
         if distributed.is_main():
             conf = read_config(run)
             print(f"{run}: best epoch {conf.best_epoch + 1} val {conf.best_val:.4f}")
-    except (RunError, DatasetError) as e:
+    except (RunError, DatasetError, locks.LockHeld) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
