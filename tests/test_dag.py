@@ -188,9 +188,14 @@ def test_dag_parses_with_the_designed_tasks_params_and_schedule(af: Airflow) -> 
     assert all(dag.params.get_param(k).description for k in ("source", "seed", "epochs", "variant", "mode", "gate_margin", "videos"))
     assert pipeline.make_config(dag.params.dump())["source"] == "demo"
     assert pipeline.make_config(dag.params.dump())["variant"] == pipeline.TRAINING["demo"]["variant"]
-    for key, bad in (("source", "nope"), ("epochs", 0), ("mode", "fast"), ("gate_margin", "x"), ("videos", 3), ("variant", "best")):
+    for key, bad in (("source", "nope"), ("epochs", 0), ("mode", "fast"), ("gate_margin", "x"), ("videos", 3), ("variant", "best"),
+                     ("gate_margin", -0.01), ("gate_floor", -0.1), ("gate_floor", 1.5), ("gate_split", "test"),
+                     ("gate_split", "test_oracle"), ("gate_metric", "MedR"), ("gate_metric", "genre_KL@10"),
+                     ("bias_tolerance", -1)):
         with pytest.raises(ParamValidationError):
             dag.params.get_param(key).resolve(bad)
+    for key, good in (("gate_margin", 0), ("gate_floor", 0), ("gate_floor", 1), ("gate_split", "val"), ("gate_metric", "NDCG_w@10")):
+        assert dag.params.get_param(key).resolve(good) == good
 
     # weekly OR the deccm-media asset; one run at a time, no backfill of missed weeks
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
@@ -200,7 +205,13 @@ def test_dag_parses_with_the_designed_tasks_params_and_schedule(af: Airflow) -> 
 
     extract = dag.get_task("extract")
     assert extract.is_mapped and extract.retries == 3 and extract.retry_exponential_backoff > 1  # True would be 1.0: constant
-    assert dag.get_task("train_student").execution_timeout is not None
+    # every task is idempotent, so every task retries with a growing delay, and none runs for ever
+    for t in dag.tasks:
+        assert t.retries >= 1 and t.retry_exponential_backoff > 1 and t.max_retry_delay is not None, t.task_id
+        assert t.execution_timeout is not None and t.execution_timeout.total_seconds() > 0, t.task_id
+    assert dag.get_task("train_student").execution_timeout.total_seconds() == 6 * 3600
+    assert dag.dagrun_timeout is not None and dag.dagrun_timeout >= 2 * dag.get_task("train_student").execution_timeout
+    assert [a.name for a in dag.get_task("register").outlets] == ["deccm-champion"]
     assert dag.get_task("prepare_data").trigger_rule == "none_failed"  # runs when extract is skipped (no shards)
 
 
@@ -216,18 +227,58 @@ def test_parsing_the_dag_imports_no_deccm_torch_or_mlflow(af: Airflow) -> None:
     assert got == {"errors": {}, "dags": [DAG_ID], "heavy": []}
 
 
-def test_a_data_drop_asset_event_carries_settings(af: Airflow) -> None:
+def _dag_module() -> Any:
     import importlib.util
-    from types import SimpleNamespace
 
     spec = importlib.util.spec_from_file_location("deccm_retrain_dag", DAGS / "deccm_retrain.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    params = {"source": "demo", "epochs": 50, "videos": None}
+    return mod
+
+
+def test_a_data_drop_asset_event_carries_data_locations_only(af: Airflow) -> None:
+    from types import SimpleNamespace
+
+    mod = _dag_module()
+    params = {"source": "demo", "epochs": 50, "videos": None, "gate_margin": 0.005}
     drop = SimpleNamespace(extra={"source": "media", "videos": "/data/clips", "from_rest_api": True})  # Airflow adds from_rest_api
-    assert mod.run_settings(params, {mod.MEDIA: [drop]}) == {"source": "media", "epochs": 50, "videos": "/data/clips"}
+    want = {"source": "media", "epochs": 50, "videos": "/data/clips", "gate_margin": 0.005}
+    assert mod.run_settings(params, {mod.MEDIA: [drop]}) == want
+    assert mod.run_settings(params, {mod.MEDIA: [drop, drop]}) == want  # the same drop queued twice is one drop
     assert mod.run_settings(params, {mod.MEDIA: [SimpleNamespace(extra=None)]}) == params
-    assert mod.run_settings(params, None) == params  # manual and weekly runs: the params as given
+    assert mod.run_settings(params, None) == params  # manual runs: the params as given
+
+    # settings that are not data locations never ride in on an event, however harmless they look
+    for extra in ({"gate_margin": -1.0}, {"gate_split": "test"}, {"gate_floor": 0}, {"epochs": 1}, {"videos": "/v", "lr": 1e-3}):
+        with pytest.raises(mod.SettingsError, match=r"carries \[.*\]: an event carries data locations only.*Fix: drop"):
+            mod.run_settings(params, {mod.MEDIA: [SimpleNamespace(extra=extra)]})
+    with pytest.raises(mod.SettingsError, match=r"event's videos=3 is refused"):
+        mod.run_settings(params, {mod.MEDIA: [SimpleNamespace(extra={"videos": 3})]})
+    # two drops queued behind a running run: refused whole, never merged key by key
+    other = SimpleNamespace(extra={"source": "media", "logs": "/data/b/pairs.csv"})
+    with pytest.raises(mod.SettingsError, match="2 queued deccm-media events name different data.*one run takes one data drop"):
+        mod.run_settings(params, {mod.MEDIA: [drop, other]})
+
+
+def test_a_run_nobody_started_by_hand_needs_a_source_from_the_drop_or_the_deployment(af: Airflow,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    mod = _dag_module()
+    params = {"source": "demo", "seed": 0}
+    for run_type in ("scheduled", "asset_triggered"):
+        with pytest.raises(mod.SettingsError, match=f"a {run_type} run has no source.*Fix: set DECCM_SOURCE"):
+            mod.run_settings(params, None, run_type, None)  # never the demo corpus by default
+    assert mod.run_settings(params, None, "scheduled", "media")["source"] == "media"
+    drop = {mod.MEDIA: [SimpleNamespace(extra={"source": "synth-tiny", "seed": 3})]}
+    assert mod.run_settings(params, drop, "asset_triggered", None) == {"source": "synth-tiny", "seed": 3}
+    with pytest.raises(mod.SettingsError, match="DECCM_SOURCE: source='nope' is refused"):
+        mod.run_settings(params, None, "scheduled", "nope")
+    assert mod.run_settings(params, None, "manual", None) == params
+    monkeypatch.setenv("DECCM_SOURCE", "media")
+    assert mod.deployment_source() == "media"
+    monkeypatch.setenv("DECCM_SOURCE", "")
+    assert mod.deployment_source() is None
 
 
 # --------------------------------------------------------------------------- runs
@@ -259,6 +310,16 @@ def test_a_run_registers_a_champion_that_ranks_like_its_checkpoint(af: Airflow, 
     ids, scores = Recommender.from_run(run_dir, device="cpu", extractor=False).rank_features(x, 10)
     assert [list(r) for r in got["track_ids"]] == ids.tolist()
     np.testing.assert_allclose(np.array([list(r) for r in got["scores"]]), scores, rtol=1e-5, atol=1e-6)
+
+    # register published the asset deccm-champion with the champion's version
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
+            AssetModel.name == "deccm-champion").all()
+        extras = [e.extra for e in events]
+    assert {"model": MODEL, "version": result["version"], "registered": result["version"], "promoted": True} in extras
 
 
 @pytest.mark.slow
