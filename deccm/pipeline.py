@@ -381,8 +381,7 @@ def register(cfg: dict[str, Any], run: str, decision: dict[str, Any]) -> dict[st
                 held = (f"champion v{seen} cannot be compared with this challenger "
                         f"({evaluation.get('why_not_comparable', 'other data')}); a person decides: "
                         f"`deccm registry promote {version}`")
-        registry.tag_decision(version, decision if held is None else {**decision, "promote": False,
-                                                                      "reasons": [*decision["reasons"], "kept: " + held]})
+        registry.tag_decision(version, decision, held)
         if decision["promote"] and held is None:
             try:
                 registry.promote(version, reason="gate: " + "; ".join(decision["reasons"]), expected_champion=seen)

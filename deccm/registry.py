@@ -480,16 +480,21 @@ def list_versions() -> list[dict[str, Any]]:
 
 
 @_guarded
-def tag_decision(version: str, decision: dict[str, Any]) -> None:
+def tag_decision(version: str, decision: dict[str, Any], held: str | None = None) -> None:
     """Record the gate's verdict and reasons on a version; a rejection also blocks automatic promotion for good.
 
     Without the block, the same weights (a rerun on unchanged data) could win a later gate
-    against a weaker champion, e.g. after a rollback.
+    against a weaker champion, e.g. after a rollback. ``held``: why the registry keeps the
+    champion although the gate said promote (verdict ``kept``; not a rejection, no block).
     """
     client = _client()
-    client.set_model_version_tag(MODEL_NAME, str(version), "deccm.gate", "promote" if decision["promote"] else "rejected")
-    client.set_model_version_tag(MODEL_NAME, str(version), "deccm.gate.reasons", "; ".join(decision["reasons"])[:5000])
-    if not decision["promote"] and not client.get_model_version(MODEL_NAME, str(version)).tags.get(TAG_BLOCK):
+    verdict = ("kept" if held else "promote") if decision["promote"] else "rejected"
+    reasons = [*decision["reasons"], *([f"kept: {held}"] if held else [])]
+    client.set_model_version_tag(MODEL_NAME, str(version), "deccm.gate", verdict)
+    client.set_model_version_tag(MODEL_NAME, str(version), "deccm.gate.reasons", "; ".join(reasons)[:5000])
+    # a rerun on unchanged data meets itself as the champion: that is no rejection of the champion
+    if (not decision["promote"] and champion_version() != str(version)
+            and not client.get_model_version(MODEL_NAME, str(version)).tags.get(TAG_BLOCK)):
         client.set_model_version_tag(MODEL_NAME, str(version), TAG_BLOCK, f"rejected by the gate {_now()}")
 
 

@@ -137,3 +137,100 @@ def test_aliases_promote_and_rollback(home: Path, tiny_dataset: Path) -> None:
     assert r.returncode == 0 and "v2" in r.stdout and "champion" in r.stdout.splitlines()[1]
     r = subprocess.run([sys.executable, "-m", "deccm.cli", "registry", "promote", "2"], capture_output=True, text=True)
     assert r.returncode == 0 and registry.champion_version() == "2"
+
+
+# --------------------------------------------------------------------------- the state machine (docs/architecture.md)
+
+
+def test_rolled_back_and_rejected_versions_are_not_promoted_again_until_cleared(home: Path, tiny_dataset: Path) -> None:
+    v1 = registry.register(_tracked_run(tiny_dataset, home / "runs" / "a", seed=2, epochs=1))
+    v2 = registry.register(_tracked_run(tiny_dataset, home / "runs" / "b", seed=3, epochs=1))
+    registry.promote(v1)
+    assert registry.promote(v2, "gate", expected_champion="1") == []  # the compare-and-swap sees the champion it expects
+    assert registry.rollback() == "1" and registry.blocked("2").startswith("rolled back")
+    with pytest.raises(registry.RegistryError, match="version 2 is not promoted automatically .*registry clear 2"):
+        registry.promote("2", "gate", expected_champion="1")
+    assert registry.champion_version() == "1"
+    r = subprocess.run([sys.executable, "-m", "deccm.cli", "registry", "list"], capture_output=True, text=True)
+    assert r.returncode == 0 and "[no auto-promote: rolled back" in r.stdout
+    # a person may still promote it, and is told what that overrides
+    r = subprocess.run([sys.executable, "-m", "deccm.cli", "registry", "promote", "2"], capture_output=True, text=True)
+    assert r.returncode == 0 and "overrides deccm.no_auto_promote: rolled back" in r.stdout and registry.champion_version() == "2"
+    registry.rollback()
+    r = subprocess.run([sys.executable, "-m", "deccm.cli", "registry", "clear", "2"], capture_output=True, text=True)
+    assert r.returncode == 0 and "the gate may promote it again" in r.stdout and registry.blocked("2") is None
+    registry.promote("2", "gate", expected_champion="1")
+    assert registry.champion_version() == "2"
+    # a gate rejection blocks too, and sticks when a later decision on the same weights says promote
+    registry.tag_decision("2", {"promote": False, "reasons": ["does not beat the champion"]})
+    assert registry.blocked("2") is None  # the champion met itself on a rerun: not a rejection
+    registry.tag_decision("1", {"promote": False, "reasons": ["below the floor"]})
+    registry.tag_decision("1", {"promote": True, "reasons": ["beats the champion"]})
+    assert registry.blocked("1").startswith("rejected by the gate")
+
+
+def test_promotion_is_compare_and_swap_and_an_incomparable_champion_stays(home: Path, tiny_dataset: Path) -> None:
+    import mlflow
+
+    from deccm import pipeline
+
+    v1 = registry.register(_tracked_run(tiny_dataset, home / "runs" / "a", seed=2, epochs=1))
+    run_b = _tracked_run(tiny_dataset, home / "runs" / "b", seed=3, epochs=1)
+    v2 = registry.register(run_b)
+    registry.promote(v1, "manual")  # someone promoted v1 while the pipeline evaluated v2 against "no champion"
+    with pytest.raises(registry.ChampionMoved, match="champion moved from version None to 1 since the evaluation"):
+        registry.promote(v2, "gate", expected_champion=None)
+    assert registry.champion_version() == "1"
+    mv = mlflow.MlflowClient().get_model_version(registry.MODEL_NAME, v2)
+    assert "champion moved" in mv.tags[registry.TAG_ABORTED] and registry.TAG_PREVIOUS not in mv.tags
+
+    # the pipeline's register: the gate said promote, and the registry's rules keep the champion, saying why
+    cfg = pipeline.make_config({"source": "synth-tiny", "device": "cpu"})
+    moved = {"promote": True, "reasons": ["no comparable champion: the floors decide"], "champion_version": None,
+             "evaluation": {"champion_version": None, "comparable": False}}
+    out = pipeline.register(cfg, str(run_b), moved)
+    assert out["champion"] == "1" and not out["promoted"] and "champion moved from version None to 1" in out["held"]
+    other = {"promote": True, "reasons": ["no comparable champion: the floors decide"], "champion_version": "1",
+             "evaluation": {"champion_version": "1", "comparable": False, "why_not_comparable": "trained on synthetic data"}}
+    out = pipeline.register(cfg, str(run_b), other)
+    assert out["champion"] == "1" and not out["promoted"]
+    assert "champion v1 cannot be compared with this challenger (trained on synthetic data); a person decides" in out["held"]
+    tags = mlflow.MlflowClient().get_model_version(registry.MODEL_NAME, v2).tags
+    assert tags["deccm.gate"] == "kept" and "kept: champion v1 cannot be compared" in tags["deccm.gate.reasons"]
+    assert registry.blocked(v2) is None  # kept for a person to decide, not rejected
+
+
+def test_an_unreachable_registry_is_an_error_never_no_champion(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from deccm import pipeline
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(registry.RegistryUnavailable, match=f"registry at http://127.0.0.1:{port} is unavailable.*Fix: start"):
+        registry.champion_version()
+    calls: list = []
+    monkeypatch.setattr(pipeline, "run_all", lambda p=None: calls.append(p))
+    with pytest.raises(registry.RegistryUnavailable):
+        pipeline.ensure_champion({"source": "synth-tiny"})
+    assert calls == []  # an outage never starts a training
+    r = subprocess.run([sys.executable, "-m", "deccm.cli", "registry", "list"], capture_output=True, text=True)
+    assert r.returncode == 2 and "is unavailable" in r.stderr
+
+
+def test_a_locked_database_is_an_error_never_no_champion(home: Path, tiny_dataset: Path) -> None:
+    import sqlite3
+
+    registry.promote(registry.register(_tracked_run(tiny_dataset, home / "runs" / "a", seed=2, epochs=1)))
+    db = sqlite3.connect(home / "mlflow" / "mlflow.db", timeout=0)
+    db.execute("BEGIN EXCLUSIVE")  # another writer holds the database (what SQLite answers "database is locked" to)
+    try:
+        with pytest.raises(registry.RegistryUnavailable, match="is unavailable"):
+            registry.champion_version()
+    finally:
+        db.rollback()
+        db.close()
+    assert registry.champion_version() == "1"
