@@ -28,6 +28,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,12 @@ def _models(preset: str, seed: int, strength: str, work: Path, epochs: int, devi
 
 def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, device: str,
                 cfg: gate.GateConfig) -> list[dict[str, Any]]:
-    """The four pairs of one world: oracle difference, the gate's decision, the plain and the old rule."""
+    """The four pairs of one world: oracle difference, the gate's decision, the plain and the old rule.
+
+    Kept in --work per world and settings, so an interrupted study resumes with the next world."""
+    cache = work / f"gate-study-{preset}-{strength}-s{seed}-e{epochs}.json"
+    if cache.exists() and json.loads(cache.read_text())["gate"] == asdict(cfg):
+        return json.loads(cache.read_text())["rows"]
     runs = _models(preset, seed, strength, work, epochs, device)
     ds = load_dataset(_gate_data(work, preset, seed, strength))
     rankers: dict[str, Ranker] = {label: load_ranker(run, device=device) for label, run in runs.items()}
@@ -98,6 +104,7 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
                      "taste_R2": scored["taste_R2"], "reasons": decision["reasons"]})
         log.info("%s s%d %s -> %s: oracle %+.4f, gate %s (SNIPS %+.4f [%+.4f, %+.4f]), plain %s", strength, seed, champ, chal,
                  diff, decision["promote"], rows[-1]["snips"]["diff"], *rows[-1]["snips"]["ci95"], plain["promote"])
+    io.write_json(cache, {"gate": asdict(cfg), "rows": rows})
     return rows
 
 
@@ -156,7 +163,7 @@ def main() -> None:
     cfg = gate.GateConfig(margin=args.margin, floor=0.0)  # the study asks about the comparison; floors are the deployment's
     device = config.resolve_device(args.device)
     t0 = time.perf_counter()
-    rows = [r for strength in args.strengths for seed in args.seeds
+    rows = [r for seed in args.seeds for strength in args.strengths  # seed by seed: both strengths are covered early
             for r in judge_world(args.preset, seed, strength, work, args.epochs, str(device), cfg)]
     summ = summary(rows, cfg.margin)
     hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
@@ -164,7 +171,7 @@ def main() -> None:
             f"{args.epochs} epochs, seeds {args.seeds}, gate margin {cfg.margin}, {cfg.n_boot} paired resamples over clips, "
             f"{hw}, {(time.perf_counter() - t0) / 60:.1f} min (runs reused from --work are not retrained)._\n\n")
     write_section(args.out, head + to_markdown(rows, summ))
-    io.write_json(args.out.with_name("gate_study.json"), {"rows": rows, "summary": summ, "gate": cfg.__dict__, "epochs": args.epochs})
+    io.write_json(args.out.with_name("gate_study.json"), {"rows": rows, "summary": summ, "gate": asdict(cfg), "epochs": args.epochs})
     print(to_markdown(rows, summ))
 
 
