@@ -50,7 +50,7 @@ PARAMS: dict[str, Param] = {
                                         "at the encoders' input; empty = the source's (demo yes, else no)"),
     "mode": Param("fixed", type="string", enum=["fixed", "faithful"], description="fixed = corrected method, faithful = the authors' code"),
     "gate_metric": Param("HR_w@10", type="string", description="gate: primary metric (higher is better)"),
-    "gate_split": Param("val", type="string", description="gate: held-out split both models are scored on"),
+    "gate_split": Param("gate", type="string", description="gate: held-out split both models are scored on (gate; val for older datasets)"),
     "gate_margin": Param(0.005, type="number", description="gate: the challenger must beat the champion by more than this"),
     "gate_floor": Param(0.15, type="number", description="gate: absolute floor of the primary metric"),
     "bias_tolerance": Param(0.05, type="number", minimum=0, description="gate: how much worse the bias metrics may get"),
