@@ -243,7 +243,7 @@ def build_parser(prog: str = "deccm evaluate") -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="run dir (or its best.pt), or 'popularity'")
     p.add_argument("--compare", nargs="+", default=[], metavar="MODEL", help="more models side by side on the same rows")
     p.add_argument("--data", type=Path, default=None, help="dataset dir (default: the first model's training data)")
-    p.add_argument("--split", action="append", default=None, help="test, test_oracle or val; repeatable (default: test [+ test_oracle])")
+    p.add_argument("--split", action="append", default=None, help="test, test_oracle, val or gate; repeatable (default: test [+ test_oracle])")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: $DECCM_HOME/eval/<models>.json)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% intervals (0 = none)")
     p.add_argument("--device", default="auto")

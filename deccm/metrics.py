@@ -14,6 +14,7 @@ Conventions shared by every function:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import rankdata
@@ -377,3 +378,70 @@ def bootstrap_ci(
         stats[sl] = wv[idx].sum(axis=1) / w[idx].sum(axis=1)
     lo, hi = np.quantile(stats, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- the metric table
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric's meaning: which way is better, its range, and where its formula lives.
+
+    ``direction`` is +1 (higher is better), −1 (lower is better) or 0 (a reference value
+    of the data, not of the model). ``per_row``: ``deccm.evaluate.evaluate_split`` gives
+    per-row values (a weighted mean), so it has bootstrap intervals and can be compared
+    row by row by the gate (docs/method.md §7).
+    """
+
+    name: str
+    direction: int
+    low: float
+    high: float
+    formula: str
+    per_row: bool
+
+    @property
+    def bounded(self) -> bool:
+        return bool(np.isfinite(self.low) and np.isfinite(self.high))
+
+
+def _table() -> dict[str, Metric]:
+    inf = float("inf")
+    rows = []
+    for k in (10, 15, 20, 25):
+        rows += [Metric(f"HR_w@{k}", 1, 0.0, 1.0, "hit_rate with inverse-popularity weights (§7)", True),
+                 Metric(f"NDCG_w@{k}", 1, 0.0, 1.0, "ndcg with inverse-popularity weights (§7)", True),
+                 Metric(f"HR@{k}", 1, 0.0, 1.0, "hit_rate, unweighted (§7)", True),
+                 Metric(f"NDCG@{k}", 1, 0.0, 1.0, "ndcg, unweighted (§7)", True)]
+    rows += [Metric("Recall@10", 1, 0.0, 1.0, "recall_at_k over the full catalog", True),
+             Metric("Recall@25", 1, 0.0, 1.0, "recall_at_k over the full catalog", True),
+             Metric("MRR", 1, 0.0, 1.0, "mrr over the full catalog", True),
+             Metric("MedR", -1, 1.0, inf, "median_rank over the full catalog (1-based)", False),
+             Metric("coverage@10", 1, 0.0, 1.0, "catalog_coverage of the top-10 lists", False),
+             Metric("Gini@10", -1, 0.0, 1.0, "gini of top-10 exposure", False),
+             Metric("tail_share@10", 1, 0.0, 1.0, "tail_share of the top-10 slots", True),
+             Metric("C_KL@10", -1, 0.0, inf, "calibration_kl against each row's uploader prior", False),
+             Metric("genre_KL@10", -1, 0.0, inf, "calibration_kl of all top-10 slots against the split's positives", False),
+             Metric("top_genre_share@10", -1, 0.0, 1.0, "genre_share of the most-picked training genre", True),
+             Metric("top_genre_catalog_share", 0, 0.0, 1.0, "the catalog's share of that genre (reference)", False),
+             Metric("spearman_truth", 1, -1.0, 1.0, "rowwise_spearman against the true affinity (synthetic)", False),
+             Metric("taste_R2", -1, -inf, 1.0, "probe_r2 of the uploader's taste from video vectors", False)]
+    return {m.name: m for m in rows}
+
+
+METRICS: dict[str, Metric] = _table()
+
+
+def metric(name: str) -> Metric:
+    """The table's entry for ``name``; an unknown name is an error that lists the known ones."""
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}. Fix: use one of {sorted(METRICS)} (deccm.metrics.METRICS)")
+    return METRICS[name]
+
+
+def worse_by(name: str, value: float, reference: float) -> float:
+    """How much worse ``value`` is than ``reference`` in the metric's own direction (negative = better)."""
+    m = metric(name)
+    if m.direction == 0:
+        raise ValueError(f"{name} describes the data, not the model: it has no better or worse")
+    return m.direction * (reference - value)

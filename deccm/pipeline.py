@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deccm import config, locks, registry, tracking
+from deccm import config, gate as gating, locks, registry, tracking
 from deccm import log as _log
 from deccm.data import DatasetError, load_dataset
 from deccm.runs import RunError, TrainConfig, check_data, pgc_hash, read_config
@@ -47,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "variant": None,  # None: the source's (TRAINING); without PGC data a distilling variant trains its non-distilled form
     "balance_blocks": None,  # None: the source's (TRAINING); True: each feature block gets equal weight (ModelConfig)
     "mode": "fixed",
-    "gate_metric": "HR_w@10", "gate_split": "val", "gate_margin": 0.005, "gate_floor": 0.15, "bias_tolerance": 0.05,
+    "gate_metric": "HR_w@10", "gate_split": "gate", "gate_margin": 0.005, "gate_floor": 0.15, "bias_tolerance": 0.05,
     "shards": 4,  # extraction shards (parallel mapped tasks)
     "device": "auto",
 }
@@ -125,6 +125,7 @@ def make_config(params: dict[str, Any] | None = None) -> dict[str, Any]:
         raise ValueError(f"mode {cfg['mode']!r} is unknown; choose fixed or faithful")
     if cfg["epochs"] < 1 or cfg["shards"] < 1 or cfg["batch_size"] < 2:
         raise ValueError("epochs and shards must be at least 1, batch_size at least 2")
+    gate_config(cfg)  # the gate's bounds, checked before any stage runs (deccm.gate.GateConfig)
     if cfg["source"] == "media":
         missing = [k for k in ("videos", "tracks", "logs", "tracks_meta") if not cfg.get(k)]
         if missing:
@@ -312,18 +313,33 @@ def _values(res: Any) -> dict[str, float]:
     return {k: float(v) for k, v in res.values.items()}
 
 
+def gate_config(cfg: dict[str, Any]) -> gating.GateConfig:
+    """The gate's settings from the pipeline's; ``GateConfig`` checks their bounds."""
+    return gating.GateConfig(metric=cfg["gate_metric"], split=cfg["gate_split"], margin=cfg["gate_margin"],
+                             floor=cfg["gate_floor"], bias_tolerance=cfg["bias_tolerance"])
+
+
 def evaluate_candidates(cfg: dict[str, Any], run: str) -> dict[str, Any]:
-    """The challenger and the current champion scored on the same splits of the challenger's data."""
+    """The challenger and the current champion scored on the same splits of the challenger's data.
+
+    ``evaluation["gate"]`` holds what the gate decides on (``deccm.gate.score``): both models
+    on the gate split, their paired comparison and taste probes. A dataset without a
+    ``gate`` split falls back to ``val`` (which chose the challenger's epoch) with a warning
+    the decision repeats.
+    """
     from deccm.evaluate import evaluate_split
     from deccm.serve import load_ranker
 
+    gcfg = gate_config(cfg)
     conf = read_config(run)
     ds = load_dataset(conf.data_path)
-    splits = [s for s in ("val", "test", "test_oracle") if s in ds.ugc.rank_splits()]
+    splits = [s for s in ("val", "gate", "test", "test_oracle") if s in ds.ugc.rank_splits()]
     challenger = load_ranker(run, cfg["device"])
     out: dict[str, Any] = {"run": str(run), "data": str(conf.data_path), "splits": splits,
                            "challenger": {s: _values(evaluate_split(challenger, ds, s)) for s in splits},
-                           "champion": None, "champion_version": registry.champion_version(), "comparable": False}
+                           "champion": None, "champion_version": registry.champion_version(), "comparable": False,
+                           "notes": []}
+    champ_ranker = None
     if out["champion_version"] is not None:
         champ = registry.load(out["champion_version"], device=cfg["device"], extractor=False)  # the version seen, not a later one
         try:
@@ -336,7 +352,16 @@ def evaluate_candidates(cfg: dict[str, Any], run: str) -> dict[str, Any]:
             log.warning("the champion cannot score this data, so the floors decide: %s", e)
         else:
             out["comparable"] = True
+            champ_ranker = champ.ranker
             out["champion"] = {s: _values(evaluate_split(champ.ranker, ds, s)) for s in splits}
+    split = gcfg.split
+    if split not in splits:
+        note = (f"WARNING: {conf.data_path} has no '{split}' split (made before it existed), so the gate scores on "
+                f"'{gating.FALLBACK_SPLIT}', the split that chose the challenger's epoch; re-create the dataset for a held-out gate")
+        log.warning(note)
+        out["notes"].append(note)
+        split = gating.FALLBACK_SPLIT
+    out["gate"] = gating.score(ds, split, challenger, champ_ranker, gcfg)
     run_id = tracking.find_run(run, conf)
     if run_id is not None:
         tracking.log_metrics(run_id, {f"eval.{s}.{m}": v for s, vals in out["challenger"].items() for m, v in vals.items()})
@@ -344,12 +369,8 @@ def evaluate_candidates(cfg: dict[str, Any], run: str) -> dict[str, Any]:
 
 
 def gate(cfg: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    """Promote or not (``deccm.registry.decide``); the decision and every number go to the log and the MLflow run."""
-    gcfg = registry.GateConfig(metric=cfg["gate_metric"], split=cfg["gate_split"], margin=cfg["gate_margin"],
-                               floor=cfg["gate_floor"], bias_tolerance=cfg["bias_tolerance"])
-    split = gcfg.split
-    champion = evaluation["champion"][split] if evaluation.get("comparable") else None
-    decision = registry.decide(evaluation["challenger"][split], champion, gcfg)
+    """Promote or not (``deccm.gate.decide``); the decision and every number go to the log and the MLflow run."""
+    decision = gating.decide(evaluation["gate"], gate_config(cfg), notes=tuple(evaluation.get("notes", ())))
     decision.update(run=evaluation["run"], champion_version=evaluation.get("champion_version"), evaluation=evaluation)
     verdict = "PROMOTE" if decision["promote"] else "KEEP the champion"
     log.info("gate: %s (%s vs champion v%s)", verdict, evaluation["run"], evaluation.get("champion_version"))

@@ -4,11 +4,9 @@
   whose artifact is a serving bundle (run config and best weights, catalog vectors and track
   rows, model card), registers it as a new version and gives it the alias ``challenger``.
   Registering the same weights again returns the existing version.
-- :func:`decide` is the gate (a pure function): promote a challenger only when its primary
-  metric beats the champion's by the margin on the same held-out split, the absolute floors
-  hold, and the bias guard holds. :func:`promote` moves ``champion`` and records the
-  previous champion on the version (tag ``deccm.previous_champion``); :func:`rollback` moves
-  it back.
+- :func:`promote` moves ``champion`` and records the previous champion on the version
+  (tag ``deccm.previous_champion``); :func:`rollback` moves it back. Whether a challenger
+  deserves promotion is the gate's question (``deccm.gate``).
 - :func:`load_champion` returns the champion as a :class:`deccm.serve.Recommender`.
 
 The registry is a small state machine (docs/architecture.md, "The registry's state machine"):
@@ -36,7 +34,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, requires
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,59 +130,6 @@ def _aliases_lock() -> Any:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-# --------------------------------------------------------------------------- the gate
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """When a challenger may replace the champion (all on the same held-out split)."""
-
-    metric: str = "HR_w@10"  # primary metric, higher is better
-    split: str = "val"
-    margin: float = 0.005  # the challenger must beat the champion by more than this
-    floor: float = 0.15  # absolute floor of the primary metric (chance is 10/101 = 0.099)
-    bias_tolerance: float = 0.05  # genre_KL@10 and top_genre_share@10 may be worse than the champion's by at most this
-
-
-BIAS_METRICS = ("genre_KL@10", "top_genre_share@10")  # lower is better
-
-
-def decide(challenger: dict[str, float], champion: dict[str, float] | None, cfg: GateConfig = GateConfig()) -> dict[str, Any]:
-    """Promote or not, with every reason and number. ``champion`` None = no comparable champion.
-
-    Without a comparable champion (the first model ever, or one trained on features that
-    cannot score this data) only the floors decide.
-    """
-    reasons: list[str] = []
-    ok = True
-    value = challenger.get(cfg.metric)
-    if value is None or not np.isfinite(value):
-        raise ValueError(f"the challenger has no {cfg.metric} on {cfg.split}")
-    if value < cfg.floor:
-        ok = False
-        reasons.append(f"{cfg.metric} {value:.4f} is below the floor {cfg.floor:.4f}")
-    else:
-        reasons.append(f"{cfg.metric} {value:.4f} clears the floor {cfg.floor:.4f}")
-    if champion is None:
-        reasons.append("no comparable champion: the floors decide")
-    else:
-        best = champion[cfg.metric]
-        if value > best + cfg.margin:
-            reasons.append(f"{cfg.metric} {value:.4f} beats the champion's {best:.4f} by more than {cfg.margin}")
-        else:
-            ok = False
-            reasons.append(f"{cfg.metric} {value:.4f} does not beat the champion's {best:.4f} by more than {cfg.margin}")
-        for m in BIAS_METRICS:
-            if m in challenger and m in champion:
-                if challenger[m] > champion[m] + cfg.bias_tolerance:
-                    ok = False
-                    reasons.append(f"bias guard: {m} {challenger[m]:.4f} is worse than the champion's {champion[m]:.4f} "
-                                   f"by more than {cfg.bias_tolerance}")
-                else:
-                    reasons.append(f"bias guard: {m} {challenger[m]:.4f} vs champion {champion[m]:.4f} holds")
-    return {"promote": ok, "reasons": reasons, "gate": asdict(cfg), "challenger": challenger, "champion": champion}
 
 
 # --------------------------------------------------------------------------- registering

@@ -150,19 +150,19 @@ def test_assembles_a_valid_dataset_that_keeps_the_users_data(inputs: Inputs, tmp
         assert os.path.samefile(copy, src)
 
     # every logged row is in exactly one split, splits grouped by video
-    splits = {"train": u.train, "val": u.val, "test": u.test}
+    splits = {"train": u.train, "val": u.val, "test": u.test, "gate": u.gate}
     pairs = sorted((ugc_videos[v]["ext_id"], inputs.track_ids[t])
                    for rows in splits.values() for v, t in zip(rows.video, rows.music))
     assert pairs == sorted((r[0], r[1]) for r in inputs.log_rows)
     vids = {name: set(rows.video.tolist()) for name, rows in splits.items()}
-    assert not (vids["train"] & vids["val"]) and not (vids["train"] & vids["test"]) and not (vids["val"] & vids["test"])
-    assert (len(vids["val"]), len(vids["test"]), len(vids["train"])) == (6, 12, 42)  # 10% / 20% of 60 videos
+    assert sum(map(len, vids.values())) == len(set().union(*vids.values()))  # no video in two splits
+    assert (len(vids["val"]), len(vids["test"]), len(vids["gate"]), len(vids["train"])) == (6, 12, 6, 36)  # 10/20/10 % of 60
 
     # the protocol: priors are distributions, weights sum to 1 from training counts, negatives exclude the positive
     for name, rows in splits.items():
         np.testing.assert_allclose(rows.prior.sum(axis=1), 1.0, atol=1e-5, err_msg=name)
         assert rows.uploader is not None and len(rows.uploader) == len(rows)
-    for rows in (u.val, u.test):
+    for rows in (u.val, u.test, u.gate):
         assert rows.negatives.shape == (len(rows), 100)
         assert not (rows.negatives == rows.music[:, None]).any()
         assert (np.diff(np.sort(rows.negatives, axis=1), axis=1) > 0).all()
@@ -191,6 +191,16 @@ def test_split_depends_on_the_seed_only(inputs: Inputs, tmp_path: Path) -> None:
     c = load_dataset(assemble(inputs.cfg(seed=2), tmp_path / "c"))
     assert a.manifest["files"] == b.manifest["files"]
     assert set(a.ugc.test.video.tolist()) != set(c.ugc.test.video.tolist())
+
+
+def test_gate_split_takes_its_clips_from_training_and_leaves_val_and_test_alone(inputs: Inputs, tmp_path: Path) -> None:
+    with_gate = load_dataset(assemble(inputs.cfg(seed=1), tmp_path / "g")).ugc
+    without = load_dataset(assemble(inputs.cfg(seed=1, gate_fraction=0.0), tmp_path / "n")).ugc
+    assert without.gate is None and len(with_gate.gate) > 0
+    for split in ("val", "test"):
+        a, b = getattr(with_gate, split), getattr(without, split)
+        assert np.array_equal(a.video, b.video) and np.array_equal(a.negatives, b.negatives), split
+    assert set(with_gate.gate.video.tolist()) <= set(without.train.video.tolist())
 
 
 def test_without_uploaders_priors_are_the_global_share_and_the_manifest_says_so(tmp_path: Path) -> None:
@@ -259,6 +269,10 @@ def test_config_from_dict_rejects_unknown_and_missing_keys(inputs: Inputs) -> No
         AssembleConfig.from_dict({**cfg.to_dict(), "pgc_pairs": None})
     with pytest.raises(ValueError, match="leaves no training rows"):
         AssembleConfig.from_dict({**cfg.to_dict(), "val_fraction": 0.5, "test_fraction": 0.5})
+    with pytest.raises(ValueError, match="gate_fraction must be a number in \\[0, 1\\)"):
+        AssembleConfig.from_dict({**cfg.to_dict(), "gate_fraction": -0.1})
+    with pytest.raises(ValueError, match="gate_fraction = 1 leaves no training rows"):
+        AssembleConfig.from_dict({**cfg.to_dict(), "val_fraction": 0.4, "test_fraction": 0.4, "gate_fraction": 0.2})
 
 
 # --------------------------------------------------------------------------- errors
@@ -356,7 +370,7 @@ def test_cli_assembles_summarises_and_reruns_safely(inputs: Inputs, tmp_path: Pa
     dest = _state_dir / "data" / "mine"
     ds = load_dataset(dest)
     c = ds.manifest["counts"]
-    assert f"{c['train']} train / {c['val']} val / {c['test']} test rows" in r.stdout
+    assert f"{c['train']} train / {c['val']} val / {c['test']} test / {c['gate']} gate rows" in r.stdout
     assert f"{N_TRACKS} tracks" in r.stdout and "ambient, jazz, rock" in r.stdout
     assert "confounder path: on" in r.stdout and f"{N_SEGMENTS} segments" in r.stdout
     before = (dest / "dataset.json").stat().st_mtime_ns

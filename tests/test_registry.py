@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -34,27 +33,6 @@ def _tracked_run(data: Path, out: Path, seed: int = 2, epochs: int = 3) -> Path:
                 TrainConfig(epochs=epochs, batch_size=64, seed=seed, device="cpu"), variant="no-distill", on_epoch_end=tr.on_epoch)
     tr.finish()
     return run
-
-
-# --------------------------------------------------------------------------- the gate (pure)
-
-
-def test_gate_first_model_is_judged_by_the_floor_alone() -> None:
-    cfg = registry.GateConfig(floor=0.2)
-    assert registry.decide({"HR_w@10": 0.25}, None, cfg)["promote"] is True
-    d = registry.decide({"HR_w@10": 0.15}, None, cfg)
-    assert d["promote"] is False and any("below the floor" in r for r in d["reasons"])
-
-
-def test_gate_needs_the_margin_and_the_bias_guard() -> None:
-    cfg = registry.GateConfig(floor=0.1, margin=0.01, bias_tolerance=0.05)
-    champ = {"HR_w@10": 0.40, "genre_KL@10": 0.10, "top_genre_share@10": 0.30}
-    assert registry.decide({"HR_w@10": 0.415, "genre_KL@10": 0.12, "top_genre_share@10": 0.31}, champ, cfg)["promote"]
-    assert not registry.decide({"HR_w@10": 0.405, "genre_KL@10": 0.10, "top_genre_share@10": 0.30}, champ, cfg)["promote"]
-    d = registry.decide({"HR_w@10": 0.50, "genre_KL@10": 0.16, "top_genre_share@10": 0.30}, champ, cfg)
-    assert not d["promote"] and any("bias guard: genre_KL@10" in r and "worse" in r for r in d["reasons"])
-    with pytest.raises(ValueError, match="no HR_w@10"):
-        registry.decide({"HR_w@10": math.nan}, champ, cfg)
 
 
 # --------------------------------------------------------------------------- tracking

@@ -131,3 +131,19 @@ def test_default_output_goes_to_state_dir(_state_dir: Path) -> None:
     assert r.returncode == 0, r.stderr
     gen = load_dataset(_state_dir / "data" / "synth-tiny-tv3-g0").manifest["generator"]
     assert (gen["taste_video"], gen["gamma"]) == (3.0, 0.0)
+
+
+def test_gate_split_is_new_clips_and_leaves_the_other_splits_unchanged(tmp_path: Path) -> None:
+    """The gate's clips come from their own stream: a dataset without them has the same train/val/test rows."""
+    with_gate = load_dataset(synth(tmp_path / "g", preset="tiny", seed=5, taste_video=3.0)).ugc
+    without = load_dataset(synth(tmp_path / "n", preset="tiny", seed=5, taste_video=3.0, n_gate=0)).ugc
+    assert without.gate is None and "gate" not in without.rank_splits()
+    for split in ("train", "val", "test", "test_oracle"):
+        a, b = getattr(with_gate, split), getattr(without, split)
+        assert np.array_equal(a.video, b.video) and np.array_equal(a.music, b.music), split
+    n = len(without.video_features)
+    assert np.array_equal(with_gate.video_features[:n], without.video_features)
+    gate = with_gate.gate
+    assert len(gate) == 100 and gate.video.min() == n  # clips of its own, after every other video
+    assert gate.uploader is not None and gate.prior is not None and gate.negatives.shape == (100, 100)
+    assert not set(gate.video) & (set(with_gate.val.video) | set(with_gate.train.video) | set(with_gate.test.video))

@@ -58,6 +58,8 @@ def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int)
     a.add_argument("--val-fraction", type=float, help="share of the logged videos in val (default 0.1)")
     a.add_argument("--test-fraction", type=float, help="share of the logged videos in test (default 0.2)")
+    a.add_argument("--gate-fraction", type=float,
+                   help="share of the logged videos held out for the promotion gate (default 0.1; 0 = none, the gate then uses val)")
     a.add_argument("--name", help="dataset name in the manifest and default DST (default: assembled)")
     a.add_argument("--overwrite", action="store_true", help="replace a different dataset at DST (only once the new one is complete)")
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm data") -> int:
         elif args.cmd == "assemble":
             from deccm.data.assemble import DEFAULT_NAME, AssembleConfig, assemble, summary
 
-            keys = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs", "seed", "val_fraction", "test_fraction", "name")
+            keys = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs", "seed", "val_fraction", "test_fraction", "gate_fraction", "name")
             cfg = AssembleConfig.from_dict({k: getattr(args, k) for k in keys if getattr(args, k) is not None})
             out = assemble(cfg, args.dst or config.data_dir(cfg.name or DEFAULT_NAME), overwrite=args.overwrite)
             print(summary(out))

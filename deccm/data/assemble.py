@@ -17,7 +17,8 @@ Inputs (``deccm data assemble``; every path is recorded in the manifest):
 
 What it makes (``provenance: extracted``): train/val/test splits drawn by ``seed`` over the
 *distinct logged videos* (``val_fraction`` / ``test_fraction`` of them, at least one
-each), so one video is never in two splits; rows keep their CSV order inside a split.
+each), plus a ``gate`` split (``gate_fraction``, taken from what would otherwise train, so
+val and test keep their clips), so one video is never in two splits; rows keep their CSV order inside a split.
 Priors, propensities, inverse-popularity weights and 100 negatives per val/test row come
 from ``deccm.data.protocol``, as for the synthetic benchmark and the demo corpus. There is
 no ``test_oracle``: only generated data know the true affinity. ``video_genre`` is all
@@ -104,6 +105,7 @@ class AssembleConfig:
     seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.2
+    gate_fraction: float = 0.1  # clips held out for the promotion gate (deccm.gate); 0 = none
     pgc_val_fraction: float = 0.1
     prior_smoothing: float = 1.0  # α of the uploader prior (deccm.data.protocol.uploader_priors)
     name: str | None = None
@@ -122,9 +124,12 @@ class AssembleConfig:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < 1:
                 raise ValueError(f"assemble: {key} must be a number in (0, 1), got {v!r}")
-        if self.val_fraction + self.test_fraction >= 1:
-            raise ValueError(f"assemble: val_fraction + test_fraction = {self.val_fraction + self.test_fraction:g} "
-                             "leaves no training rows; keep their sum below 1")
+        g = self.gate_fraction
+        if not isinstance(g, (int, float)) or isinstance(g, bool) or not 0 <= g < 1:
+            raise ValueError(f"assemble: gate_fraction must be a number in [0, 1), got {g!r}")
+        if self.val_fraction + self.test_fraction + g >= 1:
+            raise ValueError(f"assemble: val_fraction + test_fraction + gate_fraction = "
+                             f"{self.val_fraction + self.test_fraction + g:g} leaves no training rows; keep their sum below 1")
         if not isinstance(self.prior_smoothing, (int, float)) or self.prior_smoothing <= 0:
             raise ValueError(f"assemble: prior_smoothing must be a positive number, got {self.prior_smoothing!r}")
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()
@@ -504,8 +509,8 @@ def assemble(cfg: AssembleConfig, dest: str | Path, overwrite: bool = False) -> 
         videos += segments
     manifest = _manifest(cfg, fp, tracks, vstore, mstore, logs.uploader is not None)
     _write(dest, manifest, ugc, pgc, tracks, videos, overwrite)
-    log.info("assembled %s: %d train / %d val / %d test rows, %d tracks, %d genres",
-             dest, len(ugc.train), len(ugc.val), len(ugc.test), len(mstore), len(tracks.genres))
+    log.info("assembled %s: %d train / %d val / %d test / %d gate rows, %d tracks, %d genres", dest, len(ugc.train),
+             len(ugc.val), len(ugc.test), len(ugc.gate) if ugc.gate is not None else 0, len(mstore), len(tracks.genres))
     return dest
 
 
@@ -516,13 +521,14 @@ def _ugc(cfg: AssembleConfig, vstore: FeatureStore, mstore: FeatureStore, tracks
     video_id = np.full(len(vstore), -1, dtype=np.int64)
     video_id[used] = np.arange(len(used))
     video = video_id[logs.video_row]
-    sizes = _split_sizes(len(used), (cfg.val_fraction, cfg.test_fraction))
+    # the gate comes last in the permutation: val and test keep the clips they had before it existed
+    sizes = _split_sizes(len(used), (cfg.val_fraction, cfg.test_fraction) + ((cfg.gate_fraction,) if cfg.gate_fraction else ()))
     if len(used) - sum(sizes) < 1:
         raise _problem(cfg.logs, None, f"{len(used)} distinct logged video(s) cannot fill train, val "
-                       f"({cfg.val_fraction:g}) and test ({cfg.test_fraction:g}): each split needs at least one video",
-                       f"log at least {sum(sizes) + 1} distinct videos")
+                       f"({cfg.val_fraction:g}), test ({cfg.test_fraction:g}) and gate ({cfg.gate_fraction:g}): each split "
+                       "needs at least one video", f"log at least {sum(sizes) + 1} distinct videos, or set gate_fraction 0")
     split = _split_groups(np.random.default_rng([cfg.seed, 1]), len(used), sizes)[video]  # per row, via its video
-    tr, va, te = (np.flatnonzero(split == k) for k in range(3))
+    tr, va, te, ga = (np.flatnonzero(split == k) for k in range(4))
 
     g = len(tracks.genres)
     uploader: np.ndarray | None = None
@@ -538,12 +544,14 @@ def _ugc(cfg: AssembleConfig, vstore: FeatureStore, mstore: FeatureStore, tracks
     train = protocol.train_rows(video[tr], logs.track[tr], np.zeros((len(tr), g), dtype=np.uint8), tracks.genre, g,
                                 uploader=rows_of(tr), n_uploaders=n_up, alpha=cfg.prior_smoothing)
     rng = np.random.default_rng([cfg.seed, 2])
-    val, test = (protocol.rank_rows(rng, video[s], logs.track[s], train, tracks.genre, g, uploader=rows_of(s),
-                                    n_uploaders=n_up, alpha=cfg.prior_smoothing) for s in (va, te))
+    val, test, gate = (protocol.rank_rows(rng, video[s], logs.track[s], train, tracks.genre, g, uploader=rows_of(s),
+                                          n_uploaders=n_up, alpha=cfg.prior_smoothing) if len(s) else None
+                       for s in (va, te, ga))
     ugc = UGC(video_features=np.asarray(vstore.features, dtype=np.float32)[used],
               music_features=np.asarray(mstore.features, dtype=np.float32),
               prior_mean=protocol.prior_mean(train.prior), music_genre=tracks.genre,
-              music_norm_mean=mstore.norm_mean, music_norm_std=mstore.norm_std, train=train, val=val, test=test)
+              music_norm_mean=mstore.norm_mean, music_norm_std=mstore.norm_std, train=train, val=val, test=test,
+              gate=gate)
     owner = dict(zip(logs.video_row.tolist(), logs.uploader)) if logs.uploader is not None else {}
     videos = [{"id": k, "kind": "ugc", "ext_id": vstore.ids[r], "source": vstore.paths[r], "uploader": owner.get(r, "")}
               for k, r in enumerate(used.tolist())]
@@ -591,8 +599,8 @@ def _manifest(cfg: AssembleConfig, fp: dict[str, Any], tracks: _Tracks, vstore: 
         "source": {"module": "deccm.data.assemble", "fingerprint": fp["digest"], "version": VERSION,
                    "inputs": fp["inputs"], "options": fp["options"]},
         "confounder": _confounder(cfg, has_uploaders, tracks.has_genres),
-        "splits": (f"train/val/test over the distinct logged videos (seed {cfg.seed}, val {cfg.val_fraction:g}, "
-                   f"test {cfg.test_fraction:g}): a video's rows are all in one split"),
+        "splits": (f"train/val/test/gate over the distinct logged videos (seed {cfg.seed}, val {cfg.val_fraction:g}, "
+                   f"test {cfg.test_fraction:g}, gate {cfg.gate_fraction:g}): a video's rows are all in one split"),
         "video_genre": "all zeros: usage logs carry no video genre (one derived from the logged track would leak the label)",
         "ids": {"tracks": "track id = row of the music store; tracks.csv source = 'id:<your track id>'",
                 "videos": "video id = position among the logged videos in video-store order (videos.csv kind ugc); "
@@ -642,7 +650,7 @@ def summary(root: str | Path) -> str:
     m = read_manifest(root)
     c = m["counts"]
     conf = m.get("confounder", {})
-    lines = [f"{root}: {c['train']} train / {c['val']} val / {c['test']} test rows over {c['videos']} videos, "
+    lines = [f"{root}: {c['train']} train / {c['val']} val / {c['test']} test / {c.get('gate', 0)} gate rows over {c['videos']} videos, "
              f"{c['tracks']} tracks",
              f"genres ({len(m['genres'])}): {', '.join(m['genres'])}"]
     if "pgc_train" in c:

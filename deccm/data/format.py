@@ -19,7 +19,7 @@ Layout (every array is numeric and loaded with ``allow_pickle=False``)::
     ugc/train/prior.npy               (N, G) float32 uploader genre preference d_b
     ugc/train/propensity.npy          (N,) float32 in (0, 1], for IPS
     ugc/train/uploader.npy            (N,) int64                                   [optional]
-    ugc/<split>/{video,music}.npy     split in val, test, test_oracle (the last optional)
+    ugc/<split>/{video,music}.npy     split in val, test, test_oracle, gate (the last two optional)
     ugc/<split>/negatives.npy         (N, 100) int64 sampled negatives, positive excluded
     ugc/<split>/weight.npy            (N,) float64 inverse-popularity weight, sums to 1
     ugc/<split>/prior.npy             (N, G) float32                               [optional]
@@ -27,6 +27,11 @@ Layout (every array is numeric and loaded with ``allow_pickle=False``)::
     pgc/music_features.npy            (N_music, D_m) float32
     pgc/{train,val}/{segment,music}.npy  (N,) int64
     truth/...                         synthetic data only: latents behind the true affinity
+
+``gate`` is a split like ``val`` on clips of its own, held out from early stopping: the
+promotion gate scores champion and challenger on it (``deccm.gate``, docs/method.md §7 "The promotion gate").
+It is optional within format version 1, so older datasets stay readable; without it the
+gate falls back to ``val`` and says so in its reasons.
 
 Names follow the method (``docs/method.md`` §2); ``deccm.data.legacy`` converts the
 authors' pickled layout into this one.
@@ -124,11 +129,14 @@ class UGC:
     test_oracle: RankRows | None = field(
         default=None, metadata={"split": RankRows, "optional": True}
     )
+    gate: RankRows | None = field(default=None, metadata={"split": RankRows, "optional": True})
 
     def rank_splits(self) -> dict[str, RankRows]:
         out = {"val": self.val, "test": self.test}
         if self.test_oracle is not None:
             out["test_oracle"] = self.test_oracle
+        if self.gate is not None:
+            out["gate"] = self.gate
         return out
 
 

@@ -22,6 +22,9 @@ The generative story (the one DecCM's causal graph assumes, ``docs/method.md`` �
 * PGC pairs (professionally edited) draw from ``exp(β_pgc·a)`` alone: no uploader bias.
 * ``test`` is drawn like training (biased); ``test_oracle`` uses the *same videos* with
   positives drawn from the affinity alone: what an unbiased matcher should retrieve.
+* ``gate`` (``n_gate`` clips, the size of ``val`` in the presets) is logged like ``val``
+  on clips of its own, drawn from a separate random stream after everything else, so the
+  other splits are the same as without it; the promotion gate scores on it.
 * Features are fixed random non-linear maps of the latents plus noise, at the method's
   dims: video 2048 (non-negative like pooled ResNet activations), music 128 embedding +
   128 standardised descriptors (like VGGish ‖ normalised openSMILE).
@@ -78,13 +81,15 @@ class SynthConfig:
     feature_noise: float = 0.3
     prior_smoothing: float = 1.0
     pgc_val_fraction: float = 0.1
+    n_gate: int = 0  # clips of the ``gate`` split (0 = none); drawn from their own stream, after everything else
     seed: int = 0
 
 
 PRESETS: dict[str, SynthConfig] = {
-    "tiny": SynthConfig(n_tracks=160, n_train=400, n_val=100, n_test=100, n_uploaders=40, n_pgc=300),
-    "small": SynthConfig(n_tracks=1000, n_train=20000, n_val=2000, n_test=2000, n_uploaders=1500, n_pgc=8000),
-    "tt150k": SynthConfig(n_tracks=3003, n_train=120000, n_val=15000, n_test=15000, n_uploaders=10000, n_pgc=40000),
+    "tiny": SynthConfig(n_tracks=160, n_train=400, n_val=100, n_test=100, n_uploaders=40, n_pgc=300, n_gate=100),
+    "small": SynthConfig(n_tracks=1000, n_train=20000, n_val=2000, n_test=2000, n_uploaders=1500, n_pgc=8000, n_gate=2000),
+    "tt150k": SynthConfig(n_tracks=3003, n_train=120000, n_val=15000, n_test=15000, n_uploaders=10000, n_pgc=40000,
+                          n_gate=15000),
 }
 # named strengths of the taste → video path (SynthConfig.taste_video)
 CONFOUNDING: dict[str, float] = {"none": 0.0, "moderate": 3.0, "strong": 8.0}
@@ -223,11 +228,35 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
         train=PairRows(segment=seg[n_pval:], music=seg_music[n_pval:]),
         val=PairRows(segment=seg[:n_pval], music=seg_music[:n_pval]),
     )
+    if cfg.n_gate:
+        ugc, zv = _with_gate(w, ugc, zv, activity)
     truth = Truth(video_content=zv, music_content=w.music_content, affinity_map=w.W,
                   uploader_preference=w.uploader_pref.astype(np.float32), genre_popularity=w.popularity.astype(np.float32))
     tracks = [{"id": i, "title": f"synthetic track {i}", "artist": "deccm synth", "genre": GENRES[w.track_genre[i]],
                "source": "deccm.data.synth", "licence": "CC0 (generated)"} for i in range(cfg.n_tracks)]
     return {"ugc": ugc, "pgc": pgc, "truth": truth, "tracks": tracks}
+
+
+def _with_gate(w: _World, ugc: UGC, zv: np.ndarray, activity: np.ndarray) -> tuple[UGC, np.ndarray]:
+    """``ugc`` with a ``gate`` split of ``n_gate`` new clips appended (ids after every other video), and ``zv`` extended.
+
+    The gate's clips, uploaders, logged picks, features and negatives come from a stream
+    of their own (seed ``[seed, 3]``) drawn after everything else, so train/val/test and
+    PGC are byte-identical to a dataset without the split: runs trained before it existed
+    stay comparable. Rows are logged like ``val`` (biased by the uploader's taste).
+    """
+    cfg = w.cfg
+    w.rng = rng = np.random.default_rng([cfg.seed, 3])
+    zg = rng.standard_normal((cfg.n_gate, cfg.latent_dim)).astype(np.float32)
+    up = rng.choice(cfg.n_uploaders, size=cfg.n_gate, p=activity / activity.sum()).astype(np.int64)
+    log.info("drawing %d gate clips", cfg.n_gate)
+    picks, _ = w.draw(zg, up, cfg.beta, cfg.gamma, "gate choices")
+    feats = w.video_features(zg, "gate features", w.taste_shift(up))
+    ids = np.arange(len(zv), len(zv) + cfg.n_gate)
+    gate = protocol.rank_rows(rng, ids, picks, ugc.train, w.track_genre, len(GENRES), uploader=up,
+                              n_uploaders=cfg.n_uploaders, alpha=cfg.prior_smoothing)
+    features = np.concatenate([ugc.video_features, feats], axis=0)
+    return replace(ugc, video_features=features, gate=gate), np.concatenate([zv, zg], axis=0)
 
 
 def synth(dest: str | Path, preset: str = "small", seed: int = 0, overwrite: bool = False, **overrides: Any) -> Path:

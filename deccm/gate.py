@@ -1,0 +1,211 @@
+"""The promotion gate: may a challenger replace the champion? (docs/method.md §7, "The promotion gate").
+
+Both models are scored on the same rows of a held-out split (``gate``, clips that no
+early stopping saw; ``val`` only for datasets older than that split, with a warning in
+the reasons). The decision rests on a paired bootstrap over clips of the per-row
+difference challenger − champion, not on two point estimates:
+
+- promote only when the lower 95 % bound of the difference clears ``margin``, the
+  challenger's value clears ``floor``, and the bias guard holds (no bias metric worse
+  than the champion's by more than ``bias_tolerance``, in the metric's own direction
+  from ``deccm.metrics.METRICS``);
+- where the split has uploaders and priors (logged, confounded choices), the deciding
+  estimate is self-normalised IPS with the logged propensities (each row weighted by
+  w_i / e_i), which estimates the score under choices free of the uploader's taste;
+  the plain estimate and both models' taste probes are recorded beside it.
+
+:class:`GateConfig` validates its own bounds, so settings from any caller (DAG params,
+an asset event, a test) are checked in one place; :func:`param_bounds` gives the same
+bounds to the DAG's Params.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from deccm import metrics
+from deccm.data import Dataset, protocol
+from deccm.evaluate import SplitResult, evaluate_split, split_rows, taste_probe
+from deccm.serve import Ranker
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("gate", "val")  # the splits a gate may score on; test and test_oracle judge models, never choose them
+FALLBACK_SPLIT = "val"  # for datasets made before the gate split existed
+GATE_METRICS = tuple(m.name for m in metrics.METRICS.values() if m.direction == 1 and m.per_row and m.bounded)
+BIAS_METRICS = ("genre_KL@10", "top_genre_share@10")
+
+
+def _number(name: str, value: Any, low: float, high: float, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"gate setting {name}={value!r} is out of bounds: it must be a number in [{low:g}, {high:g}]. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """When a challenger may replace the champion; every bound is checked on construction."""
+
+    metric: str = "HR_w@10"  # one of GATE_METRICS (higher is better, per-row, in [0, 1])
+    split: str = "gate"  # one of SPLITS
+    margin: float = 0.005  # the lower 95 % bound of challenger − champion must exceed this
+    floor: float = 0.15  # absolute floor of the challenger's metric (chance HR@10 is 10/101 = 0.099)
+    bias_tolerance: float = 0.05  # a bias metric may be worse than the champion's by at most this
+    n_boot: int = 2000  # bootstrap resamples of the paired difference
+    seed: int = 0  # bootstrap seed: the same inputs give the same decision
+
+    def __post_init__(self) -> None:
+        m = metrics.metric(self.metric)
+        if self.metric not in GATE_METRICS:
+            why = ("lower is better" if m.direction < 0 else "it describes the data" if m.direction == 0
+                   else "it has no per-row values to compare clip by clip" if not m.per_row else "it is unbounded")
+            raise ValueError(f"gate_metric {self.metric!r} cannot decide a promotion: {why}. Fix: use one of {list(GATE_METRICS)}")
+        if self.split not in SPLITS:
+            raise ValueError(f"gate_split {self.split!r} is not allowed: the gate scores on one of {list(SPLITS)} "
+                             "(test and test_oracle judge the final model and must never choose it). Fix: gate_split=gate")
+        _number("gate_margin", self.margin, 0.0, 1.0, "a difference of the metric, e.g. 0.005")
+        _number("gate_floor", self.floor, 0.0, 1.0, f"a value of {self.metric}, e.g. 0.15 (chance HR@10 is 0.099)")
+        _number("bias_tolerance", self.bias_tolerance, 0.0, 1.0, "e.g. 0.05")
+        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 200:
+            raise ValueError(f"gate n_boot={self.n_boot!r}: at least 200 resamples are needed for a 95 % bound. Fix: e.g. 2000")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"gate seed={self.seed!r} must be an integer")
+
+
+def param_bounds() -> dict[str, dict[str, Any]]:
+    """The bounds :class:`GateConfig` enforces, by pipeline parameter name, for the DAG's Params."""
+    return {"gate_metric": {"enum": list(GATE_METRICS)}, "gate_split": {"enum": list(SPLITS)},
+            "gate_margin": {"minimum": 0.0, "maximum": 1.0}, "gate_floor": {"minimum": 0.0, "maximum": 1.0},
+            "bias_tolerance": {"minimum": 0.0, "maximum": 1.0}}
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def ips_weights(ds: Dataset, split: str) -> np.ndarray | None:
+    """Per-row weights w_i / e_i of self-normalised IPS, e_i the logged propensity; None without uploaders.
+
+    e_i = clip(prior_i[genre(m_i)], 0.01, 1) (``deccm.data.protocol.propensities``): how
+    likely the uploader's taste made this row's pick, the same quantity training's IPS uses.
+    """
+    rows = split_rows(ds, split)
+    if rows.uploader is None or rows.prior is None or ds.ugc.music_genre is None:
+        return None
+    genre = ds.ugc.music_genre[rows.music]
+    if (genre < 0).any():
+        return None
+    e = protocol.propensities(np.asarray(rows.prior), genre).astype(np.float64)
+    return np.asarray(rows.weight, dtype=np.float64) / e
+
+
+def paired(challenger: np.ndarray, champion: np.ndarray, weights: np.ndarray | None, clips: np.ndarray,
+           n_boot: int, seed: int) -> dict[str, Any]:
+    """Weighted means of both and of their per-row difference, with a 95 % bootstrap interval over clips."""
+    a, b = np.asarray(challenger, np.float64), np.asarray(champion, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"the models were scored on different rows ({a.shape} vs {b.shape}): a paired comparison needs the same rows")
+    w = np.ones_like(a) if weights is None else np.asarray(weights, np.float64)
+    d = a - b
+    lo, hi = metrics.bootstrap_ci(d, w, n_boot=n_boot, seed=seed, groups=clips)
+    return {"challenger": float(w @ a / w.sum()), "champion": float(w @ b / w.sum()), "diff": float(w @ d / w.sum()),
+            "ci95": [lo, hi], "clips": int(len(np.unique(clips))), "rows": int(len(d))}
+
+
+def compare(ds: Dataset, split: str, challenger: SplitResult, champion: SplitResult, cfg: GateConfig) -> dict[str, Any]:
+    """The paired comparison the gate decides on: plain and (where the split has uploaders) SNIPS estimates."""
+    v_a, w = challenger.per_row[cfg.metric]
+    v_b, _ = champion.per_row[cfg.metric]
+    clips = np.asarray(split_rows(ds, split).video)
+    out: dict[str, Any] = {"metric": cfg.metric, "split": split, "plain": paired(v_a, v_b, w, clips, cfg.n_boot, cfg.seed)}
+    ips = ips_weights(ds, split)
+    if ips is not None:
+        out["snips"] = paired(v_a, v_b, ips, clips, cfg.n_boot, cfg.seed)
+    out["deciding"] = "snips" if "snips" in out else "plain"
+    return out
+
+
+def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, cfg: GateConfig) -> dict[str, Any]:
+    """Both models on ``split``: point values, the paired comparison and the taste probes (JSON-able).
+
+    The challenger alone (``champion`` None) gets its own estimates, so the floor reads the
+    same estimator a comparison would.
+    """
+    res_a = evaluate_split(challenger, ds, split)
+    out: dict[str, Any] = {"split": split, "challenger": _values(res_a), "champion": None}
+    probe = ds.ugc.train.uploader is not None or ds.truth is not None
+    if champion is None:
+        out["comparison"] = compare(ds, split, res_a, res_a, cfg)  # the difference is 0; the challenger's estimates count
+    else:
+        res_b = evaluate_split(champion, ds, split)
+        out["champion"] = _values(res_b)
+        out["comparison"] = compare(ds, split, res_a, res_b, cfg)
+    if probe:
+        out["taste_R2"] = {"challenger": taste_probe(challenger, ds, split)}
+        if champion is not None:
+            out["taste_R2"]["champion"] = taste_probe(champion, ds, split)
+    return out
+
+
+def _values(res: SplitResult) -> dict[str, float]:
+    return {k: float(v) for k, v in res.values.items()}
+
+
+# --------------------------------------------------------------------------- the decision
+
+
+def decide(scored: dict[str, Any], cfg: GateConfig = GateConfig(), notes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Promote or not, with every reason and number. ``scored`` is :func:`score`'s result.
+
+    Without a champion (``scored["champion"]`` None: the first model, or one that cannot
+    score this data) only the floor decides. ``notes`` (e.g. the fallback to ``val``) lead
+    the reasons.
+    """
+    comp = scored["comparison"]
+    if comp["metric"] != cfg.metric:
+        raise ValueError(f"the comparison is of {comp['metric']}, the gate decides on {cfg.metric}. Fix: score with the same GateConfig")
+    est = comp[comp["deciding"]]
+    label = "self-normalised IPS" if comp["deciding"] == "snips" else "plain"
+    reasons = list(notes)
+    reasons.append(f"split {comp['split']}, {est['rows']} rows on {est['clips']} clips; deciding estimate: {label}"
+                   + (" (the split has uploaders: the logged choices carry their taste)" if comp["deciding"] == "snips" else ""))
+    ok = True
+    value = est["challenger"]
+    if not math.isfinite(value):
+        raise ValueError(f"the challenger has no finite {cfg.metric} on {comp['split']}")
+    if value < cfg.floor:
+        ok = False
+        reasons.append(f"{cfg.metric} {value:.4f} is below the floor {cfg.floor:.4f}")
+    else:
+        reasons.append(f"{cfg.metric} {value:.4f} clears the floor {cfg.floor:.4f}")
+    champion = scored.get("champion")
+    if champion is None:
+        reasons.append("no comparable champion: the floor decides")
+    else:
+        lo, hi = est["ci95"]
+        text = (f"{cfg.metric} challenger − champion = {est['diff']:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}] "
+                f"(paired bootstrap over clips, {cfg.n_boot} resamples, seed {cfg.seed})")
+        if lo > cfg.margin:
+            reasons.append(f"{text}: the lower bound clears the margin {cfg.margin}")
+        else:
+            ok = False
+            reasons.append(f"{text}: the lower bound does not clear the margin {cfg.margin}, so it does not beat the champion")
+        if comp["deciding"] == "snips":
+            p = comp["plain"]
+            reasons.append(f"plain estimate (not deciding): {p['diff']:+.4f} [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}]")
+        for m in BIAS_METRICS:
+            a, b = scored["challenger"].get(m), champion.get(m)
+            if a is None or b is None:
+                continue
+            if metrics.worse_by(m, a, b) > cfg.bias_tolerance:
+                ok = False
+                reasons.append(f"bias guard: {m} {a:.4f} is worse than the champion's {b:.4f} by more than {cfg.bias_tolerance}")
+            else:
+                reasons.append(f"bias guard: {m} {a:.4f} vs champion {b:.4f} holds")
+    probe = scored.get("taste_R2")
+    if probe:
+        reasons.append("taste probe R² (recorded, not deciding): " + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))
+    return {"promote": ok, "reasons": reasons, "gate": asdict(cfg), "comparison": comp, "taste_R2": probe,
+            "challenger": scored["challenger"], "champion": champion}

@@ -1,0 +1,161 @@
+"""The promotion gate: validated settings, the metric table's directions, a paired bootstrap, SNIPS on confounded logs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deccm import gate, metrics, pipeline
+from deccm.data import load_dataset
+from deccm.data.synth import synth
+from deccm.evaluate import evaluate_split
+from deccm.serve import Ranker, popularity_ranker
+
+
+def _linear(name: str, ds, seed: int) -> Ranker:  # noqa: ANN001 - a Dataset
+    """An ad-hoc ranker: fixed random projections of both feature sets (no training needed)."""
+    g = torch.Generator().manual_seed(seed)
+    wv = torch.randn(ds.ugc.video_features.shape[1], 16, generator=g)
+    wm = torch.randn(ds.ugc.music_features.shape[1], 16, generator=g)
+    return Ranker(name, lambda x: x @ wv, lambda x: x @ wm)
+
+
+# --------------------------------------------------------------------------- settings and the metric table
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"margin": -0.01}, "gate_margin=-0.01 is out of bounds"),
+    ({"floor": 0.0 - 1e-9}, "gate_floor"),
+    ({"floor": 1.5}, "gate_floor=1.5 is out of bounds"),
+    ({"floor": float("nan")}, "gate_floor"),
+    ({"bias_tolerance": -1}, "bias_tolerance"),
+    ({"split": "test"}, "gate_split 'test' is not allowed"),
+    ({"split": "test_oracle"}, "must never choose it"),
+    ({"metric": "MedR"}, "lower is better"),
+    ({"metric": "genre_KL@10"}, "lower is better"),
+    ({"metric": "coverage@10"}, "no per-row values"),
+    ({"metric": "HR_w@11"}, "unknown metric 'HR_w@11'"),
+    ({"margin": "0.01"}, "must be a number"),
+    ({"n_boot": 10}, "at least 200"),
+])
+def test_gate_config_refuses_settings_out_of_bounds(kwargs: dict, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        gate.GateConfig(**kwargs)
+
+
+def test_pipeline_config_checks_the_gate_bounds_before_any_stage() -> None:
+    with pytest.raises(ValueError, match="gate_margin"):
+        pipeline.make_config({"gate_margin": -0.5})
+    with pytest.raises(ValueError, match="gate_split 'test'"):
+        pipeline.make_config({"gate_split": "test"})
+    assert pipeline.gate_config(pipeline.make_config({})).split == "gate"
+
+
+def test_param_bounds_agree_with_the_config() -> None:
+    b = gate.param_bounds()
+    assert set(b["gate_split"]["enum"]) == {"gate", "val"}
+    assert "HR_w@10" in b["gate_metric"]["enum"] and "MedR" not in b["gate_metric"]["enum"]
+    for metric in b["gate_metric"]["enum"]:
+        gate.GateConfig(metric=metric)
+    gate.GateConfig(margin=b["gate_margin"]["minimum"], floor=b["gate_floor"]["maximum"])
+
+
+def test_every_metric_the_evaluation_reports_is_in_the_table(tiny_dataset: Path) -> None:
+    ds = load_dataset(tiny_dataset)
+    res = evaluate_split(popularity_ranker(ds.ugc.train.music, ds.n_tracks), ds, "gate")
+    assert set(res.values) <= set(metrics.METRICS)
+    assert {n for n, m in metrics.METRICS.items() if m.per_row and n in res.values} == set(res.per_row)
+    assert metrics.worse_by("genre_KL@10", 0.3, 0.1) == pytest.approx(0.2)  # lower is better: higher is worse
+    assert metrics.worse_by("HR_w@10", 0.3, 0.1) == pytest.approx(-0.2)
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_paired_bootstrap_sees_what_point_estimates_hide() -> None:
+    rng = np.random.default_rng(0)
+    champ = (rng.random(400) < 0.4).astype(float)
+    flip = rng.random(400) < 0.1
+    noisy = np.where(flip, 1 - champ, champ)  # 10 % of rows flip either way: no real difference
+    p = gate.paired(noisy, champ, None, np.arange(400), n_boot=2000, seed=0)
+    assert p["ci95"][0] < 0 < p["ci95"][1]
+    assert p == gate.paired(noisy, champ, None, np.arange(400), n_boot=2000, seed=0)  # seeded: reproducible
+    better = np.where(rng.random(400) < 0.3, 1.0, champ)  # a real gain of about +0.18
+    q = gate.paired(better, champ, None, np.arange(400), n_boot=2000, seed=0)
+    assert q["ci95"][0] > 0.1 and q["diff"] == pytest.approx(better.mean() - champ.mean())
+    # the same rows counted ten times per clip: resampling clips keeps the interval as wide as 400 clips allow
+    rep = gate.paired(np.repeat(noisy, 10), np.repeat(champ, 10), None, np.repeat(np.arange(400), 10), 2000, 0)
+    assert rep["ci95"][1] - rep["ci95"][0] == pytest.approx(p["ci95"][1] - p["ci95"][0], rel=0.2)
+    with pytest.raises(ValueError, match="different rows"):
+        gate.paired(champ[:10], champ, None, np.arange(400), 2000, 0)
+
+
+def test_snips_weights_are_weight_over_logged_propensity(tiny_dataset: Path) -> None:
+    ds = load_dataset(tiny_dataset)
+    rows = ds.ugc.gate
+    w = gate.ips_weights(ds, "gate")
+    genre = ds.ugc.music_genre[rows.music]
+    e = np.clip(rows.prior[np.arange(len(rows)), genre], 0.01, 1.0)
+    assert np.allclose(w, rows.weight / e)
+
+
+def test_score_and_decide_on_confounded_rows(tiny_dataset: Path) -> None:
+    ds = load_dataset(tiny_dataset)
+    a, b = _linear("a", ds, 1), _linear("b", ds, 2)
+    cfg = gate.GateConfig(floor=0.0, margin=0.0)
+    scored = gate.score(ds, "gate", a, b, cfg)
+    comp = scored["comparison"]
+    assert comp["deciding"] == "snips" and set(scored["taste_R2"]) == {"challenger", "champion"}
+    d = gate.decide(scored, cfg)
+    lo = comp["snips"]["ci95"][0]
+    assert d["promote"] is (lo > 0 and all("holds" in r for r in d["reasons"] if r.startswith("bias guard")))
+    assert any("self-normalised IPS" in r for r in d["reasons"]) and any("taste probe" in r for r in d["reasons"])
+    assert gate.decide(scored, cfg) == d  # the same inputs: the same decision
+    same = gate.decide(gate.score(ds, "gate", a, a, cfg), cfg)  # a model never beats itself
+    assert not same["promote"] and any("does not beat the champion" in r for r in same["reasons"])
+    with pytest.raises(ValueError, match="comparison is of HR_w@10"):
+        gate.decide(scored, gate.GateConfig(metric="NDCG_w@10"))
+
+
+def test_first_model_faces_the_floor_alone_and_notes_lead_the_reasons(tiny_dataset: Path) -> None:
+    ds = load_dataset(tiny_dataset)
+    scored = gate.score(ds, "val", _linear("a", ds, 1), None, gate.GateConfig(split="val"))
+    value = scored["comparison"]["snips"]["challenger"]
+    assert gate.decide(scored, gate.GateConfig(split="val", floor=value / 2))["promote"]
+    d = gate.decide(scored, gate.GateConfig(split="val", floor=min(1.0, value + 0.01)), notes=("WARNING: fell back",))
+    assert not d["promote"] and d["reasons"][0] == "WARNING: fell back" and any("below the floor" in r for r in d["reasons"])
+
+
+def test_bias_guard_reads_directions_from_the_table() -> None:
+    cfg = gate.GateConfig(floor=0.0, margin=0.0, bias_tolerance=0.05)
+    comp = {"metric": "HR_w@10", "split": "gate", "deciding": "plain",
+            "plain": {"challenger": 0.5, "champion": 0.3, "diff": 0.2, "ci95": [0.1, 0.3], "clips": 100, "rows": 100}}
+    champ = {"genre_KL@10": 0.20, "top_genre_share@10": 0.40}
+    less_biased = gate.decide({"comparison": comp, "challenger": {"genre_KL@10": 0.05, "top_genre_share@10": 0.20},
+                               "champion": champ}, cfg)
+    assert less_biased["promote"]  # lower bias metrics are better, however far below
+    more_biased = gate.decide({"comparison": comp, "challenger": {"genre_KL@10": 0.30, "top_genre_share@10": 0.40},
+                               "champion": champ}, cfg)
+    assert not more_biased["promote"] and any("genre_KL@10 0.3000 is worse" in r for r in more_biased["reasons"])
+
+
+# --------------------------------------------------------------------------- the pipeline's use
+
+
+def test_dataset_without_gate_split_falls_back_to_val_with_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deccm.models import ModelConfig
+    from deccm.runs import TrainConfig
+    from deccm.train import train
+
+    monkeypatch.setenv("DECCM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = synth(tmp_path / "old", preset="tiny", seed=1, n_gate=0)  # as made before the gate split existed
+    run = train("student", data, tmp_path / "run", ModelConfig.for_mode("fixed", distill="off"),
+                TrainConfig(epochs=1, batch_size=64, seed=0, device="cpu"), variant="no-distill")
+    cfg = pipeline.make_config({"source": "synth-tiny", "device": "cpu", "gate_floor": 0.0})
+    evaluation = pipeline.evaluate_candidates(cfg, str(run))
+    assert evaluation["gate"]["split"] == "val" and "no 'gate' split" in evaluation["notes"][0]
+    decision = pipeline.gate(cfg, evaluation)
+    assert decision["reasons"][0].startswith("WARNING") and decision["promote"]  # no champion: the floor (0) decides
