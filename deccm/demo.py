@@ -635,11 +635,12 @@ def servable(path: str | os.PathLike | None, root: Path | None, kind: str) -> st
 
 
 def _servable_audio(recs: list[Recommender]) -> dict[str, str]:
-    """Catalog audio path → the checked file to serve, for each model's tracks under its own media folder."""
+    """Catalog audio path → the checked file to serve, for each model's tracks under its own audio folder (the
+    bundle's content-addressed ``catalog/audio/``, or for a bundle without one the dataset's media folder)."""
     out: dict[str, str] = {}
     refused = 0
     for rec in recs:
-        root = media_root(rec)
+        root = rec.catalog.audio_root or media_root(rec)  # a bundle's own checked audio, else the dataset's media
         for t in rec.catalog.tracks:
             audio = t.get("audio")
             if audio and audio not in out:

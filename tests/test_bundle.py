@@ -1,0 +1,102 @@
+"""Self-contained serving bundles: audio stored by content and checked on load; a data drop never changes what a
+registered version plays (docs/architecture.md, "Serving bundles")."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deccm.models import ModelConfig
+from deccm.runs import RunError, TrainConfig
+from deccm.serve import Recommender
+
+
+def _sha(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def student(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from deccm.train import train
+
+    return train("student", tiny_dataset, tmp_path_factory.mktemp("runs") / "s", ModelConfig.for_mode("fixed", distill="off"),
+                 TrainConfig(epochs=1, batch_size=64, seed=1, device="cpu"), variant="no-distill")
+
+
+def _with_audio(run: Path, media: Path) -> tuple[Recommender, dict[int, bytes]]:
+    """The run's recommender with audio files for its first tracks (the synthetic preset has none); tracks 0 and 1 share
+    their bytes."""
+    rec = Recommender.from_run(run, device="cpu", extractor=False)
+    media.mkdir()
+    content = {0: b"RIFF same bytes", 1: b"RIFF same bytes", 2: b"ID3 track two", 3: b"fLaC track three"}
+    for t, data in content.items():
+        path = media / f"track-{t:04d}.{['wav', 'wav', 'mp3', 'flac'][t]}"
+        path.write_bytes(data)
+        rec.catalog.tracks[t]["audio"] = str(path)
+    return rec, content
+
+
+def test_bundle_stores_audio_by_content_and_plays_it_after_the_dataset_changes(student: Path, tmp_path: Path) -> None:
+    rec, content = _with_audio(student, tmp_path / "media")
+    bundle = rec.save_bundle(tmp_path / "bundle")
+    stored = sorted(p.name for p in (bundle / "catalog" / "audio").iterdir())
+    assert stored == sorted({f"{hashlib.sha256(d).hexdigest()}{ext}" for d, ext in
+                             zip(content.values(), (".wav", ".wav", ".mp3", ".flac"))})  # tracks 0 and 1 share one file
+    rows = json.loads((bundle / "catalog" / "catalog.json").read_text())["tracks"]
+    assert rows[2] == {**rows[2], "audio": f"audio/{hashlib.sha256(content[2]).hexdigest()}.mp3",
+                       "sha256": hashlib.sha256(content[2]).hexdigest()}
+    assert rows[5]["audio"] == "" and rows[5]["sha256"] == ""  # a track without audio stays without
+
+    for t in content:  # a data drop: other audio under the same names
+        Path(rec.catalog.tracks[t]["audio"]).write_bytes(b"a later drop " + bytes([t]))
+    served = Recommender.from_bundle(bundle, device="cpu", extractor=False)
+    assert served.catalog.audio_root == (bundle / "catalog" / "audio").resolve()
+    for t, data in content.items():
+        audio = served.suggestion(1, t, 0.0).audio
+        assert audio is not None and Path(audio).is_relative_to(served.catalog.audio_root)
+        assert Path(audio).read_bytes() == data
+    assert served.suggestion(1, 5, 0.0).audio is None
+
+
+def test_a_damaged_bundle_names_the_track_and_the_fix(student: Path, tmp_path: Path) -> None:
+    rec, content = _with_audio(student, tmp_path / "media")
+    bundle = rec.save_bundle(tmp_path / "bundle")
+    title = rec.catalog.tracks[2]["title"]
+    (bundle / "catalog" / "audio" / f"{hashlib.sha256(content[2]).hexdigest()}.mp3").write_bytes(b"tampered")
+    with pytest.raises(RunError, match=rf"track 2 \('{title}'\).*has sha256 .*the catalog records .*Fix: download the "
+                                       "registered version again, or register its run again"):
+        Recommender.from_bundle(bundle, device="cpu", extractor=False)
+    (bundle / "catalog" / "audio" / f"{hashlib.sha256(content[2]).hexdigest()}.mp3").unlink()
+    with pytest.raises(RunError, match=r"track 2 .*is missing\. Fix:"):
+        Recommender.from_bundle(bundle, device="cpu", extractor=False)
+
+    meta = json.loads((bundle / "catalog" / "catalog.json").read_text())  # a row pointing out of the bundle
+    meta["tracks"][2]["audio"] = "audio/../../../../etc/passwd"
+    (bundle / "catalog" / "catalog.json").write_text(json.dumps(meta))
+    with pytest.raises(RunError, match=r"track 2 .*not audio/<its sha256>\.<ext>"):
+        Recommender.from_bundle(bundle, device="cpu", extractor=False)
+
+    rec.catalog.tracks[3]["audio"] = str(tmp_path / "media" / "gone.flac")
+    with pytest.raises(RunError, match=r"track 3 .*cannot read its audio .*gone\.flac.*Fix: restore the dataset's media"):
+        rec.save_bundle(tmp_path / "bundle")
+    assert (bundle / "catalog" / "catalog.json").is_file()  # the failed export left the previous bundle in place
+
+
+def test_a_bundle_from_before_hashes_still_loads_with_a_warning(student: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    rec, content = _with_audio(student, tmp_path / "media")
+    bundle = rec.save_bundle(tmp_path / "bundle")
+    shutil.rmtree(bundle / "catalog" / "audio")
+    meta = json.loads((bundle / "catalog" / "catalog.json").read_text())
+    meta["tracks"] = rec.catalog.tracks  # the old layout: absolute dataset paths, no sha256
+    (bundle / "catalog" / "catalog.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="deccm.serve"):
+        old = Recommender.from_bundle(bundle, device="cpu", extractor=False)
+    assert "before content-hashed audio" in caplog.text and "Fix: register the run again" in caplog.text
+    assert old.catalog.audio_root is None and old.suggestion(1, 2, 0.0).audio == rec.catalog.tracks[2]["audio"]
+    np.testing.assert_array_equal(old.catalog.vectors, rec.catalog.vectors)
