@@ -2,10 +2,15 @@
 registered version plays (docs/architecture.md, "Serving bundles")."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +105,73 @@ def test_a_bundle_from_before_hashes_still_loads_with_a_warning(student: Path, t
     assert "before content-hashed audio" in caplog.text and "Fix: register the run again" in caplog.text
     assert old.catalog.audio_root is None and old.suggestion(1, 2, 0.0).audio == rec.catalog.tracks[2]["audio"]
     np.testing.assert_array_equal(old.catalog.vectors, rec.catalog.vectors)
+
+
+# --------------------------------------------------------------------------- fault: a data drop while the demo serves
+
+SERVE = textwrap.dedent("""
+    import hashlib, json, sys
+    from deccm import demo
+
+    service = demo.DemoService(device="cpu", comparison=False)  # the champion, loaded from the registry as the app does
+    print(json.dumps({"version": service.rec.card["registry"]["version"]}), flush=True)
+    for line in sys.stdin:  # one clip per line: the top track and the sha256 of the bytes its player gets
+        page = service.respond(line.strip(), 3)
+        if page.error:
+            print(json.dumps({"error": page.error}), flush=True)
+            continue
+        top = page.result.suggestions[0]
+        with open(top.audio, "rb") as f:
+            print(json.dumps({"track": top.track, "title": top.title, "sha256": hashlib.sha256(f.read()).hexdigest()}),
+                  flush=True)
+""")
+
+
+def _drop(data: Path) -> None:
+    """A new data drop that reuses positions: every track file gets another track's audio under the same name."""
+    files = sorted((data / "media" / "tracks").glob("*.mp3"))
+    content = [f.read_bytes() for f in files]
+    for f, new in zip(files, content[1:] + content[:1]):
+        f.write_bytes(new)
+
+
+@pytest.mark.slow
+def test_fault_data_drop_while_the_demo_serves_keeps_the_served_audio(tiny_corpus: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from deccm import registry
+    from deccm.train import train
+
+    monkeypatch.setenv("DECCM_HOME", str(tmp_path / "home"))  # a private MLflow (SQLite) registry
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data" / "demo"
+    shutil.copytree(tiny_corpus, data)
+    run = train("student", data, tmp_path / "runs" / "s", ModelConfig.for_mode("fixed", distill="off"),
+                TrainConfig(epochs=1, batch_size=64, seed=1, device="cpu"), variant="no-distill")
+    registry.promote(registry.register(run), "test")
+    with open(data / "tracks.csv", newline="") as f:
+        paths = {int(r["id"]): data / r["path"] for r in csv.DictReader(f)}
+    before = {t: _sha(p) for t, p in paths.items()}
+    clip = str(sorted((data / "media" / "clips").rglob("*.mp4"))[0])
+
+    demo = subprocess.Popen([sys.executable, "-c", SERVE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ)
+    try:
+        assert json.loads(demo.stdout.readline() or "{}").get("version") == "1", demo.stderr.read()[-3000:]
+        _drop(data)  # while the demo serves: nothing of this track has been played yet
+        demo.stdin.write(f"{clip}\n")
+        demo.stdin.flush()
+        served = json.loads(demo.stdout.readline() or "{}")
+    finally:
+        demo.stdin.close()
+        demo.wait(timeout=120)
+    assert "track" in served, served
+    track = served["track"]
+    assert _sha(paths[track]) != before[track]  # the drop did replace this track's file under its name
+    assert served["sha256"] == before[track]  # the running demo still plays the bytes the version was registered with
+
+    # a fresh process after the drop (a restart, a rollback to this version): the same track, the same bytes
+    again = subprocess.run([sys.executable, "-c", SERVE], input=f"{clip}\n", capture_output=True, text=True, timeout=600,
+                           env=os.environ)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout.splitlines()[-1]) == served
+
