@@ -175,3 +175,114 @@ def test_fault_data_drop_while_the_demo_serves_keeps_the_served_audio(tiny_corpu
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads(again.stdout.splitlines()[-1]) == served
 
+
+# --------------------------------------------------------------------------- the deployable MLflow model
+
+PREDICT = textwrap.dedent("""
+    import importlib.util, json, sys
+    import numpy as np, pandas as pd, mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(sys.argv[1])
+    out = model.predict(pd.DataFrame({"features": [f.tolist() for f in np.load(sys.argv[2])]}), params={"k": 7})
+    import deccm
+    print(json.dumps({"ids": [list(map(int, t)) for t in out["track_ids"]], "deccm": deccm.__file__,
+                      "absent": [m for m in ("airflow", "gradio", "av", "torchvision", "sqlalchemy")
+                                 if importlib.util.find_spec(m) is None]}))
+""")
+
+
+def test_serving_requirements_are_the_serve_extra_and_pinned_like_constraints() -> None:
+    import tomllib
+
+    from deccm import registry
+
+    root = Path(__file__).parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    assert registry.serving_requirements() == extra
+    assert set(extra) <= set((root / "constraints.txt").read_text().split())
+    assert not [r for r in extra if r.split("==")[0] in ("apache-airflow", "gradio", "av", "torchvision", "mlflow")]
+
+
+def _venv_of(requirements: list[str], dest: Path) -> Path:
+    """A fresh venv (no system site-packages) holding exactly ``requirements`` and their dependencies.
+
+    Offline, the distributions are taken from this environment instead of an index: each pin must match what is
+    installed here, and every file its RECORD lists is linked into the venv, so nothing else (deccm, Airflow,
+    Gradio) is importable there.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    site = dest / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    todo, seen = [Requirement(r) for r in requirements], set()
+    top = {canonicalize_name(Requirement(r).name) for r in requirements}
+    while todo:
+        req = todo.pop()
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = distribution(req.name)
+        except PackageNotFoundError:
+            pytest.fail(f"{req} is required but not installed here")
+        if key[0] in top:
+            assert req.specifier.contains(dist.version), f"the model pins {req}; this environment has {dist.version}"
+        for f in dist.files or []:
+            if f.parts[0] in ("..", "__pycache__"):
+                continue
+            link = site / f
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(Path(str(dist.locate_file(f))).resolve())
+        for dep in dist.requires or []:
+            d = Requirement(dep)
+            if d.marker is None or any(d.marker.evaluate({"extra": e}) for e in {"", *req.extras}):
+                todo.append(d)
+    return dest / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_registered_model_in_a_fresh_venv_of_its_own_requirements_ranks_like_the_checkpoint(
+        student: Path, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from deccm import registry, tracking
+    from deccm.data import load_dataset
+
+    monkeypatch.setenv("DECCM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    v = registry.register(student, {"challenger": {"val": {"HR_w@10": 0.3, "genre_KL@10": 0.2}, "test": {"HR_w@10": 0.25}}})
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    mv = client.get_model_version(registry.MODEL_NAME, v)
+    assert mv.description.startswith(f"### Model card: {registry.MODEL_NAME} version {v}") and "SYNTHETIC" in mv.description
+    metrics = {m.key: m.value for m in client.get_logged_model(mv.source.removeprefix("models:/")).metrics}
+    assert metrics == {"val.HR_w_at_10": 0.3, "val.genre_KL_at_10": 0.2, "test.HR_w_at_10": 0.25}
+    assert not [k for k in mv.tags if k.startswith("metric.")]  # figures are metrics now, not string tags
+    assert registry.list_versions()[0]["metrics"] == {"val.HR_w_at_10": "0.3000", "val.genre_KL_at_10": "0.2000",
+                                                      "test.HR_w_at_10": "0.2500"}
+
+    model = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{registry.MODEL_NAME}/{v}",
+                                                     dst_path=str(tmp_path / "model")))
+    requirements = [r for r in (model / "requirements.txt").read_text().splitlines() if r and not r.startswith("#")]
+    assert requirements == registry.serving_requirements()
+    pinned = set((Path(__file__).parents[1] / "constraints.txt").read_text().split())
+    assert set(requirements) <= pinned, set(requirements) - pinned  # the same pins as the project's environment
+    assert (model / "code" / "deccm" / "serve.py").is_file()  # the package travels with the model
+
+    python = _venv_of(requirements, tmp_path / "venv")
+    ds = load_dataset(tiny_dataset)
+    feats = np.asarray(ds.ugc.video_features[ds.ugc.test.video[:6]], dtype=np.float32)
+    np.save(tmp_path / "feats.npy", feats)
+    want, _ = Recommender.from_run(student, device="cpu", extractor=False).rank_features(feats, k=7)
+    env = {k: val for k, val in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run([str(python), "-c", PREDICT, str(model), str(tmp_path / "feats.npy")], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["ids"] == want.tolist()
+    assert Path(got["deccm"]).is_relative_to(model)  # deccm came from the model's code_paths, not an installation
+    assert got["absent"] == ["airflow", "gradio", "av", "torchvision", "sqlalchemy"]
