@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, requires
+from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from deccm import config, io, locks, tracking
 from deccm import log as _log
+from deccm.card import card_markdown
 from deccm.models import ModelConfig
 from deccm.runs import BEST, RunError, read_config, run_dir_of
 from deccm.serve import Recommender
@@ -179,16 +180,23 @@ def _signature(video_dim: int) -> Any:
     from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
 
-    inputs = Schema([ColSpec(Array(DataType.double), "features", required=False), ColSpec(DataType.string, "video", required=False)])
+    inputs = Schema([ColSpec(Array(DataType.double), "features")])
     outputs = Schema([ColSpec(Array(DataType.long), "track_ids"), ColSpec(Array(DataType.double), "scores")])
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec("k", DataType.long, 10)]))
 
 
-def _requirements() -> list[str]:
-    try:
-        return [r for r in requires("deccm") or [] if "extra ==" not in r]
-    except PackageNotFoundError:
-        return []
+SERVING_PACKAGES = ("mlflow-skinny", "numpy", "pandas", "scipy", "torch", "tqdm")  # what deccm.pyfunc_model imports, directly or through deccm.serve
+
+
+def serving_requirements() -> list[str]:
+    """The deployable model's pip requirements: the serving imports only (no Airflow, Gradio or media decoding), pinned
+    to the versions installed here, which constraints.txt pins (docs/architecture.md, "The deployable model")."""
+    return [f"{name}=={dist_version(name)}" for name in SERVING_PACKAGES]
+
+
+def _code_path() -> str:
+    """The ``deccm`` package folder, shipped with the model so it loads where deccm is not installed."""
+    return str(Path(__file__).resolve().parent)
 
 
 @_guarded
@@ -211,15 +219,13 @@ def _orphan(client: Any, run_id: str | None) -> Any | None:
     return None
 
 
-def _identity(run_dir: Path, conf: Any, run_id: str | None, evaluation: dict[str, Any] | None) -> dict[str, str]:
+def _identity(run_dir: Path, conf: Any, run_id: str | None) -> dict[str, str]:
     """The tags that say which weights, run dir and MLflow run a version is (set when it is created)."""
     tags = {TAG_WEIGHTS: io.sha256_file(run_dir / BEST), "deccm.run_dir": str(run_dir), "deccm.run": conf.name,
             "deccm.provenance": tracking.provenance(conf), "deccm.synthetic": str(conf.synthetic).lower(),
             "deccm.variant": conf.variant, "deccm.mode": conf.mode}
     if run_id:
         tags[TAG_RUN_ID] = run_id
-    for name, value in _key_metrics(evaluation).items():
-        tags[tracking.metric_key(f"metric.{name}")] = f"{value:.4f}"
     return tags
 
 
@@ -248,7 +254,7 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
     run_id = tracking.find_run(run_dir, conf)
     orphan = _orphan(client, run_id)
     if orphan is not None:
-        for k, v in _identity(run_dir, conf, run_id, evaluation).items():
+        for k, v in _identity(run_dir, conf, run_id).items():
             client.set_model_version_tag(MODEL_NAME, orphan.version, k, v)
         client.set_registered_model_alias(MODEL_NAME, CHALLENGER, orphan.version)
         log.warning("adopted version %s of %s (created by MLflow run %s, untagged after a crash) for %s",
@@ -268,7 +274,8 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
             info = mlflow.pyfunc.log_model(
                 name="student", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={"bundle": str(bundle)}, signature=_signature(conf.model.video_dim), input_example=example,
-                pip_requirements=_requirements())
+                pip_requirements=serving_requirements(), code_paths=[_code_path()])
+            _log_model_metrics(info.model_id, evaluation)
     try:
         client.create_registered_model(MODEL_NAME)
     except Exception as e:  # noqa: BLE001 - "already exists" is the usual answer; outages go on to _guarded
@@ -276,11 +283,37 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
             raise
     # the version and its identity in one call: a crash leaves either nothing or a whole, findable version
     mv = client.create_model_version(MODEL_NAME, source=info.model_uri, run_id=info.run_id, model_id=info.model_id,
-                                     tags=_identity(run_dir, conf, info.run_id, evaluation))
+                                     tags=_identity(run_dir, conf, info.run_id))
     version = str(mv.version)
+    _describe(client, version, card)
     client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
     log.info("registered %s as %s version %s (alias %s)", run_dir, MODEL_NAME, version, CHALLENGER)
     return version
+
+
+def _log_model_metrics(model_id: str, evaluation: dict[str, Any] | None) -> None:
+    """The challenger's key figures as metrics of the logged model (MLflow 3), where `deccm registry list` reads them."""
+    import mlflow
+
+    metrics = {tracking.metric_key(name): value for name, value in _key_metrics(evaluation).items()}
+    if metrics:
+        mlflow.log_metrics(metrics, model_id=model_id)
+
+
+def _version_metrics(client: Any, mv: Any) -> dict[str, float]:
+    """A version's key figures: its logged model's metrics (``split.metric``, '@' written ``_at_``).
+
+    The SQLite registry leaves ``ModelVersion.model_id`` empty; the version's source ``models:/<model id>`` names it.
+    """
+    model_id = getattr(mv, "model_id", None) or (mv.source.removeprefix("models:/") if str(mv.source).startswith("models:/m-")
+                                                  else None)
+    return {m.key: m.value for m in client.get_logged_model(model_id).metrics or []} if model_id else {}
+
+
+def _describe(client: Any, version: str, card: dict[str, Any]) -> None:
+    """The model card in words as the version's description, so the MLflow UI shows what the model is."""
+    client.update_model_version(MODEL_NAME, version, description=card_markdown({**card, "registry": {"name": MODEL_NAME,
+                                                                                                       "version": version}}))
 
 
 def _key_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
@@ -417,7 +450,7 @@ def list_versions() -> list[dict[str, Any]]:
         out.append({"version": str(mv.version), "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
                     "run": mv.tags.get("deccm.run", ""),
                     "provenance": mv.tags.get("deccm.provenance", ""),
-                    "metrics": {k.removeprefix("metric."): v for k, v in mv.tags.items() if k.startswith("metric.")},
+                    "metrics": {k: f"{v:.4f}" for k, v in _version_metrics(client, mv).items()},
                     "blocked": mv.tags.get(TAG_BLOCK, ""),
                     "created": time.strftime("%Y-%m-%d %H:%M", time.gmtime(mv.creation_timestamp / 1000))})
     return out

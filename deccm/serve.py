@@ -7,14 +7,17 @@ the same wherever it is computed.
 
 :class:`Recommender` is a trained run made ready to serve: the model, the video extractor
 rebuilt from the run's recorded spec, the catalog's track vectors computed once, and the
-track rows (title, artist, genre, audio file). ``deccm recommend RUN CLIP`` prints its
-ranking. Nothing here imports training code.
+track rows (title, artist, genre, audio file). A serving bundle (:meth:`Recommender.save_bundle`)
+stores each track's audio by content hash and checks it when loaded. ``deccm recommend RUN CLIP``
+prints its ranking. Nothing here imports training code.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -123,10 +126,11 @@ class Catalog:
     """The tracks a model ranks: its vectors for them (computed once) and what a person sees and hears."""
 
     vectors: np.ndarray  # (M, D') the model's track vectors
-    tracks: list[dict[str, str]]  # per track id: title, artist, genre, audio (absolute path or "")
+    tracks: list[dict[str, str]]  # per track id: title, artist, genre, audio (absolute path or ""), sha256 (from a bundle)
     genres: list[str]
     source: dict[str, Any]  # the dataset it came from: name, manifest_hash, path
     index: str = "exact"  # how queries are answered: deccm.index.INDEXES (ivf is approximate, for large catalogs)
+    audio_root: Path | None = None  # the bundle's content-addressed audio folder; None: the dataset's media folder
     _search: Index | None = field(default=None, init=False, repr=False, compare=False)
 
     def use_index(self, kind: str) -> "Catalog":
@@ -156,16 +160,46 @@ class Catalog:
                    {"name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash, "path": str(ds.root.resolve())})
 
     def save(self, dest: Path) -> None:
+        """Vectors, track rows and each track's audio, stored by content (``audio/<sha256>.<ext>``).
+
+        A bundle must keep playing the bytes it was trained with after a data drop rewrites the
+        dataset's media folder under the same names (docs/architecture.md, "Serving bundles").
+        """
         io.save_npy(dest / "vectors.npy", self.vectors.astype(np.float32))
-        io.write_json(dest / "catalog.json", {"genres": self.genres, "source": self.source, "tracks": self.tracks})
+        tracks = [{**t, **self._store_audio(i, t, dest / AUDIO_DIR)} for i, t in enumerate(self.tracks)]
+        io.write_json(dest / "catalog.json", {"genres": self.genres, "source": self.source, "tracks": tracks})
+
+    @staticmethod
+    def _store_audio(i: int, track: dict[str, str], folder: Path) -> dict[str, str]:
+        """Copy one track's audio into ``folder`` under its sha256; the row's new ``audio`` and ``sha256``."""
+        src = track.get("audio") or ""
+        if not src:
+            return {"audio": "", "sha256": ""}
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise RunError(f"track {i} ({track.get('title')!r}): cannot read its audio {src} ({e.strerror}). "
+                           "Fix: restore the dataset's media folder, or export from a run whose data is complete.") from None
+        sha = hashlib.sha256(data).hexdigest()
+        name = f"{sha}{_audio_suffix(src)}"
+        if not (folder / name).is_file():  # tracks that share bytes share one file
+            io.write_bytes(folder / name, data)
+        return {"audio": f"{AUDIO_DIR}/{name}", "sha256": sha}
 
     @classmethod
     def load(cls, src: Path) -> "Catalog":
+        """The catalog of a bundle, its audio checked against the recorded sha256 (a damaged bundle never plays)."""
         meta = json.loads((src / "catalog.json").read_text())
         vectors = io.load_npy(src / "vectors.npy")
         if vectors.shape[0] != len(meta["tracks"]):
             raise RunError(f"{src}: {vectors.shape[0]} track vectors for {len(meta['tracks'])} tracks. Fix: export the bundle again.")
-        return cls(vectors, meta["tracks"], meta["genres"], meta["source"])
+        tracks = meta["tracks"]
+        if any("sha256" not in t for t in tracks):
+            log.warning("%s: a bundle from before content-hashed audio; its tracks play whatever the dataset's media folder "
+                        "holds now, which a later data drop may have replaced. Fix: register the run again.", src)
+            return cls(vectors, tracks, meta["genres"], meta["source"])
+        return cls(vectors, [_checked_audio(src, i, t) for i, t in enumerate(tracks)], meta["genres"], meta["source"],
+                   audio_root=(src / AUDIO_DIR).resolve())
 
     def genre_mix(self) -> dict[str, float]:
         """Share of each genre in the whole catalog (what a suggestion list is compared with)."""
@@ -201,9 +235,11 @@ class Recommender:
         return cls(ranker, catalog, _extractor(ranker.run, device) if extractor else None)
 
     def save_bundle(self, dest: str | Path) -> Path:
-        """Everything serving needs, in one directory: ``run/`` (config + best weights), ``catalog/``, ``card.json``.
+        """Everything serving needs, in one directory: ``run/`` (config + best weights), ``catalog/`` (vectors, track
+        rows, ``audio/<sha256>.<ext>``), ``card.json``.
 
-        Written atomically; :meth:`from_bundle` serves it without the training data.
+        Written atomically; :meth:`from_bundle` serves it without the training data, and its tracks play the
+        bytes they had at export whatever later happens to the dataset.
         """
         run_dir = self.ranker.run_dir
         assert run_dir is not None
@@ -275,6 +311,36 @@ class Recommender:
         row = self.catalog.tracks[track]
         return Suggestion(rank=rank, track=track, title=row["title"], artist=row["artist"], genre=row["genre"], score=score,
                           audio=row["audio"] or None)
+
+
+AUDIO_DIR = "audio"  # a bundle catalog's audio files, named by content: <sha256>.<ext>
+_STORED = re.compile(rf"^{AUDIO_DIR}/([0-9a-f]{{64}})(\.[A-Za-z0-9]{{1,8}})?$")
+
+
+def _audio_suffix(path: str) -> str:
+    """The file's extension when it is a plain one (players and the media rule look at it), else none."""
+    suffix = Path(path).suffix.lower()
+    return suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""
+
+
+def _checked_audio(src: Path, i: int, track: dict[str, str]) -> dict[str, str]:
+    """A bundle row with ``audio`` made absolute, after checking that the stored file holds the recorded bytes."""
+    if not track.get("audio"):
+        return {**track, "audio": ""}
+    m = _STORED.match(track["audio"])
+    fix = "Fix: download the registered version again, or register its run again to rebuild the bundle."
+    if m is None or m.group(1) != track.get("sha256"):
+        raise RunError(f"{src}: track {i} ({track.get('title')!r}) names audio {track['audio']!r}, not "
+                       f"{AUDIO_DIR}/<its sha256>.<ext>. {fix}")
+    path = src / track["audio"]
+    try:
+        got = io.sha256_file(path)
+    except OSError:
+        raise RunError(f"{src}: track {i} ({track.get('title')!r}): its audio {path} is missing. {fix}") from None
+    if got != track["sha256"]:
+        raise RunError(f"{src}: track {i} ({track.get('title')!r}): {path} has sha256 {got[:12]}…, the catalog records "
+                       f"{track['sha256'][:12]}…: the bundle is damaged. {fix}")
+    return {**track, "audio": str(path.resolve())}
 
 
 def _extractor(conf: RunConfig, device: str) -> Any | None:

@@ -476,8 +476,11 @@ def test_only_checked_files_under_the_media_folder_are_served(app_url: str, serv
     link.mkdir()
     (link / "song.wav").symlink_to(catalog_track)
     (link / "escape.mp4").symlink_to(outside)
-    assert demo.servable(catalog_track, root, "audio") == str(Path(catalog_track).resolve())
-    assert demo.servable(link / "song.wav", root, "audio") == str(Path(catalog_track).resolve())  # resolves into the folder
+    tracks = service.rec.catalog.audio_root  # the registered bundle's own audio folder (content-addressed)
+    assert tracks is not None and Path(catalog_track).is_relative_to(tracks)
+    assert demo.servable(catalog_track, tracks, "audio") == str(Path(catalog_track).resolve())
+    assert demo.servable(catalog_track, root, "audio") is None  # a track is served from its bundle, not the dataset
+    assert demo.servable(link / "song.wav", tracks, "audio") == str(Path(catalog_track).resolve())  # resolves into the folder
     assert demo.servable(link / "escape.mp4", link, "video") is None  # resolves out of it
     assert demo.servable(outside, root, "video") is None and demo.servable(root, root.parent, "audio") is None
     assert demo.servable(unlisted, root, "audio") is None  # a silent clip is no track

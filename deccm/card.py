@@ -1,0 +1,129 @@
+"""The model card in words: the markdown a person reads in the demo and as the registered version's description.
+
+``deccm.registry.model_card`` builds the card (a dict recorded with every registered
+version); :func:`card_markdown` renders it, calling SYNTHETIC and GENERATED training data
+out loudly (docs/architecture.md, "The registry and the gate").
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+def data_warning(card: dict[str, Any]) -> str:
+    """One loud line when the model was trained on synthetic features or generated media; '' otherwise."""
+    trained = card.get("trained_on") or {}
+    if trained.get("synthetic"):
+        return ("**⚠ SYNTHETIC DATA.** This model was trained on SYNTHETIC feature vectors: it never saw a video or heard "
+                "a track. Its rankings show the method, not real musical taste.")
+    provenance = str(trained.get("provenance", ""))
+    if "generated" in provenance.lower() or str(trained.get("dataset", "")).startswith("demo-corpus") \
+            or "GENERATED" in str(trained.get("note", "")):
+        return ("**⚠ GENERATED DATA.** This model was trained on the demo corpus, which is GENERATED: music rendered from "
+                "public-domain scores and clips drawn by ffmpeg, with a planted relation between them. Its rankings show "
+                "the method on generated media, not real taste.")
+    return ""
+
+
+RANKING_METRICS = ("HR_w@10", "NDCG_w@10", "HR@10", "NDCG@10", "Recall@10", "MRR", "MedR")
+BIAS_METRICS = ("genre_KL@10", "C_KL@10", "top_genre_share@10", "coverage@10", "Gini@10", "tail_share@10")
+METRIC_HELP = {
+    "HR_w@10": "hit rate in the top 10 of 101 candidates, inverse-popularity weighted",
+    "NDCG_w@10": "NDCG@10 of 101 candidates, inverse-popularity weighted",
+    "HR@10": "hit rate in the top 10 of 101 candidates", "NDCG@10": "NDCG@10 of 101 candidates",
+    "Recall@10": "the used track in the top 10 of the whole catalog", "MRR": "mean reciprocal rank in the whole catalog",
+    "MedR": "median rank in the whole catalog (lower is better)",
+    "genre_KL@10": "KL(genre mix of the used tracks ‖ of the top-10 lists), lower = better calibrated",
+    "C_KL@10": "KL(uploader's genre history ‖ top-10 genre mix), lower = better calibrated",
+    "top_genre_share@10": "share of top-10 slots in the most popular genre (lower = less popularity bias)",
+    "coverage@10": "share of the catalog that appears in some top-10 list", "Gini@10": "inequality of exposure (lower = fairer)",
+    "tail_share@10": "share of top-10 slots given to long-tail tracks",
+}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:g}" if float(v).is_integer() and abs(v) >= 1 else f"{v:.4f}"
+    return "—" if v is None else str(v)
+
+
+def _evaluation_md(evaluation: dict[str, Any]) -> list[str]:
+    figures = evaluation.get("challenger") if isinstance(evaluation.get("challenger"), dict) else None
+    if figures is None:  # a bare {split: {metric: value}} evaluation
+        figures = {k: v for k, v in evaluation.items() if isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values())}
+    figures = {s: v for s, v in (figures or {}).items() if isinstance(v, dict) and v}
+    if not figures:
+        return ["No evaluation figures were recorded with this version (it was registered without an evaluation)."]
+    splits = list(figures)
+    out = []
+    for title, names in (("Ranking", RANKING_METRICS), ("Bias (popularity and genre calibration)", BIAS_METRICS)):
+        rows = [m for m in names if any(m in figures[s] for s in splits)]
+        if not rows:
+            continue
+        out += [f"**{title}**", "", "| metric | " + " | ".join(splits) + " | what it measures |",
+                "|---|" + "---:|" * len(splits) + "---|"]
+        out += [f"| {m} | " + " | ".join(_fmt(figures[s].get(m)) for s in splits) + f" | {METRIC_HELP.get(m, '')} |" for m in rows]
+        out.append("")
+    if "test_oracle" in splits:
+        out.append("`test_oracle` re-draws the test clips' tracks from the planted relation alone, without the uploaders' "
+                   "genre taste: it measures what the model learnt about the media, not the logged bias.")
+    champ = evaluation.get("champion")
+    if evaluation.get("comparable") and isinstance(champ, dict):
+        split = "val" if "val" in champ else next(iter(champ), None)
+        if split and "HR_w@10" in champ[split]:
+            out.append(f"When this version was registered, the champion then (v{evaluation.get('champion_version')}) scored "
+                       f"HR_w@10 {_fmt(champ[split]['HR_w@10'])} on the same {split} split.")
+    return out
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The model card for a person: data (synthetic / generated / real), extractors, figures incl. bias, confounder, version."""
+    if not card:
+        return "No model card: this model was not served from the registry."
+    reg = card.get("registry") or {}
+    trained = card.get("trained_on") or {}
+    training = card.get("training") or {}
+    confounder = card.get("confounder") or {}
+    pretrained = card.get("pretrained_extractors") or {}
+    extractors = card.get("extractors") or {}
+    catalog = card.get("catalog") or {}
+    version = f"version {reg['version']}" if reg.get("version") else "not registered"
+    aliases = f" (alias {', '.join(reg['aliases'])})" if reg.get("aliases") else ""
+    lines = [f"### Model card: {reg.get('name', card.get('model', 'deccm-student'))} {version}{aliases}", ""]
+    warning = data_warning(card)
+    if warning:
+        lines += [f"> {warning}", ""]
+    if trained.get("synthetic"):
+        data_kind = "SYNTHETIC features (no media)"
+    elif warning:
+        data_kind = "GENERATED media (the demo corpus)"
+    else:
+        data_kind = "real media: features extracted from the user's clips and tracks"
+
+    def extractor(kind: str) -> str:
+        desc = extractors.get(kind, "—")
+        if kind not in pretrained:
+            return desc
+        return f"{desc}: {'pretrained weights' if pretrained[kind] else 'NOT pretrained (random weights)'}"
+
+    best_val = training.get("best_val")
+    previous = reg.get("previous_champion")
+    in_data = {True: "yes", False: "no", None: "not recorded"}.get(confounder.get("uploader_taste_in_data"), "—")
+    rows = [
+        ("registry", f"{reg.get('name', 'deccm-student')} {version}{aliases}"
+         + (f"; previous champion: v{previous}" if previous not in (None, "", "none") else "")),
+        ("run", f"{card.get('run', '—')} ({card.get('kind', '')}, variant {card.get('variant', '—')}, mode {card.get('mode', '—')})"),
+        ("trained on", f"{data_kind}; dataset `{trained.get('dataset', '—')}` "
+                       f"(manifest {str(trained.get('manifest_hash') or '—')[:12]}), provenance: {trained.get('provenance', '—')}"),
+        ("about the data", trained.get("note", "—")),
+        ("video extractor", extractor("video")),
+        ("music extractor", extractor("music")),
+        ("training", f"{training.get('epochs', '—')} epochs, best epoch {training.get('best_epoch', '—')}"
+                     + (f" (validation {_fmt(best_val)})" if best_val is not None else "")
+                     + (f", distilled from teacher {training['teacher']}" if training.get("teacher") else ", no teacher")
+                     + (f", code {training['code_version']}" if training.get("code_version") else "")),
+        ("confounder (uploader genre taste)", f"{confounder.get('handling', '—')}; in the data: {in_data}"),
+        ("catalog", f"{catalog.get('tracks', '—')} tracks in {len(catalog.get('genres') or [])} genres"),
+    ]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows] + ["", "#### Evaluation", ""]
+    lines += _evaluation_md(card.get("evaluation") or {})
+    return "\n".join(lines).rstrip() + "\n"
