@@ -17,9 +17,10 @@ everything a person sees is computed (and tested) here:
 - the model card in words is :func:`deccm.card.card_markdown` (also the registered
   version's description).
 - :func:`comparison_model`: the registered model shown beside the champion.
-- :class:`DemoService`: the champion (loaded once, shared by every request), its
-  comparison model and examples, the media files it may serve, and one call per page
-  event. Each event runs its cheap checks first, then takes one of :data:`HEAVY_SLOTS`
+- :class:`DemoService`: the served model (:class:`ServedModel`: the champion, followed
+  through the registry by :class:`deccm.watch.ChampionWatcher` and swapped between requests,
+  its comparison model, the audio and examples it may serve), :meth:`DemoService.health`
+  for ``GET /healthz``, and one call per page event. Each event runs its cheap checks first, then takes one of :data:`HEAVY_SLOTS`
   slots (shared by suggestions and previews) for the decoding, ranking or encoding, under a
   deadline (docs/architecture.md, "Media admission").
 """
@@ -416,6 +417,14 @@ class Page:
     result: SuggestResult | None = None
     comparison: list[Suggestion] | None = None
     comparison_note: str = ""
+    served: ServedModel | None = field(default=None, repr=False)  # the model that answered (its labels head the table)
+
+    @property
+    def columns(self) -> list[str]:
+        """The side-by-side table's header: rank, the answering model, the model beside it."""
+        if self.served is None:
+            return ["rank", "served model", "comparison"]
+        return ["rank", self.served.label, self.served.comparison_label]
 
     def table(self) -> list[list[Any]]:
         if self.result is None:
@@ -462,31 +471,18 @@ class Page:
         return d
 
 
-class DemoService:
-    """The champion (loaded once, shared by every request), the model beside it, the examples, the card,
-    the media files it may serve, and the slots its heavy work shares."""
+@dataclass(frozen=True)
+class ServedModel:
+    """One model as the page serves it: the champion, the model beside it, the audio and examples it may serve.
 
-    def __init__(self, rec: Recommender | None = None, comparison: Comparison | None | bool = True, device: str = "auto",
-                 max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS, preview_dir: str | os.PathLike | None = None,
-                 slots: int = HEAVY_SLOTS):
-        """``rec`` None loads ``deccm-student@champion`` (a ``RegistryError`` says how to train one);
-        ``comparison`` True picks one with :func:`comparison_model`, None / False shows none."""
-        from deccm import registry
+    Built whole before it is served and never changed after, so swapping it is one assignment
+    and a request that took it keeps a consistent model to its end.
+    """
 
-        self.rec = rec if rec is not None else registry.load_champion(device=device)
-        self.comparison = comparison_model(self.rec, device=device) if comparison is True else (comparison or None)
-        self.max_bytes, self.max_seconds = max_bytes, max_seconds
-        self._audio = _servable_audio([self.rec] + ([self.comparison.rec] if self.comparison else []))
-        self._served = Path(tempfile.mkdtemp(prefix="deccm-served-"))  # snapshots of checked tracks, made when first played
-        self._copies: dict[str, str] = {}  # checked file -> its snapshot
-        root = media_root(self.rec)
-        self.examples = [p for p in example_clips(self.rec) if servable(p, root, "video")]
-        self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
-        self._slots = threading.BoundedSemaphore(slots)
-        self.recent = RecentClips()
-        self._lock = threading.Lock()
-        self.busy = 0  # heavy jobs running now
-        self.busy_peak = 0  # the most that ever ran at once
+    rec: Recommender
+    comparison: Comparison | None
+    audio: dict[str, str]  # catalog audio path → the checked file to serve
+    examples: list[str]
 
     @property
     def label(self) -> str:
@@ -500,6 +496,99 @@ class DemoService:
     def comparison_note(self) -> str:
         return "" if self.comparison else "Only one model is registered, so there is nothing to compare with."
 
+
+def serve_model(rec: Recommender, comparison: Comparison | None | bool = True, device: str = "auto") -> ServedModel:
+    """``rec`` ready to serve: its comparison model (True picks one with :func:`comparison_model`), the checked
+    catalog audio of both, and the checked example clips of its dataset."""
+    cmp = comparison_model(rec, device=device) if comparison is True else (comparison or None)
+    audio = _servable_audio([rec] + ([cmp.rec] if cmp else []))
+    root = media_root(rec)
+    return ServedModel(rec, cmp, audio, [p for p in example_clips(rec) if servable(p, root, "video")])
+
+
+def provenance_kind(card: dict[str, Any]) -> str:
+    """``synthetic``, ``generated`` (the demo corpus) or ``real``: what the model was trained on, for the health check."""
+    warning = data_warning(card)
+    return "synthetic" if "SYNTHETIC" in warning else "generated" if "GENERATED" in warning else "real"
+
+
+NO_MODEL = ("No model yet: no deccm-student@champion is registered. The page serves the champion as soon as one is "
+            "registered (train one with `make pipeline`, or `python -m deccm.pipeline run`).")
+
+
+class DemoService:
+    """The served model (the registry's champion, followed by a :class:`deccm.watch.ChampionWatcher`, or a fixed
+    Recommender), the examples, the card, the media files it may serve, and the slots its heavy work shares.
+
+    Each request takes :attr:`served` once and uses that model to its end; a swap between requests
+    is one assignment (docs/architecture.md, "Serving follows the registry").
+    """
+
+    def __init__(self, rec: Recommender | None = None, comparison: Comparison | None | bool = True, device: str = "auto",
+                 max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS, preview_dir: str | os.PathLike | None = None,
+                 slots: int = HEAVY_SLOTS, poll_s: float | None = None):
+        """``rec`` None serves ``deccm-student@champion``: read once here, and every ``poll_s`` seconds after when
+        ``poll_s`` is set (a new version is loaded and swapped in); with no champion the service runs and says so.
+        ``comparison`` True picks one with :func:`comparison_model`, None / False shows none."""
+        from deccm.watch import POLL_S, ChampionWatcher
+
+        self.max_bytes, self.max_seconds = max_bytes, max_seconds
+        self._served_dir = Path(tempfile.mkdtemp(prefix="deccm-served-"))  # snapshots of checked tracks, made when first played
+        self._copies: dict[str, str] = {}  # checked file -> its snapshot
+        self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
+        self._slots = threading.BoundedSemaphore(slots)
+        self.recent = RecentClips()
+        self._lock = threading.Lock()
+        self.busy = 0  # heavy jobs running now
+        self.busy_peak = 0  # the most that ever ran at once
+        self.watcher: ChampionWatcher[ServedModel] | None = None
+        self._fixed: ServedModel | None = None
+        if rec is not None:
+            self._fixed = serve_model(rec, comparison, device)
+        else:
+            from deccm import registry
+
+            self.watcher = ChampionWatcher(lambda v: serve_model(registry.load(v, device=device), comparison, device),
+                                           poll_s=poll_s or POLL_S)
+            self.watcher.poll()
+            if poll_s:
+                self.watcher.start()
+        first = self.served
+        self.examples = first.examples if first else []  # the page's example list is laid out once, at start
+
+    @property
+    def served(self) -> ServedModel | None:
+        """The model served now, or None before any champion is registered."""
+        if self.watcher is None:
+            return self._fixed
+        current = self.watcher.served
+        return current.model if current else None
+
+    @property
+    def rec(self) -> Recommender | None:
+        served = self.served
+        return served.rec if served else None
+
+    @property
+    def comparison(self) -> Comparison | None:
+        served = self.served
+        return served.comparison if served else None
+
+    @property
+    def label(self) -> str:
+        served = self.served
+        return served.label if served else "no model yet"
+
+    @property
+    def comparison_label(self) -> str:
+        served = self.served
+        return served.comparison_label if served else "no other registered model"
+
+    @property
+    def comparison_note(self) -> str:
+        served = self.served
+        return served.comparison_note if served else ""
+
     @property
     def examples_label(self) -> str:
         generated = "GENERATED" in self.warning or "SYNTHETIC" in self.warning
@@ -507,30 +596,55 @@ class DemoService:
 
     @property
     def card(self) -> str:
-        return card_markdown(self.rec.card)
+        served = self.served
+        return card_markdown(served.rec.card) if served else NO_MODEL
 
     @property
     def warning(self) -> str:
-        return data_warning(self.rec.card)
+        served = self.served
+        return data_warning(served.rec.card) if served else ""
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /healthz`` reports: the served version, model name and provenance, or why nothing is served."""
+        served = self.served
+        out: dict[str, Any] = {"status": "serving" if served else "no model", "model": None, "version": None}
+        if served is not None:
+            reg = served.rec.card.get("registry") or {}
+            trained = served.rec.card.get("trained_on") or {}
+            out.update(model=reg.get("name", served.rec.name), version=reg.get("version"), run=served.rec.card.get("run"),
+                       provenance=provenance_kind(served.rec.card), trained_on=trained.get("provenance"))
+        else:
+            out["reason"] = NO_MODEL
+        if self.watcher is not None:
+            current = self.watcher.served
+            out.update(follows="deccm-student@champion", poll_s=self.watcher.poll_s if self.watcher.running else None,
+                       last_error=self.watcher.last_error, since=current.since if current else None)
+        return out
+
+    def close(self) -> None:
+        """Stop following the registry (the served model stays)."""
+        if self.watcher is not None:
+            self.watcher.stop()
 
     def static_files(self) -> list[str]:
         """The only files the page serves as they are: the checked example clips (resolved paths), one by one."""
         return sorted(self.examples)
 
-    def playable(self, audio: str | None) -> str | None:
-        """A snapshot of the checked file for a catalog ``audio`` path (what a player and the preview use), or None
-        when it may not be served.
+    def playable(self, audio: str | None, served: ServedModel | None = None) -> str | None:
+        """A snapshot of the checked file for a catalog ``audio`` path of ``served`` (default: the model served now),
+        or None when it may not be served (what a player and the preview use).
 
         The snapshot lives in the service's own temp folder, so Gradio copies it into its cache like any output
         and the catalog folder is never a static path; a file swapped after the check is never served.
         """
-        real = self._audio.get(audio) if audio else None
+        served = served or self.served
+        real = served.audio.get(audio) if audio and served else None
         if real is None:
             return None
         with self._lock:
             copy = self._copies.get(real)
         if copy is None:
-            dest = self._served / hashlib.sha256(real.encode()).hexdigest()[:16] / Path(real).name
+            dest = self._served_dir / hashlib.sha256(real.encode()).hexdigest()[:16] / Path(real).name
             dest.parent.mkdir(exist_ok=True)
             with io.atomic_path(dest) as tmp:
                 shutil.copyfile(real, tmp)
@@ -556,26 +670,32 @@ class DemoService:
             self._slots.release()
 
     def respond(self, video: str | os.PathLike | None, k: int = 10) -> Page:
-        """One Suggest press: the champion's ranking and the comparison model's, or the reason there is none."""
+        """One Suggest press: the served model's ranking and the comparison model's, or the reason there is none.
+
+        The model is taken once, here: a swap while the clip is processed changes the next request, not this one.
+        """
+        served = self.served
+        if served is None:
+            return Page(error=NO_MODEL)
         try:
-            result = suggest(self.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds, slot=self.slot,
+            result = suggest(served.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds, slot=self.slot,
                              recent=self.recent)
         except DemoError as e:
-            return Page(error=str(e))
+            return Page(error=str(e), served=served)
         except Exception as e:  # noqa: BLE001 - whatever an upload triggers reaches the page as one line, never a traceback
-            return Page(error=_unexpected(e, video))
-        result.suggestions = [replace(s, audio=self.playable(s.audio)) for s in result.suggestions]
-        page = Page(result=result)
-        if self.comparison is None:
-            page.comparison_note = self.comparison_note
+            return Page(error=_unexpected(e, video), served=served)
+        result.suggestions = [replace(s, audio=self.playable(s.audio, served)) for s in result.suggestions]
+        page = Page(result=result, served=served)
+        if served.comparison is None:
+            page.comparison_note = served.comparison_note
         else:
             try:
-                page.comparison = rank_like(self.comparison.rec, result, video, self.max_seconds, slot=self.slot,
+                page.comparison = rank_like(served.comparison.rec, result, video, self.max_seconds, slot=self.slot,
                                             recent=self.recent)
             except DemoError as e:
-                page.comparison_note = f"{self.comparison.label} cannot rank this clip: {e}"
+                page.comparison_note = f"{served.comparison.label} cannot rank this clip: {e}"
             except Exception as e:  # noqa: BLE001 - as above
-                page.comparison_note = f"{self.comparison.label} cannot rank this clip: {_unexpected(e, video)}"
+                page.comparison_note = f"{served.comparison.label} cannot rank this clip: {_unexpected(e, video)}"
         return page
 
     def preview(self, video: str | os.PathLike | None, audio: str | None) -> Path | None:

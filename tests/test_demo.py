@@ -179,16 +179,95 @@ def test_a_synthetic_model_cannot_rank_an_uploaded_clip(synthetic_rec: Any, tmp_
         demo.suggest(synthetic_rec, clip, 5)
 
 
-def test_the_page_without_a_champion_says_how_to_train_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_page_without_a_champion_says_no_model_yet_and_how_to_train_one(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import gradio as gr
 
     demo_app = _app_module()
     monkeypatch.setenv("DECCM_HOME", str(tmp_path / "empty-home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    page = demo_app.build_app(device="cpu")
+    svc = demo.DemoService(device="cpu")
+    page = demo_app.build_app(service=svc)
     text = " ".join(str(b.value) for b in page.blocks.values() if isinstance(b, gr.Markdown))
-    assert "No model to serve." in text and "no deccm-student@champion is registered" in text and "make pipeline" in text
-    assert not any(isinstance(b, gr.Button) for b in page.blocks.values())
+    assert "No model yet: no deccm-student@champion is registered." in text and "make pipeline" in text
+    assert svc.served is None and svc.health() == {"status": "no model", "model": None, "version": None,
+                                                   "reason": demo.NO_MODEL, "follows": "deccm-student@champion",
+                                                   "poll_s": None, "last_error": None, "since": None}
+    assert svc.respond(None).error == demo.NO_MODEL  # Suggest says so too, whatever was sent
+
+
+# --------------------------------------------------------------------------- the running app follows the registry (slow)
+
+
+def _start_demo(home_dir: Path, log: Path, poll_s: float = 1.0) -> tuple[subprocess.Popen, str]:
+    """``python demo/app.py`` on a free port over ``home_dir``'s registry, as compose starts it."""
+    env = {**os.environ, "DECCM_HOME": str(home_dir), "PYTHONPATH": str(ROOT)}
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow exported this process's store: the child picks its own
+        env.pop(k, None)
+    port = _free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "demo" / "app.py"), "--port", str(port), "--device", "cpu",
+                                 "--poll-seconds", str(poll_s)], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _health(url: str) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
+
+
+def _wait_health(url: str, proc: subprocess.Popen, log: Path, want: Any, what: str, timeout: float) -> dict[str, Any]:
+    """Poll /healthz until ``want(status, body)``; fails with the server's log on timeout or exit."""
+    deadline = time.monotonic() + timeout
+    got: tuple[int, Any] = (0, None)
+    while time.monotonic() < deadline:
+        got = _health(url)
+        if got[0] and want(*got):
+            return got[1]
+        if proc.poll() is not None:
+            pytest.fail(f"the demo exited ({proc.returncode}) waiting for {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"no {what} within {timeout:.0f} s (last /healthz: {got}); demo log:\n{log.read_text()[-4000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_demo_starts_before_any_champion_answers_503_and_serves_the_first_one_registered(
+        synthetic_rec: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deccm import registry
+
+    state = tmp_path / "home"
+    proc, url = _start_demo(state, tmp_path / "demo.log")
+    try:
+        body = _wait_health(url, proc, tmp_path / "demo.log", lambda status, b: status == 503, "503 before any champion", 180)
+        assert body["status"] == "no model" and body["version"] is None and "make pipeline" in body["reason"]
+        monkeypatch.setenv("DECCM_HOME", str(state))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        version = registry.register(synthetic_rec.ranker.run_dir)
+        registry.promote(version, "test: the first champion")
+        body = _wait_health(url, proc, tmp_path / "demo.log", lambda status, b: status == 200, "the first champion served", 60)
+        assert body["status"] == "serving" and body["version"] == version and body["model"] == registry.MODEL_NAME
+        assert body["provenance"] == "synthetic" and body["last_error"] is None
+        assert proc.poll() is None  # the same process: no restart
+    finally:
+        _stop(proc)
 
 
 # --------------------------------------------------------------------------- a registered champion on real media (slow)
@@ -307,6 +386,55 @@ def test_examples_and_card_come_from_the_champion(models: dict[str, Any], servic
     assert "GENERATED" in service.examples_label
 
 
+@pytest.mark.slow
+def test_the_running_demo_follows_promote_and_rollback_with_no_restart(models: dict[str, Any], home: Path,
+                                                                        tmp_path: Path) -> None:
+    from deccm import registry
+
+    log = tmp_path / "demo.log"
+
+    def cli(*args: str) -> None:
+        env = {**os.environ, "DECCM_HOME": str(home)}
+        for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            env.pop(k, None)
+        out = subprocess.run([sys.executable, "-m", "deccm.registry", *args], env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+    assert registry.champion_version() == "2"
+    proc, url = _start_demo(home, log)
+    try:
+        body = _wait_health(url, proc, log, lambda status, b: status == 200, "the champion served", 180)
+        assert body["version"] == "2" and body["provenance"] == "generated" and body["follows"] == "deccm-student@champion"
+        cli("rollback")
+        body = _wait_health(url, proc, log, lambda status, b: b["version"] == "1", "v1 served after the rollback", 60)
+        assert body["status"] == "serving" and body["last_error"] is None
+        cli("promote", "2")
+        _wait_health(url, proc, log, lambda status, b: b["version"] == "2", "v2 served after the promote", 60)
+        assert proc.poll() is None  # one process throughout: no restart
+        assert "serving deccm-student@champion version 1 (was 2)" in log.read_text()
+    finally:
+        _stop(proc)
+        if registry.champion_version() != "2":
+            registry.promote("2", "test: put the module's champion back")
+
+
+@pytest.mark.slow
+def test_follow_champion_is_a_recommender_that_follows_the_alias(models: dict[str, Any], home: Path) -> None:
+    from deccm import registry, watch
+
+    w = watch.follow_champion(device="cpu", extractor=False, poll_s=1)  # polled once: no thread needed here
+    assert w.served is not None and w.served.version == "2" and w.served.model.card["registry"]["version"] == "2"
+    before = w.served
+    try:
+        registry.promote("1", "test: follow_champion")
+        assert w.poll() is True and w.served.version == "1" and w.served.model.card["registry"]["version"] == "1"
+        assert w.poll() is False  # unchanged: nothing loaded again
+    finally:
+        registry.promote("2", "test: put the module's champion back")
+    assert w.poll() is True and w.served.version == "2" and before.model.card["registry"]["version"] == "2"
+
+
 # --------------------------------------------------------------------------- the app: API and browser (slow)
 
 
@@ -318,9 +446,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app_url(service: demo.DemoService) -> Iterator[str]:
-    app = _app_module().build_app(service=service)
+    app_module = _app_module()
+    app = app_module.build_app(service=service)
     port = _free_port()
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    app_module.launch(app, service, port=port, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -168,6 +168,12 @@ def test_compose_services_are_wired_healthy_and_local(compose: dict) -> None:
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://")
     assert services["airflow-scheduler"]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
     assert all(services[n]["image"] == services["demo"]["image"] for n in LONG_RUNNING - {"postgres", "redis"})
+    # the demo's health is the served model's: /healthz fails (curl -f: HTTP 503) until a champion is served,
+    # and the demo follows the alias on its own, so nothing needs to restart it after a promotion
+    demo = services["demo"]
+    assert demo["healthcheck"]["test"] == ["CMD", "curl", "-fsS", "http://localhost:7860/healthz"]
+    assert demo["environment"]["DECCM_POLL_S"] == "${DEMO_POLL_S:-15}"
+    assert "--ensure" not in _command(demo)  # the demo never trains: it waits for the pipeline's champion
 
 
 def test_every_variable_the_stack_reads_is_in_the_env_template(compose: dict) -> None:
