@@ -380,13 +380,13 @@ def promote(version: str, reason: str = "manual", expected_champion: str | None 
     automatic = expected_champion is not UNCHECKED
     with _aliases_lock():
         previous = champion_version()
+        if previous == version:  # already done (e.g. a task retried after its promote went through)
+            return []
         if automatic and previous != (None if expected_champion is None else str(expected_champion)):
             why = (f"{_now()}: not promoted: the champion moved from version {expected_champion} to {previous} since the "
                    "evaluation. Fix: run the pipeline again to evaluate against the current champion.")
             client.set_model_version_tag(MODEL_NAME, version, TAG_ABORTED, why)
             raise ChampionMoved(f"{MODEL_NAME} version {version} {why.split(': ', 1)[1]}")
-        if previous == version:
-            return []
         overrides = [f"{k}: {mv.tags[k]}" for k in (TAG_BLOCK, "deccm.rolled_back", TAG_ABORTED) if mv.tags.get(k)]
         if automatic and mv.tags.get(TAG_BLOCK):
             raise RegistryError(f"{MODEL_NAME} version {version} is not promoted automatically ({mv.tags[TAG_BLOCK]}). "

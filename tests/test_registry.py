@@ -125,6 +125,7 @@ def test_rolled_back_and_rejected_versions_are_not_promoted_again_until_cleared(
     v2 = registry.register(_tracked_run(tiny_dataset, home / "runs" / "b", seed=3, epochs=1))
     registry.promote(v1)
     assert registry.promote(v2, "gate", expected_champion="1") == []  # the compare-and-swap sees the champion it expects
+    assert registry.promote(v2, "gate", expected_champion="1") == []  # a retried task: already done, not "moved"
     assert registry.rollback() == "1" and registry.blocked("2").startswith("rolled back")
     with pytest.raises(registry.RegistryError, match="version 2 is not promoted automatically .*registry clear 2"):
         registry.promote("2", "gate", expected_champion="1")
