@@ -113,7 +113,9 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
 
 def summary(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
     out: dict[str, Any] = {"pairs": len(rows)}
-    for key in ("promote", "plain_promote", "old_rule_promote"):
+    for r in rows:  # the interval alone, without floor and bias guard: which part of the rule decided
+        r["interval_promote"] = r["snips"]["ci95"][0] > margin
+    for key in ("promote", "interval_promote", "plain_promote", "old_rule_promote"):
         out[key] = {"agree": sum(r[key] == r["oracle_promote"] for r in rows),
                     "harmful": sum(r[key] and r["oracle_diff"] < -margin for r in rows)}
     return out
@@ -135,7 +137,8 @@ def to_markdown(rows: list[dict[str, Any]], summ: dict[str, Any], metric: str) -
     n = summ["pairs"]
     lines.append("")
     lines.append(f"Agreement with the oracle: gate (SNIPS) {summ['promote']['agree']}/{n}, harmful promotions "
-                 f"{summ['promote']['harmful']}; the same gate on the plain estimate {summ['plain_promote']['agree']}/{n} "
+                 f"{summ['promote']['harmful']}; its SNIPS interval alone (no bias guard) {summ['interval_promote']['agree']}/{n} "
+                 f"(harmful {summ['interval_promote']['harmful']}); the same gate on the plain estimate {summ['plain_promote']['agree']}/{n} "
                  f"(harmful {summ['plain_promote']['harmful']}); the old rule {summ['old_rule_promote']['agree']}/{n} "
                  f"(harmful {summ['old_rule_promote']['harmful']}).")
     return "\n".join(lines)
