@@ -116,8 +116,13 @@ def summary(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
     for r in rows:  # the interval alone, without floor and bias guard: which part of the rule decided
         r["interval_promote"] = r["snips"]["ci95"][0] > margin
     for key in ("promote", "interval_promote", "plain_promote", "old_rule_promote"):
-        out[key] = {"agree": sum(r[key] == r["oracle_promote"] for r in rows),
+        both: dict[tuple[Any, ...], bool] = {}  # a pair agrees when both of its orders do
+        for r in rows:
+            k = (r["strength"], r["seed"], frozenset((r["champion"], r["challenger"])))
+            both[k] = both.get(k, True) and r[key] == r["oracle_promote"]
+        out[key] = {"agree": sum(r[key] == r["oracle_promote"] for r in rows), "pairs_agree": sum(both.values()),
                     "harmful": sum(r[key] and r["oracle_diff"] < -margin for r in rows)}
+    out["n_pairs"] = len({(r["strength"], r["seed"], frozenset((r["champion"], r["challenger"]))) for r in rows})
     return out
 
 
@@ -134,13 +139,14 @@ def to_markdown(rows: list[dict[str, Any]], summ: dict[str, Any], metric: str) -
                      f"| {'yes' if r['promote'] == r['oracle_promote'] else '**no**'} "
                      f"| {p['diff']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {yn[r['plain_promote']]} "
                      f"| {yn[r['old_rule_promote']]} | {r['taste_R2']['champion']:.2f} / {r['taste_R2']['challenger']:.2f} |")
-    n = summ["pairs"]
+    n, m = summ["pairs"], summ["n_pairs"]
     lines.append("")
-    lines.append(f"Agreement with the oracle: gate (SNIPS) {summ['promote']['agree']}/{n}, harmful promotions "
-                 f"{summ['promote']['harmful']}; its SNIPS interval alone (no bias guard) {summ['interval_promote']['agree']}/{n} "
-                 f"(harmful {summ['interval_promote']['harmful']}); the same gate on the plain estimate {summ['plain_promote']['agree']}/{n} "
-                 f"(harmful {summ['plain_promote']['harmful']}); the old rule {summ['old_rule_promote']['agree']}/{n} "
-                 f"(harmful {summ['old_rule_promote']['harmful']}).")
+    names = {"promote": "the gate (SNIPS)", "interval_promote": "its SNIPS interval alone (no floor, no bias guard)",
+             "plain_promote": "the same gate on the plain estimate", "old_rule_promote": "the old rule (val points, margin)"}
+    lines.append("| rule | decisions agreeing with the oracle | pairs agreeing in both orders | harmful promotions |")
+    lines.append("|---|---|---|---|")
+    for key, name in names.items():
+        lines.append(f"| {name} | {summ[key]['agree']}/{n} | {summ[key]['pairs_agree']}/{m} | {summ[key]['harmful']} |")
     return "\n".join(lines)
 
 
