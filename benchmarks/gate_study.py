@@ -7,7 +7,7 @@ reused from --work, resumable), and the gate (``deccm.gate``) judges the pairs
 (erased, plain) and (erased, w/o deconfounding) in both orders as champion → challenger,
 on the ``gate`` split (logged, confounded choices; its clips saw no early stopping).
 
-Per pair it reports the oracle difference challenger − champion of HR_w@10 on
+Per pair it reports the oracle difference challenger − champion of the gate metric on
 ``test_oracle`` (positives drawn from the true affinity alone), the gate's decision with
 its deciding (SNIPS) interval, what the same gate would decide on the plain estimate, and
 what the old rule (point estimates on ``val``, margin alone) would have done. The oracle's
@@ -16,8 +16,8 @@ agreement is the gate's choice equal to it. The goal (issue 20): ≥ 10 of 12 ag
 promotion of a challenger worse on the oracle by more than the margin.
 
 Usage: python benchmarks/gate_study.py [--preset small] [--seeds 0 1 2] [--strengths moderate strong]
-       [--epochs 50] [--device auto] [--work DIR] [--out docs/results.md]
-Writes the table into --out between the gate study's BEGIN/END markers and a JSON beside it.
+       [--epochs 50] [--metric HR_w@10] [--device auto] [--work DIR] [--out docs/results.md]
+Writes the table into --out between the BEGIN/END markers of the gate metric and a JSON beside it.
 """
 from __future__ import annotations
 
@@ -48,8 +48,11 @@ log = logging.getLogger("gate_study")
 
 ERASED, PLAIN, NODECONF = "student, taste erased", "plain matching", "student w/o deconfounding"
 PAIRS = [(ERASED, PLAIN), (PLAIN, ERASED), (ERASED, NODECONF), (NODECONF, ERASED)]  # (champion, challenger)
-METRIC = "HR_w@10"
-BEGIN, END = "<!-- BEGIN gate study -->", "<!-- END gate study -->"
+
+
+def markers(metric: str) -> tuple[str, str]:
+    """The BEGIN/END comments around the table of one gate metric."""
+    return f"<!-- BEGIN gate study: {metric} -->", f"<!-- END gate study: {metric} -->"
 
 
 def _gate_data(work: Path, preset: str, seed: int, strength: str) -> Path:
@@ -82,14 +85,14 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
     """The four pairs of one world: oracle difference, the gate's decision, the plain and the old rule.
 
     Kept in --work per world and settings, so an interrupted study resumes with the next world."""
-    cache = work / f"gate-study-{preset}-{strength}-s{seed}-e{epochs}.json"
+    cache = work / f"gate-study-{preset}-{strength}-s{seed}-e{epochs}-{cfg.metric}.json"
     if cache.exists() and json.loads(cache.read_text())["gate"] == asdict(cfg):
         return json.loads(cache.read_text())["rows"]
     runs = _models(preset, seed, strength, work, epochs, device)
     ds = load_dataset(_gate_data(work, preset, seed, strength))
     rankers: dict[str, Ranker] = {label: load_ranker(run, device=device) for label, run in runs.items()}
-    oracle = {label: evaluate_split(r, ds, "test_oracle").values[METRIC] for label, r in rankers.items()}
-    val = {label: evaluate_split(r, ds, "val").values[METRIC] for label, r in rankers.items()}
+    oracle = {label: evaluate_split(r, ds, "test_oracle").values[cfg.metric] for label, r in rankers.items()}
+    val = {label: evaluate_split(r, ds, "val").values[cfg.metric] for label, r in rankers.items()}
     rows = []
     for champ, chal in PAIRS:
         scored = gate.score(ds, "gate", rankers[chal], rankers[champ], cfg)
@@ -110,16 +113,23 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
 
 def summary(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
     out: dict[str, Any] = {"pairs": len(rows)}
-    for key in ("promote", "plain_promote", "old_rule_promote"):
-        out[key] = {"agree": sum(r[key] == r["oracle_promote"] for r in rows),
+    for r in rows:  # the interval alone, without floor and bias guard: which part of the rule decided
+        r["interval_promote"] = r["snips"]["ci95"][0] > margin
+    for key in ("promote", "interval_promote", "plain_promote", "old_rule_promote"):
+        both: dict[tuple[Any, ...], bool] = {}  # a pair agrees when both of its orders do
+        for r in rows:
+            k = (r["strength"], r["seed"], frozenset((r["champion"], r["challenger"])))
+            both[k] = both.get(k, True) and r[key] == r["oracle_promote"]
+        out[key] = {"agree": sum(r[key] == r["oracle_promote"] for r in rows), "pairs_agree": sum(both.values()),
                     "harmful": sum(r[key] and r["oracle_diff"] < -margin for r in rows)}
+    out["n_pairs"] = len({(r["strength"], r["seed"], frozenset((r["champion"], r["challenger"]))) for r in rows})
     return out
 
 
-def to_markdown(rows: list[dict[str, Any]], summ: dict[str, Any]) -> str:
+def to_markdown(rows: list[dict[str, Any]], summ: dict[str, Any], metric: str) -> str:
     short = {ERASED: "erased", PLAIN: "plain", NODECONF: "w/o deconf"}
     yn = {True: "promote", False: "keep"}
-    lines = ["| strength | seed | champion → challenger | oracle Δ HR_w@10 | oracle says | gate: SNIPS Δ [95 %] | gate | agrees "
+    lines = [f"| strength | seed | champion → challenger | oracle Δ {metric} | oracle says | gate: SNIPS Δ [95 %] | gate | agrees "
              "| plain Δ [95 %] | gate on plain | old rule (val points) | taste R² champion / challenger |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -129,20 +139,22 @@ def to_markdown(rows: list[dict[str, Any]], summ: dict[str, Any]) -> str:
                      f"| {'yes' if r['promote'] == r['oracle_promote'] else '**no**'} "
                      f"| {p['diff']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {yn[r['plain_promote']]} "
                      f"| {yn[r['old_rule_promote']]} | {r['taste_R2']['champion']:.2f} / {r['taste_R2']['challenger']:.2f} |")
-    n = summ["pairs"]
+    n, m = summ["pairs"], summ["n_pairs"]
     lines.append("")
-    lines.append(f"Agreement with the oracle: gate (SNIPS) {summ['promote']['agree']}/{n}, harmful promotions "
-                 f"{summ['promote']['harmful']}; the same gate on the plain estimate {summ['plain_promote']['agree']}/{n} "
-                 f"(harmful {summ['plain_promote']['harmful']}); the old rule {summ['old_rule_promote']['agree']}/{n} "
-                 f"(harmful {summ['old_rule_promote']['harmful']}).")
+    names = {"promote": "the gate (SNIPS)", "interval_promote": "its SNIPS interval alone (no floor, no bias guard)",
+             "plain_promote": "the same gate on the plain estimate", "old_rule_promote": "the old rule (val points, margin)"}
+    lines.append("| rule | decisions agreeing with the oracle | pairs agreeing in both orders | harmful promotions |")
+    lines.append("|---|---|---|---|")
+    for key, name in names.items():
+        lines.append(f"| {name} | {summ[key]['agree']}/{n} | {summ[key]['pairs_agree']}/{m} | {summ[key]['harmful']} |")
     return "\n".join(lines)
 
 
-def write_section(out: Path, text: str) -> None:
-    """Replace the study's section of ``out`` (appended when its markers are missing); the rest is kept."""
-    section = f"{BEGIN}\n{text}\n{END}"
+def write_section(out: Path, text: str, begin: str, end: str) -> None:
+    """Replace the section of ``out`` between ``begin`` and ``end`` (appended when they are missing); the rest is kept."""
+    section = f"{begin}\n{text}\n{end}"
     old = out.read_text() if out.exists() else "# Results\n"
-    new = (old[:old.index(BEGIN)] + section + old[old.index(END) + len(END):] if BEGIN in old and END in old
+    new = (old[:old.index(begin)] + section + old[old.index(end) + len(end):] if begin in old and end in old
            else old.rstrip() + "\n\n" + section + "\n")
     io.write_text(out, new)
 
@@ -155,12 +167,14 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--device", default="auto")
     p.add_argument("--margin", type=float, default=gate.GateConfig.margin)
+    p.add_argument("--metric", default=gate.GateConfig.metric, choices=gate.GATE_METRICS,
+                   help="the gate metric; the oracle difference is of the same metric")
     p.add_argument("--work", type=Path, default=None, help="datasets and runs (default: $DECCM_HOME/bench/debias, shared with debias.py)")
     p.add_argument("--out", type=Path, default=Path("docs/results.md"))
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     work = args.work or config.state_path("bench", "debias")
-    cfg = gate.GateConfig(margin=args.margin, floor=0.0)  # the study asks about the comparison; floors are the deployment's
+    cfg = gate.GateConfig(metric=args.metric, margin=args.margin, floor=0.0)  # the study asks about the comparison; floors are the deployment's
     device = config.resolve_device(args.device)
     t0 = time.perf_counter()
     rows = [r for seed in args.seeds for strength in args.strengths  # seed by seed: both strengths are covered early
@@ -170,9 +184,10 @@ def main() -> None:
     head = (f"_Generated by `python benchmarks/gate_study.py {shlex.join(sys.argv[1:])}` — preset {args.preset}, "
             f"{args.epochs} epochs, seeds {args.seeds}, gate margin {cfg.margin}, {cfg.n_boot} paired resamples over clips, "
             f"{hw}, {(time.perf_counter() - t0) / 60:.1f} min (runs reused from --work are not retrained)._\n\n")
-    write_section(args.out, head + to_markdown(rows, summ))
-    io.write_json(args.out.with_name("gate_study.json"), {"rows": rows, "summary": summ, "gate": asdict(cfg), "epochs": args.epochs})
-    print(to_markdown(rows, summ))
+    begin, end = markers(cfg.metric)
+    write_section(args.out, head + to_markdown(rows, summ, cfg.metric), begin, end)
+    io.write_json(args.out.with_name(f"gate_study-{cfg.metric}.json"), {"rows": rows, "summary": summ, "gate": asdict(cfg), "epochs": args.epochs})
+    print(to_markdown(rows, summ, cfg.metric))
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ difference challenger − champion, not on two point estimates:
   than the champion's by more than ``bias_tolerance``, in the metric's own direction
   from ``deccm.metrics.METRICS``);
 - where the split has uploaders and priors (logged, confounded choices), the deciding
-  estimate is self-normalised IPS with the logged propensities (each row weighted by
-  w_i / e_i), which estimates the score under choices free of the uploader's taste;
+  estimate is self-normalised IPS with the logged propensities (each row's metric weight
+  divided by its propensity e_i), which estimates the score under choices free of the uploader's taste;
   the plain estimate and both models' taste probes are recorded beside it.
 
 :class:`GateConfig` validates its own bounds, so settings from any caller (DAG params,
@@ -85,9 +85,11 @@ def param_bounds() -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- statistics
 
 
-def ips_weights(ds: Dataset, split: str) -> np.ndarray | None:
-    """Per-row weights w_i / e_i of self-normalised IPS, e_i the logged propensity; None without uploaders.
+def inverse_propensities(ds: Dataset, split: str) -> np.ndarray | None:
+    """Per-row factors 1 / e_i of self-normalised IPS, e_i the logged propensity; None without uploaders.
 
+    The metric's own row weight (inverse popularity for the ``_w`` metrics, 1 otherwise)
+    multiplies it, so the estimate is of the same metric under choices free of the taste.
     e_i = clip(prior_i[genre(m_i)], 0.01, 1) (``deccm.data.protocol.propensities``): how
     likely the uploader's taste made this row's pick, the same quantity training's IPS uses.
     """
@@ -98,7 +100,7 @@ def ips_weights(ds: Dataset, split: str) -> np.ndarray | None:
     if (genre < 0).any():
         return None
     e = protocol.propensities(np.asarray(rows.prior), genre).astype(np.float64)
-    return np.asarray(rows.weight, dtype=np.float64) / e
+    return 1.0 / e
 
 
 def paired(challenger: np.ndarray, champion: np.ndarray, weights: np.ndarray | None, clips: np.ndarray,
@@ -120,9 +122,9 @@ def compare(ds: Dataset, split: str, challenger: SplitResult, champion: SplitRes
     v_b, _ = champion.per_row[cfg.metric]
     clips = np.asarray(split_rows(ds, split).video)
     out: dict[str, Any] = {"metric": cfg.metric, "split": split, "plain": paired(v_a, v_b, w, clips, cfg.n_boot, cfg.seed)}
-    ips = ips_weights(ds, split)
-    if ips is not None:
-        out["snips"] = paired(v_a, v_b, ips, clips, cfg.n_boot, cfg.seed)
+    inv = inverse_propensities(ds, split)
+    if inv is not None:
+        out["snips"] = paired(v_a, v_b, inv if w is None else np.asarray(w, np.float64) * inv, clips, cfg.n_boot, cfg.seed)
     out["deciding"] = "snips" if "snips" in out else "plain"
     return out
 

@@ -92,13 +92,19 @@ def test_paired_bootstrap_sees_what_point_estimates_hide() -> None:
         gate.paired(champ[:10], champ, None, np.arange(400), 2000, 0)
 
 
-def test_snips_weights_are_weight_over_logged_propensity(tiny_dataset: Path) -> None:
+def test_snips_weights_are_the_metrics_weight_over_logged_propensity(tiny_dataset: Path) -> None:
     ds = load_dataset(tiny_dataset)
     rows = ds.ugc.gate
-    w = gate.ips_weights(ds, "gate")
+    inv = gate.inverse_propensities(ds, "gate")
     genre = ds.ugc.music_genre[rows.music]
     e = np.clip(rows.prior[np.arange(len(rows)), genre], 0.01, 1.0)
-    assert np.allclose(w, rows.weight / e)
+    assert np.allclose(inv, 1 / e)
+    a, b = _linear("a", ds, 1), _linear("b", ds, 2)
+    for metric, w in (("HR_w@10", rows.weight / e), ("HR@10", 1 / e)):  # weighted metric: popularity weight × 1/e
+        cfg = gate.GateConfig(metric=metric)
+        ra, rb = evaluate_split(a, ds, "gate"), evaluate_split(b, ds, "gate")
+        snips = gate.compare(ds, "gate", ra, rb, cfg)["snips"]
+        assert snips["challenger"] == pytest.approx(float(w @ ra.per_row[metric][0] / w.sum()))
 
 
 def test_score_and_decide_on_confounded_rows(tiny_dataset: Path) -> None:
