@@ -38,7 +38,7 @@ GATE_SPLITS = ["gate", "val"]
 DATA_KEYS = ("source", "seed", "videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
 AIRFLOW_KEYS = frozenset({"from_rest_api"})  # what Airflow itself adds to an event's extra
 BY_HAND = ("manual", "operator_triggered")  # run types whose conf a person (or a DAG) chose: the params hold the source
-ENV_SOURCE = "DECCM_SOURCE"  # the deployment's source for scheduled runs (docker/compose.yaml sets it)
+ENV_SOURCE = "DECCM_SOURCE"  # the deployment's source for runs nobody started by hand (set in the scheduler's environment)
 DEFAULT_RETRY = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": 2.0,
                  "max_retry_delay": timedelta(minutes=30), "execution_timeout": timedelta(hours=1)}
 # The defaults mirror deccm.pipeline.DEFAULTS (tests/test_dag.py checks they agree); None = the pipeline's default.

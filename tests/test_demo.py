@@ -406,11 +406,16 @@ def test_the_running_demo_follows_promote_and_rollback_with_no_restart(models: d
     try:
         body = _wait_health(url, proc, log, lambda status, b: status == 200, "the champion served", 180)
         assert body["version"] == "2" and body["provenance"] == "generated" and body["follows"] == "deccm-student@champion"
+        t = time.perf_counter()
         cli("rollback")
         body = _wait_health(url, proc, log, lambda status, b: b["version"] == "1", "v1 served after the rollback", 60)
         assert body["status"] == "serving" and body["last_error"] is None
+        took = time.perf_counter() - t
+        t = time.perf_counter()
         cli("promote", "2")
         _wait_health(url, proc, log, lambda status, b: b["version"] == "2", "v2 served after the promote", 60)
+        print(f"\nfollowing the alias (poll 1 s): rollback → v1 served {took:.1f} s, promote → v2 served "
+              f"{time.perf_counter() - t:.1f} s after the CLI started")
         assert proc.poll() is None  # one process throughout: no restart
         assert "serving deccm-student@champion version 1 (was 2)" in log.read_text()
     finally:
