@@ -30,9 +30,11 @@ CHAMPION = Asset("deccm-champion")  # published by register: extra {"model", "ve
 WEEKLY = CronTriggerTimetable("0 3 * * 1", timezone="UTC")  # no start_date: unpausing waits for the next Monday
 
 _PATH = ["null", "string"]
-# What the gate may compare on. Until deccm.metrics has its table of metrics with their direction, these are
-# today's higher-is-better ranking metrics, and the splits that are neither the test split nor its oracle.
-GATE_METRICS = ["HR_w@10", "HR@10", "NDCG_w@10", "NDCG@10"]
+# What the gate may compare on: written out so parsing this file imports nothing of deccm; tests/test_dag.py checks
+# they equal deccm.gate.param_bounds() (higher-is-better per-row metrics of deccm.metrics.METRICS; never test splits).
+GATE_METRICS = ["HR_w@10", "NDCG_w@10", "HR@10", "NDCG@10", "HR_w@15", "NDCG_w@15", "HR@15", "NDCG@15", "HR_w@20",
+                "NDCG_w@20", "HR@20", "NDCG@20", "HR_w@25", "NDCG_w@25", "HR@25", "NDCG@25", "Recall@10", "Recall@25", "MRR",
+                "tail_share@10"]
 GATE_SPLITS = ["gate", "val"]
 # What a data drop's asset event may carry: where the data is (and which generated source / seed), nothing else.
 DATA_KEYS = ("source", "seed", "videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
@@ -70,9 +72,9 @@ PARAMS: dict[str, Param] = {
     "gate_metric": Param("HR_w@10", type="string", enum=GATE_METRICS, description="gate: primary metric (higher is better)"),
     "gate_split": Param("gate", type="string", enum=GATE_SPLITS,
                         description="gate: held-out split both models are scored on (gate; val for older datasets; never test or its oracle)"),
-    "gate_margin": Param(0.005, type="number", minimum=0, description="gate: the challenger must beat the champion by more than this"),
+    "gate_margin": Param(0.005, type="number", minimum=0, maximum=1, description="gate: the challenger must beat the champion by more than this"),
     "gate_floor": Param(0.15, type="number", minimum=0, maximum=1, description="gate: absolute floor of the primary metric"),
-    "bias_tolerance": Param(0.05, type="number", minimum=0, description="gate: how much worse the bias metrics may get"),
+    "bias_tolerance": Param(0.05, type="number", minimum=0, maximum=1, description="gate: how much worse the bias metrics may get"),
     "shards": Param(4, type="integer", minimum=1, description="extraction shards per media kind (parallel mapped tasks)"),
     "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
 }

@@ -196,6 +196,10 @@ def test_dag_parses_with_the_designed_tasks_params_and_schedule(af: Airflow) -> 
             dag.params.get_param(key).resolve(bad)
     for key, good in (("gate_margin", 0), ("gate_floor", 0), ("gate_floor", 1), ("gate_split", "val"), ("gate_metric", "NDCG_w@10")):
         assert dag.params.get_param(key).resolve(good) == good
+    from deccm import gate
+
+    for key, bounds in gate.param_bounds().items():  # the Params enforce exactly the bounds GateConfig does
+        assert {k: v for k, v in dag.params.get_param(key).schema.items() if k in bounds} == bounds, key
 
     # weekly OR the deccm-media asset; one run at a time, no backfill of missed weeks
     assert isinstance(dag.timetable, AssetOrTimeSchedule)
