@@ -296,7 +296,7 @@ def models(home: Path, tiny_corpus: Path) -> dict[str, Any]:
     built = time.perf_counter() - t
     run1 = pipeline.train_student(cfg, data, None)
     v1 = pipeline.register(cfg, run1, pipeline.gate(cfg, pipeline.evaluate_candidates(cfg, run1)))
-    assert v1 == {"version": "1", "promoted": True, "champion": "1"}
+    assert v1 == {"version": "1", "promoted": True, "champion": "1", "held": None}
     alone = demo.comparison_model(registry.load_champion(device="cpu", extractor=False), device="cpu")
     cfg2 = pipeline.make_config({**cfg, "train_seed": 7, "epochs": 4})
     run2 = pipeline.train_student(cfg2, data, None)

@@ -130,27 +130,30 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.mark.slow
 def test_mlflow_server_stopped_during_the_gate_fails_the_task_and_keeps_the_champion(
-        home: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = _free_port()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast; Airflow's retries are the retry
     server = _server(home, port)
     try:
-        registry.promote(registry.register(_student(tiny_dataset, home / "runs" / "a", seed=2)))
-        run_b = _student(tiny_dataset, home / "runs" / "b", seed=3)
-        cfg = pipeline.make_config({"source": "synth-tiny", "gate_floor": 0.0, "gate_margin": -1.0,
-                                     "bias_tolerance": 1.0, "device": "cpu"})
-        evaluation = pipeline.evaluate_candidates(cfg, str(run_b))
+        # the rollback test's recipe (below): a weak champion, then a strong challenger the real gate promotes
+        monkeypatch.setenv(pipeline.ENV_SOURCE, "synth-tiny")
+        common = {"variant": "no-deconf", "teacher_epochs": 1, "device": "cpu"}
+        assert pipeline.run_all({**common, "epochs": 1, "lr": 1e-5, "gate_floor": 0.0})["champion"] == "1"
+        cfg = pipeline.make_config({**common, "epochs": 8, "lr": 1e-2, "bias_tolerance": 1.0})
+        data = pipeline.prepare_data(cfg)
+        run_b = pipeline.train_student(cfg, data, pipeline.train_teacher(cfg, data))
+        evaluation = pipeline.evaluate_candidates(cfg, run_b)
         decision = pipeline.gate(cfg, evaluation)
-        assert evaluation["champion_version"] == "1" and decision["promote"]  # the gate wants v2 ...
+        assert evaluation["champion_version"] == "1" and decision["promote"], decision["reasons"]  # the gate wants v2 ...
         _stop(server)
         with pytest.raises(registry.RegistryUnavailable, match=f"http://127.0.0.1:{port} is unavailable"):
-            pipeline.register(cfg, str(run_b), decision)  # ... and the registry is gone: the task fails
+            pipeline.register(cfg, run_b, decision)  # ... and the registry is gone: the task fails
         with pytest.raises(registry.RegistryUnavailable):
-            pipeline.evaluate_candidates(cfg, str(run_b))  # an outage is never "no champion"
+            pipeline.evaluate_candidates(cfg, run_b)  # an outage is never "no champion"
         server = _server(home, port)
         assert registry.champion_version() == "1" and _versions() == ["1"]  # nothing changed
-        result = pipeline.register(cfg, str(run_b), decision)  # Airflow's retry, with the server back
+        result = pipeline.register(cfg, run_b, decision)  # Airflow's retry, with the server back
         assert result["promoted"] and result["champion"] == "2" and _versions() == ["2", "1"]
     finally:
         if server.poll() is None:
