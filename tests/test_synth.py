@@ -131,6 +131,10 @@ def test_default_output_goes_to_state_dir(_state_dir: Path) -> None:
     assert r.returncode == 0, r.stderr
     gen = load_dataset(_state_dir / "data" / "synth-tiny-tv3-g0").manifest["generator"]
     assert (gen["taste_video"], gen["gamma"]) == (3.0, 0.0)
+    r = subprocess.run([sys.executable, "-m", "deccm.data", "synth", "--preset", "tiny", "--mediated", "moderate"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert load_dataset(_state_dir / "data" / "synth-tiny-tc3").manifest["generator"]["taste_content"] == 3.0
 
 
 def test_gate_split_is_new_clips_and_leaves_the_other_splits_unchanged(tmp_path: Path) -> None:
@@ -147,3 +151,29 @@ def test_gate_split_is_new_clips_and_leaves_the_other_splits_unchanged(tmp_path:
     assert len(gate) == 100 and gate.video.min() == n  # clips of its own, after every other video
     assert gate.uploader is not None and gate.prior is not None and gate.negatives.shape == (100, 100)
     assert not set(gate.video) & (set(with_gate.val.video) | set(with_gate.train.video) | set(with_gate.test.video))
+
+
+def test_mediated_taste_pulls_the_true_content_and_zero_changes_nothing(tmp_path: Path) -> None:
+    """taste_content = t moves an uploaded video's *content* toward the genres its uploader favours,
+    so the truth (and the oracle positives) follow the taste; t = 0 is the old data byte for byte."""
+    from deccm.data.synth import MEDIATED
+
+    base = synth(tmp_path / "base", preset="tiny", seed=4, taste_video=3.0)
+    zero = synth(tmp_path / "zero", preset="tiny", seed=4, taste_video=3.0, taste_content=0.0)
+    for f in sorted(p.relative_to(base) for p in base.rglob("*") if p.is_file()):
+        assert (base / f).read_bytes() == (zero / f).read_bytes(), f
+    on = load_dataset(synth(tmp_path / "on", preset="tiny", seed=4, taste_video=3.0, taste_content=MEDIATED["strong"],
+                            n_train=3000, n_uploaders=200))
+    off = load_dataset(synth(tmp_path / "off", preset="tiny", seed=4, taste_video=3.0, n_train=3000, n_uploaders=200))
+    assert on.manifest["generator"]["taste_content"] == MEDIATED["strong"] and "taste_content" not in off.manifest["generator"]
+    assert np.array_equal(on.pgc.segment_features, off.pgc.segment_features)  # PGC has no uploader: no pull
+    # the uploader's favoured genre gains true affinity: the best track of a video is in it more often
+    t, g = on.truth, on.ugc.music_genre
+    ids = on.ugc.train.video
+    fav = t.uploader_preference[on.ugc.train.uploader].argmax(1)
+
+    def fav_share(truth: object) -> float:
+        best = truth.affinity(ids).argmax(1)  # type: ignore[attr-defined]
+        return float(np.mean(g[best] == fav))
+
+    assert fav_share(on.truth) > fav_share(off.truth) + 0.1, (fav_share(on.truth), fav_share(off.truth))

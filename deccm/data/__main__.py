@@ -20,12 +20,16 @@ def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate the synthetic benchmark with a planted confounder")
     s.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/synth-PRESET)")
-    s.add_argument("--preset", choices=["tiny", "small", "tt150k"], default="small")
+    s.add_argument("--preset", choices=["tiny", "reduced", "small", "tt150k"], default="small")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--confounding", choices=["none", "moderate", "strong"], default="none",
                    help="how strongly the uploader's genre taste shapes their videos (taste -> video path: "
                         "s = 0 / 3 / 8); anything but none opens the backdoor video <- taste -> music")
     s.add_argument("--taste-video", type=float, metavar="S", help="the taste -> video strength itself (overrides --confounding)")
+    s.add_argument("--mediated", choices=["none", "moderate", "strong"], default="none",
+                   help="how strongly the uploader's taste pulls the video's *content* toward their genres (taste -> "
+                        "content -> music: t = 0 / 3 / 8); that part of the taste is real content and does predict the music")
+    s.add_argument("--taste-content", type=float, metavar="T", help="the mediated strength itself (overrides --mediated)")
     s.add_argument("--gamma", type=float, help="uploader bias of the logged choices (preset default 1.5; 0 = unconfounded logs)")
     s.add_argument("--overwrite", action="store_true", help="replace DST (only once the new data is complete)")
 
@@ -77,15 +81,18 @@ def main(argv: list[str] | None = None, prog: str = "deccm data") -> int:
     _log.setup(args.verbose)
     try:
         if args.cmd == "synth":
-            from deccm.data.synth import CONFOUNDING, synth
+            from deccm.data.synth import CONFOUNDING, MEDIATED, synth
 
-            over = {"taste_video": CONFOUNDING[args.confounding] if args.taste_video is None else args.taste_video}
+            over = {"taste_video": CONFOUNDING[args.confounding] if args.taste_video is None else args.taste_video,
+                    "taste_content": MEDIATED[args.mediated] if args.taste_content is None else args.taste_content}
             if args.gamma is not None:
                 over["gamma"] = args.gamma
             name = f"synth-{args.preset}" + (f"-tv{over['taste_video']:g}" if over["taste_video"] else "") + (
+                f"-tc{over['taste_content']:g}" if over["taste_content"] else "") + (
                 f"-g{args.gamma:g}" if args.gamma is not None else "")
             out = synth(args.dst or config.data_dir(name), preset=args.preset, seed=args.seed, overwrite=args.overwrite, **over)
-            print(f"wrote synthetic dataset ({args.preset}, seed {args.seed}, taste -> video {over['taste_video']:g}) to {out}")
+            print(f"wrote synthetic dataset ({args.preset}, seed {args.seed}, taste -> video {over['taste_video']:g}, "
+                  f"taste -> content {over['taste_content']:g}) to {out}")
         elif args.cmd == "demo-corpus":
             from deccm.data.corpus import build_corpus, default_dest
 

@@ -13,6 +13,12 @@ The generative story (the one DecCM's causal graph assumes, ``docs/method.md`` �
   matcher fitted to the logs learns it. ``CONFOUNDING`` names s = 0 / 3 / 8 (none,
   moderate, strong); with ``gamma = 0`` the same world logs unconfounded choices (the
   ceiling twin of ``benchmarks/debias.py``). PGC segments have no uploader, no shift.
+* With ``taste_content = t > 0`` the taste also acts through *content* (the mediated path
+  D → V_content → M): an uploaded video's content latent is pulled by ``t·(d_u − π)·C Wᵀ``
+  toward the content that fits the uploader's favoured genres (``C`` the genres' music
+  centres), and the true affinity is computed from the pulled latent. A hip-hop fan films
+  street dance, and street dance really does fit hip-hop. ``MEDIATED`` names t = 0 / 3 / 8.
+  Both knobs at 0 give the original data byte for byte (neither draws random numbers).
 * True affinity ``a(v, m) = (z_v W) · z_m / sqrt(k)`` with a fixed orthogonal ``W``
   (unit variance), stored under ``truth/`` so any metric can be checked against it.
 * Uploaders carry a genre preference ``d_u ~ Dirichlet(c·G·π)``, skewed toward popular
@@ -77,6 +83,7 @@ class SynthConfig:
     beta: float = 3.0  # affinity sharpness of logged choices
     gamma: float = 1.5  # confounder strength on the logged choice (0 = no uploader bias)
     taste_video: float = 0.0  # s: how far the uploader's taste shifts the video's nuisance latent (0 = no backdoor)
+    taste_content: float = 0.0  # t: how far the uploader's taste pulls the video's *content* latent toward its genres (0 = none)
     beta_pgc: float = 4.0  # professionals match more sharply
     feature_noise: float = 0.3
     prior_smoothing: float = 1.0
@@ -87,12 +94,16 @@ class SynthConfig:
 
 PRESETS: dict[str, SynthConfig] = {
     "tiny": SynthConfig(n_tracks=160, n_train=400, n_val=100, n_test=100, n_uploaders=40, n_pgc=300, n_gate=100),
+    # the CPU benchmark world (docs/results.md): small's catalog, a third of its rows
+    "reduced": SynthConfig(n_tracks=1000, n_train=6000, n_val=600, n_test=1500, n_uploaders=500, n_pgc=3000, n_gate=600),
     "small": SynthConfig(n_tracks=1000, n_train=20000, n_val=2000, n_test=2000, n_uploaders=1500, n_pgc=8000, n_gate=2000),
     "tt150k": SynthConfig(n_tracks=3003, n_train=120000, n_val=15000, n_test=15000, n_uploaders=10000, n_pgc=40000,
                           n_gate=15000),
 }
 # named strengths of the taste → video path (SynthConfig.taste_video)
 CONFOUNDING: dict[str, float] = {"none": 0.0, "moderate": 3.0, "strong": 8.0}
+# named strengths of the mediated path taste → content → music (SynthConfig.taste_content)
+MEDIATED: dict[str, float] = {"none": 0.0, "moderate": 3.0, "strong": 8.0}
 
 
 def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -113,6 +124,7 @@ class _World:
         catalog = np.arange(1, g + 1) ** -cfg.catalog_s
         self.track_genre = rng.choice(g, size=cfg.n_tracks, p=catalog / catalog.sum()).astype(np.int64)
         centroid = rng.standard_normal((g, k))
+        self.genre_centre = centroid  # (G, k) music-content centre of each genre
         c = cfg.genre_coupling
         self.music_content = (c * centroid[self.track_genre] + np.sqrt(1 - c * c) * rng.standard_normal((cfg.n_tracks, k))).astype(np.float32)
         style = rng.standard_normal((g, cfg.style_dim))
@@ -137,6 +149,18 @@ class _World:
         if not self.cfg.taste_video:
             return None
         return (self.cfg.taste_video * (self.uploader_pref[uploader] - self.popularity) @ self.taste_map).astype(np.float32)
+
+    def taste_pull(self, zv: np.ndarray, uploader: np.ndarray) -> np.ndarray:
+        """``zv`` moved by t·(d_u − π)·C Wᵀ: toward the content that fits the uploader's favoured genres.
+
+        C holds the genres' music-content centres, so Wᵀ maps them to the video latent that
+        fits them best (``affinity`` is (z_v W)·z_m): a hip-hop fan films what hip-hop fits.
+        The pull is genuine content, so the true affinity changes with it. t = 0 returns ``zv``.
+        """
+        if not self.cfg.taste_content:
+            return zv
+        centre_v = self.genre_centre @ self.W.T / np.sqrt(self.cfg.latent_dim)  # (G, k), rows of unit scale
+        return (zv + self.cfg.taste_content * (self.uploader_pref[uploader] - self.popularity) @ centre_v).astype(np.float32)
 
     def affinity(self, zv: np.ndarray) -> np.ndarray:
         """(N, k) video content latents → (N, M) true affinity to every track."""
@@ -192,6 +216,7 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
     zv = rng.standard_normal((n_videos, k)).astype(np.float32)
     activity = rng.lognormal(0.0, 1.0, cfg.n_uploaders)
     uploader = rng.choice(cfg.n_uploaders, size=n_videos, p=activity / activity.sum()).astype(np.int64)
+    zv = w.taste_pull(zv, uploader)  # no random draws: t = 0 leaves every stream as before
     log.info("drawing logged (biased) choices for %d videos", n_videos)
     biased, vgenre = w.draw(zv, uploader, cfg.beta, cfg.gamma, "biased choices")
     test_ids = np.arange(cfg.n_train + cfg.n_val, n_videos)
@@ -249,6 +274,7 @@ def _with_gate(w: _World, ugc: UGC, zv: np.ndarray, activity: np.ndarray) -> tup
     w.rng = rng = np.random.default_rng([cfg.seed, 3])
     zg = rng.standard_normal((cfg.n_gate, cfg.latent_dim)).astype(np.float32)
     up = rng.choice(cfg.n_uploaders, size=cfg.n_gate, p=activity / activity.sum()).astype(np.int64)
+    zg = w.taste_pull(zg, up)
     log.info("drawing %d gate clips", cfg.n_gate)
     picks, _ = w.draw(zg, up, cfg.beta, cfg.gamma, "gate choices")
     feats = w.video_features(zg, "gate features", w.taste_shift(up))
@@ -281,12 +307,16 @@ def synth(dest: str | Path, preset: str = "small", seed: int = 0, overwrite: boo
             "planted uploader genre-preference confounder; test_oracle is drawn from the true affinity alone."
             + (f" Uploaders' taste also shifts their videos' visual style (taste_video={cfg.taste_video:g}): a "
                "backdoor path video <- taste -> music." if cfg.taste_video else "")
+            + (f" Uploaders' taste also pulls their videos' content toward their genres (taste_content={cfg.taste_content:g}): "
+               "a mediated path taste -> content -> music that is real content." if cfg.taste_content else "")
             + (" gamma=0: the logged choices carry no uploader bias (the unconfounded twin)." if not cfg.gamma else "")
         ),
         "genres": list(GENRES),
         "dims": {"music_blocks": [{"name": "embedding", "dim": cfg.music_embed_dim},
                                   {"name": "descriptor", "dim": cfg.music_desc_dim}]},
-        "generator": {"module": "deccm.data.synth", "preset": preset, **asdict(cfg)},
+        # taste_content is recorded only when set, so t = 0 writes the manifest of before the knob, byte for byte
+        "generator": {"module": "deccm.data.synth", "preset": preset,
+                      **{k: v for k, v in asdict(cfg).items() if k != "taste_content" or v}},
         **protocol.NOTES,
     }
     return write_dataset(dest, manifest, overwrite=overwrite, **parts)
