@@ -62,8 +62,10 @@ PARAMS: dict[str, Param] = {
     "lr": Param(None, type=["null", "number"], exclusiveMinimum=0,
                 description="learning rate; empty = the source's (demo 1e-3) or the model's default"),
     "train_seed": Param(1234, type="integer", description="training seed"),
-    "variant": Param(None, type=["null", "string"], enum=[None, "deccm", "plain", "no-distill", "no-deconf", "ips", "ridge", "adversarial", "erased"],
-                     description="student variant (docs/results.md); empty = the source's (demo plain, else erased; deccm in faithful mode); "
+    "variant": Param(None, type=["null", "string"],
+                     enum=[None, "deccm", "plain", "no-distill", "no-deconf", "ips", "ridge", "ridge-erased-residual",
+                           "adversarial", "erased", "erased-residual", "blend"],
+                     description="student variant (docs/results.md); empty = the source's (demo plain, else blend; deccm in faithful mode); "
                                  "a distilling one falls back to its plain form without PGC data"),
     "balance_blocks": Param(None, type=["null", "boolean"],
                             description="each feature block (CNN frames, motion; embedding, descriptors) gets equal weight "

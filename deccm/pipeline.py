@@ -286,10 +286,12 @@ def student_variant(cfg: dict[str, Any], teacher: str | None) -> str:
 
     Variants whose non-distilled form has no name of its own (``adversarial``, ``erased``)
     keep their name and train with ``distill=off`` (recorded in the run's model config).
+    ``erased-residual`` and ``blend`` read content off the PGC pairs, so without them they become ``erased``.
     """
     variant = cfg["variant"]
     if teacher is None and VARIANTS[variant].get("distill") != "off":
-        fallback = {"deccm": "no-distill", "no-deconf": "plain"}.get(variant, variant)
+        fallback = {"deccm": "no-distill", "no-deconf": "plain", "erased-residual": "erased",
+                    "blend": "erased"}.get(variant, variant)
         log.warning("variant %s distils from a teacher and this data has no PGC part: training %s without distillation",
                     variant, fallback)
         return fallback

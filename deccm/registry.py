@@ -165,6 +165,13 @@ def model_card(rec: Recommender, evaluation: dict[str, Any] | None = None) -> di
 
 def _taste_handling(model: ModelConfig) -> str:
     """What the model does about the uploader's genre taste, in words for the model card."""
+    if model.ridge_blend > 0:
+        return (_taste_handling(model.replace(ridge_blend=0.0)) + f"; a closed-form ridge map with the same erasure rides "
+                f"along, and each score adds its cosine times {model.ridge_blend:g}")
+    if model.erase_taste and model.erase_residual:
+        return ("erased beyond content: only the part of the uploader's genre taste that the video's content (the "
+                "directions that predict the music's genre on PGC pairs) does not explain is linearly removed from the video "
+                "vectors (LEACE), so taste that is real content stays")
     if model.erase_taste:
         return ("erased: the uploader's genre taste is linearly removed from the video vectors (LEACE, fitted on the "
                 "training rows' uploader priors), so scores cannot follow it")

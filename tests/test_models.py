@@ -213,3 +213,39 @@ def test_eraser_removes_every_linear_trace_of_the_taste_and_nothing_else() -> No
     # the content stays readable
     assert probe_r2(xe[:1500].numpy(), content[:1500].numpy(), xe[1500:].numpy(), content[1500:].numpy(), lam=1e-6) > 0.9
     assert torch.linalg.matrix_rank(m) <= 3  # moves x within G − 1 directions only (priors sum to 1)
+
+
+def test_residual_eraser_removes_the_taste_beyond_content_and_keeps_the_content_the_taste_shapes() -> None:
+    """A video vector holds content c (pulled toward the uploader's genres: real content) and a visual
+    style n that follows the taste only. Reference pairs (PGC: no uploader) tie content to genre.
+    Erasing all of the taste loses content; erasing its residual after the PGC content view removes
+    the style and keeps the content (deccm.models.erasure)."""
+    import torch.nn.functional as F
+
+    from deccm.metrics import probe_r2
+    from deccm.models.erasure import content_view, erase, fit_eraser, residualize
+
+    torch.manual_seed(0)
+    g, n, n_ref = 4, 4000, 3000
+    genre_dir = torch.randn(6, g)  # content directions that fit each genre
+    mix = torch.randn(9, 9)  # every coordinate mixes content and style
+    z = torch.softmax(2 * torch.randn(n, g), dim=1)  # uploader taste (N, G)
+    c = torch.randn(n, 6) + 1.5 * (z - z.mean(0)) @ genre_dir.T  # taste pulls the content toward its genres
+    style = 2.0 * (z - z.mean(0)) @ torch.randn(g, 3)  # the taste's visual style: no bearing on the music
+    x = torch.cat([c, style + 0.3 * torch.randn(n, 3)], dim=1) @ mix
+    c_ref = torch.randn(n_ref, 6)
+    x_ref = torch.cat([c_ref, torch.randn(n_ref, 3)], dim=1) @ mix  # PGC: style varies, but follows no taste
+    y_ref = F.one_hot((c_ref @ genre_dir + 0.5 * torch.randn(n_ref, g)).argmax(1), g).float()
+
+    tr, te = slice(0, 3000), slice(3000, None)
+
+    def probe(v: torch.Tensor, target: torch.Tensor) -> float:
+        return probe_r2(v[tr].numpy(), target[tr].numpy(), v[te].numpy(), target[te].numpy(), lam=1e-6)
+
+    full = erase(x, *fit_eraser(x, z))
+    residual = erase(x, *fit_eraser(x, residualize(z, content_view(x_ref, y_ref, x))))
+    # the style beyond what the true content tells of it (both follow the taste, so content predicts some of it)
+    beyond = style - torch.cat([c, torch.ones(n, 1)], 1) @ torch.linalg.lstsq(torch.cat([c, torch.ones(n, 1)], 1), style).solution
+    assert probe(x, beyond) > 0.8 and probe(residual, beyond) < 0.1  # the style is gone
+    assert probe(residual, c) > 0.9  # the content stays, the part the taste shaped included
+    assert probe(full, c) < probe(residual, c) - 0.1  # erasing all of the taste takes content with it

@@ -12,7 +12,7 @@ from media import make_clip, make_user_media
 
 def test_config_is_validated_with_clear_messages() -> None:
     cfg = pipeline.make_config({"source": "synth-tiny", "epochs": "3", "gate_margin": "0.01", "videos": ""})
-    assert cfg["epochs"] == 3 and cfg["gate_margin"] == 0.01 and cfg["variant"] == "erased"
+    assert cfg["epochs"] == 3 and cfg["gate_margin"] == 0.01 and cfg["variant"] == "blend"
     # loop settings: the source's unless given (the demo corpus's ~1,000 rows need small batches)
     assert (cfg["batch_size"], cfg["lr"]) == (1024, None)
     # faithful mode reproduces the authors: their full DecCM unless a variant is named
@@ -47,7 +47,8 @@ def test_distilling_variants_train_without_distillation_when_no_teacher_exists(t
         raise Stop
 
     monkeypatch.setattr(pipeline, "train", fake_train)
-    for variant, trained, erase, balance in (("no-deconf", "plain", False, False), ("erased", "erased", True, True)):
+    for variant, trained, erase, balance in (("no-deconf", "plain", False, False), ("erased", "erased", True, True),
+                                             ("blend", "erased", True, False)):  # no PGC: no content view, no ridge part
         cfg = pipeline.make_config({"source": "synth-tiny", "variant": variant, "balance_blocks": balance})
         with pytest.raises(Stop):
             pipeline.train_student(cfg, str(tiny_dataset), None)

@@ -147,8 +147,8 @@ def test_default_names_and_teacher_lookup_live_in_the_library(tiny_dataset: Path
     assert t == (tmp_path / "home/runs/teacher-fixed-s5").resolve()
     s = train("student", tiny_dataset, train_cfg=TrainConfig(epochs=1, batch_size=64, seed=5, device="cpu"))
     conf = read_config(s)
-    assert s.name == "student-erased-fixed-s5" and conf.teacher["name"] == "teacher-fixed-s5"  # the recommended student
-    assert conf.variant == "erased" and conf.model.erase_taste and conf.model.confounder == "none"
+    assert s.name == "student-blend-fixed-s5" and conf.teacher["name"] == "teacher-fixed-s5"  # the recommended student
+    assert conf.variant == "blend" and conf.model.erase_residual and conf.model.ridge_blend == 1 and conf.model.confounder == "none"
     with pytest.raises(RunError, match="none is trained for mode faithful"):
         train("student", tiny_dataset, model_cfg=ModelConfig.for_mode("faithful"),
               train_cfg=TrainConfig(epochs=1, batch_size=64, seed=5, device="cpu"))
@@ -165,7 +165,7 @@ def test_configs_from_a_plain_dict() -> None:
         configs_from_dict({"train": {"epoch": 3}})
     with pytest.raises(RunError, match="variant 'best' is unknown"):
         configs_from_dict({"variant": "best"})
-    assert configs_from_dict({})[2] == "erased" and configs_from_dict({"mode": "faithful"})[2] == "deccm"
+    assert configs_from_dict({})[2] == "blend" and configs_from_dict({"mode": "faithful"})[2] == "deccm"
 
 
 @pytest.mark.slow
@@ -224,8 +224,8 @@ def test_readme_commands_work_from_any_directory(tmp_path: Path) -> None:
     run(["deccm.train", "student", *common], proj)  # the recommended student
     run(["deccm.train", "student", "--variant", "deccm", *common], proj)
     runs = proj / ".deccm/runs"
-    conf = read_config(runs / "student-erased-fixed-s1234")
+    conf = read_config(runs / "student-blend-fixed-s1234")
     assert Path(conf.data["path"]).is_absolute() and Path(conf.teacher["path"]).is_absolute()
-    out = run(["deccm.evaluate", str(runs / "student-erased-fixed-s1234"), "--compare", str(runs / "student-deccm-fixed-s1234"),
+    out = run(["deccm.evaluate", str(runs / "student-blend-fixed-s1234"), "--compare", str(runs / "student-deccm-fixed-s1234"),
                "popularity", "--bootstrap", "20"], elsewhere, DECCM_HOME=str(proj / ".deccm"))
     assert "student-deccm-fixed-s1234:test_oracle" in out and "popularity:test" in out

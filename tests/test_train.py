@@ -184,3 +184,9 @@ def test_training_and_evaluation_need_no_media_libraries() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_erasing_beyond_content_without_erasure_is_refused_with_the_fix(tiny_dataset: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="erase_residual.*Fix"):
+        train("student", tiny_dataset, tmp_path / "r", ModelConfig.for_mode("fixed", distill="off", erase_residual=True),
+              TrainConfig(epochs=1, device="cpu"), variant="custom")

@@ -45,6 +45,8 @@ class ModelConfig:
     ips: bool = False  # weight rows by 1/propensity (§5.4, unused by the authors)
     adversary: float = 0.0  # weight of a gradient-reversed head that predicts the uploader's taste from μ_v (0 = none)
     erase_taste: bool = False  # erase the uploader prior's linear information from the video vectors (deccm.models.erasure)
+    erase_residual: bool = False  # with erase_taste: erase only the taste that the video's content (as PGC reads it) does not explain
+    ridge_blend: float = 0.0  # > 0: a closed-form ridge map rides along; scores add its cosine times this weight
     balance_blocks: bool = False  # each feature block (e.g. CNN frames vs motion) gets equal weight at the encoders' input
     arch: Literal["vae", "ridge"] = "vae"  # ridge: the closed-form linear baseline (deccm.models.ridge), no VAE
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deccm.models.config import ModelConfig
+from deccm.models.erasure import erase, fit_taste_eraser
 
 CHUNK = 8192
 
@@ -37,9 +38,24 @@ class RidgeMatcher(nn.Module):
         self.register_buffer("x_std", torch.ones(cfg.video_dim))
         self.register_buffer("m_mean", torch.zeros(cfg.music_dim))
         self.register_buffer("weight", torch.zeros(cfg.video_dim, cfg.music_dim))  # W (F_v, F_m)
+        if cfg.erase_taste:  # the uploader taste erased from XW before normalising (identity until fit_eraser)
+            self.register_buffer("erase_mean", torch.zeros(cfg.music_dim))
+            self.register_buffer("erase_map", torch.zeros(cfg.music_dim, cfg.music_dim))
 
-    def video_embed(self, x_v: torch.Tensor) -> torch.Tensor:  # (B, F_v) → (B, F_m), unit length
-        return F.normalize(((x_v - self.x_mean) / self.x_std) @ self.weight, dim=-1)
+    def video_embed(self, x_v: torch.Tensor, erased: bool = True) -> torch.Tensor:  # (B, F_v) → (B, F_m), unit length
+        q = ((x_v - self.x_mean) / self.x_std) @ self.weight
+        if self.cfg.erase_taste and erased:
+            q = erase(q, self.erase_mean, self.erase_map)
+        return F.normalize(q, dim=-1)
+
+    @torch.no_grad()
+    def fit_eraser(self, x_v: torch.Tensor, video: torch.Tensor, prior: torch.Tensor,
+                   pgc: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Fit the taste eraser on the training rows, as the student does (deccm.models.erasure)."""
+        raw = lambda x: ((x - self.x_mean) / self.x_std) @ self.weight
+        mu, m = fit_taste_eraser(raw, x_v, video, prior, pgc, self.cfg.erase_residual)
+        self.erase_mean.copy_(mu)
+        self.erase_map.copy_(m)
 
     def music_embed(self, x_m: torch.Tensor) -> torch.Tensor:  # (M, F_m) → (M, F_m), unit length
         return F.normalize(x_m - self.m_mean, dim=-1)

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deccm.models.config import ModelConfig
-from deccm.models.erasure import erase, fit_eraser
+from deccm.models.erasure import erase, fit_taste_eraser
+from deccm.models.ridge import RidgeMatcher
 from deccm.models.teacher import CrossModalVAE, matching_loss
 from deccm.models.vae import faithful_distill_kl, gaussian_kl, prior_kl, reparameterize
 
@@ -76,6 +77,10 @@ class DecCMStudent(nn.Module):
             dim = cfg.latent_dim + (1 if self.deconfound and cfg.fusion == "interaction" else 0)
             self.register_buffer("erase_mean", torch.zeros(dim))
             self.register_buffer("erase_map", torch.zeros(dim, dim))
+        # ridge_blend: the linear map of deccm.models.ridge, fitted in closed form before training (train.py);
+        # its vectors are appended to the student's, so a score is the student's plus w times the ridge cosine.
+        # Each part has its own eraser (measured better than one joint eraser: docs/results.md).
+        self.ridge = RidgeMatcher(cfg) if cfg.ridge_blend > 0 else None
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
@@ -138,7 +143,12 @@ class DecCMStudent(nn.Module):
     @torch.no_grad()
     def video_embed(self, x_v: torch.Tensor, erased: bool = True) -> torch.Tensor:
         """q = μ_v (§6): no uploader information needed; [μ_v ; 1] when a per-track taste term exists;
-        with ``erase_taste`` the uploader prior's linear information is removed (``erased=False`` skips that)."""
+        with ``erase_taste`` the uploader prior's linear information is removed (``erased=False`` skips that);
+        with ``ridge_blend`` w, [q ; w·q_ridge]."""
+        q = self._own_video(x_v, erased)
+        return q if self.ridge is None else torch.cat([q, self.cfg.ridge_blend * self.ridge.video_embed(x_v, erased)], dim=1)
+
+    def _own_video(self, x_v: torch.Tensor, erased: bool) -> torch.Tensor:
         q = self.vae.enc_v(x_v)[0]
         if self.deconfound and self.cfg.fusion == "interaction":
             q = torch.cat([q, torch.ones_like(q[:, :1])], dim=1)
@@ -147,14 +157,14 @@ class DecCMStudent(nn.Module):
         return q
 
     @torch.no_grad()
-    def fit_eraser(self, x_v: torch.Tensor, video: torch.Tensor, prior: torch.Tensor) -> None:
-        """Fit the taste eraser on the training rows: videos ``x_v[video]`` ((N_video, F_v) table, (N,) ids)
-        and each row's uploader prior (N, G)."""
+    def fit_eraser(self, x_v: torch.Tensor, video: torch.Tensor, prior: torch.Tensor,
+                   pgc: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """Fit the taste eraser on the training rows (:func:`deccm.models.erasure.fit_taste_eraser`);
+        ``erase_residual`` keeps the taste that the PGC pairs ``pgc`` show to be content."""
         was = self.training
         self.eval()
-        q = torch.cat([self.video_embed(x_v[video[s:s + 4096]], erased=False) for s in range(0, len(video), 4096)])
+        mu, m = fit_taste_eraser(lambda x: self._own_video(x, erased=False), x_v, video, prior, pgc, self.cfg.erase_residual)
         self.train(was)
-        mu, m = fit_eraser(q, prior.to(q.dtype))
         self.erase_mean.copy_(mu)
         self.erase_map.copy_(m)
 
@@ -164,6 +174,8 @@ class DecCMStudent(nn.Module):
         adjustment's average over the confounder; with ``interaction`` the per-track taste
         term c̄ · A μ_m rides along as a last column, so scores stay one dot product."""
         mu = self.vae.enc_m(x_m)[0]
+        if self.ridge is not None:  # deconfound is off in every blend variant (train.py checks)
+            return torch.cat([mu, self.ridge.music_embed(x_m)], dim=1)
         if not self.deconfound:
             return mu
         c = self.prior_mean @ self.confounder.weight  # (D,)
