@@ -13,7 +13,13 @@ wins back on the oracle split: (model − plain) / (plain on unconfounded logs �
 Writes one table per strength into ``docs/results.md`` (or --out), between that
 strength's BEGIN/END markers, and a JSON beside it.
 
+The mediated axis (``--mediated``: the taste also pulls the video's *content*, which then
+really fits the taste's genres, ``deccm.data.synth.MEDIATED``) makes a grid of cells
+nuisance × mediated; its summary (oracle HR_w@10 per model and cell, and each model's worst
+gap to the best of a cell: how the default is chosen) goes between the "grid" markers.
+
 Usage: python benchmarks/debias.py [--preset small] [--seeds 0 1 2] [--strengths none moderate strong]
+       [--mediated none] [--cells NUISANCE:MEDIATED ...]
        [--epochs 50] [--device auto] [--work DIR] [--models LABEL ...] [--jobs 1] [--no-ceiling]
 Runs are reused (or resumed) from --work, so an interrupted benchmark continues. --jobs N runs
 N (strength, seed) worlds at once in separate processes: on a GPU the small models leave it
@@ -38,7 +44,7 @@ import torch
 
 from deccm import config, io, metrics
 from deccm.data import Dataset, load_dataset
-from deccm.data.synth import CONFOUNDING, synth
+from deccm.data.synth import CONFOUNDING, MEDIATED, synth
 from deccm.evaluate import SplitResult, evaluate_split, taste_probe
 from deccm.models import ModelConfig
 from deccm.serve import Ranker, load_ranker, popularity_ranker
@@ -57,8 +63,11 @@ MODELS: list[tuple[str, str, str, str, str | None]] = [
     ("student w/o deconfounding", "student", "fixed", "no-deconf", "fixed"),
     ("IPS matching", "student", "fixed", "ips", None),
     ("ridge regression", "student", "fixed", "ridge", None),
+    ("ridge regression, taste erased beyond content", "student", "fixed", "ridge-erased-residual", None),
     ("student, taste adversary", "student", "fixed", "adversarial", "fixed"),
     ("student, taste erased", "student", "fixed", "erased", "fixed"),
+    ("student, taste erased beyond content", "student", "fixed", "erased-residual", "fixed"),
+    ("blend: student + ridge, taste erased beyond content", "student", "fixed", "blend", "fixed"),
     ("popularity", "popularity", "-", "-", None),
 ]
 TWIN = "plain matching, unconfounded logs (ceiling)"
@@ -75,13 +84,18 @@ def _run(kind: str, data: Path, out: Path, mode: str, variant: str, tcfg: TrainC
                  variant=variant, resume="auto", overwrite=True)
 
 
-def _data(work: Path, preset: str, seed: int, strength: str, gamma: float | None = None) -> Path:
-    """The world of (preset, seed, strength), generated once; ``gamma=0`` is its unconfounded twin."""
-    tag = "" if strength == "none" else f"-{strength}"  # strength none is the original benchmark: same data, same dir
-    data = work / f"data-{preset}{tag}{'' if gamma is None else f'-g{gamma:g}'}-s{seed}"
+def _tag(strength: str, mediated: str) -> str:
+    """Directory tag of a cell; strength and mediated none are the original benchmark: same data, same dirs."""
+    return ("" if strength == "none" else f"-{strength}") + ("" if mediated == "none" else f"-med{mediated}")
+
+
+def _data(work: Path, preset: str, seed: int, strength: str, gamma: float | None = None, mediated: str = "none") -> Path:
+    """The world of (preset, seed, strength, mediated), generated once; ``gamma=0`` is its unconfounded twin."""
+    data = work / f"data-{preset}{_tag(strength, mediated)}{'' if gamma is None else f'-g{gamma:g}'}-s{seed}"
     if not (data / "dataset.json").exists():
         over = {} if gamma is None else {"gamma": gamma}
-        synth(data, preset=preset, seed=seed, overwrite=True, taste_video=CONFOUNDING[strength], **over)
+        synth(data, preset=preset, seed=seed, overwrite=True, taste_video=CONFOUNDING[strength],
+              taste_content=MEDIATED[mediated], **over)
     return data
 
 
@@ -93,17 +107,17 @@ def _scored(ranker: Ranker, ds: Dataset) -> list[SplitResult]:
 
 
 def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, strength: str = "none",
-             labels: list[str] | None = None, ceiling: bool = True) -> dict[str, list[SplitResult]]:
-    data = _data(work, preset, seed, strength)
+             labels: list[str] | None = None, ceiling: bool = True, mediated: str = "none") -> dict[str, list[SplitResult]]:
+    data = _data(work, preset, seed, strength, mediated=mediated)
     ds = load_dataset(data)
     tcfg = TrainConfig(epochs=epochs, seed=seed, device=device)
-    runs = work / f"runs-{preset}{'' if strength == 'none' else '-' + strength}-s{seed}"
+    runs = work / f"runs-{preset}{_tag(strength, mediated)}-s{seed}"
     models = [m for m in MODELS if labels is None or m[0] in labels]
     needed = {m[4] for m in models if m[4]} | {m[2] for m in models if m[1] == "eval-teacher"}
     teachers = {m: _run("teacher", data, runs / f"teacher-{m}", m, "teacher", tcfg, None) for m in ("fixed", "faithful") if m in needed}
     out: dict[str, list[SplitResult]] = {}
     if ceiling:
-        twin = _data(work, preset, seed, strength, gamma=0.0)
+        twin = _data(work, preset, seed, strength, gamma=0.0, mediated=mediated)
         run = _run("student", twin, runs / "student-plain-unconfounded", "fixed", "plain", tcfg, None)
         ranker = load_ranker(run, device=device)
         ranker.name = TWIN
@@ -122,8 +136,8 @@ def run_seed(preset: str, seed: int, work: Path, epochs: int, device: str, stren
             ranker = load_ranker(run, device=device)
         ranker.name = label
         out[label] = _scored(ranker, ds)
-        log.info("%s seed %d %-26s done in %.0f s: oracle HR_w@10 %.4f", strength, seed, label, time.perf_counter() - t0,
-                 out[label][1].values["HR_w@10"])
+        log.info("%s/%s seed %d %-26s done in %.0f s: oracle HR_w@10 %.4f", strength, mediated, seed, label,
+                 time.perf_counter() - t0, out[label][1].values["HR_w@10"])
     return out
 
 
@@ -133,10 +147,18 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_all(args: argparse.Namespace, work: Path) -> dict[tuple[str, int], dict[str, list[SplitResult]]]:
-    """Every (strength, seed) world of the run; --jobs > 1 trains several worlds in parallel processes."""
-    cells = [(strength, seed) for strength in args.strengths for seed in args.seeds]
-    todo = [(args.preset, seed, work, args.epochs, args.device, strength, args.models, args.ceiling) for strength, seed in cells]
+def grid_cells(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(nuisance strength, mediated strength) cells: --cells as given, else every --strengths × --mediated pair."""
+    if args.cells:
+        return [tuple(c.split(":")) for c in args.cells]  # type: ignore[misc]
+    return [(s, m) for s in args.strengths for m in args.mediated]
+
+
+def run_all(args: argparse.Namespace, work: Path) -> dict[tuple[str, str, int], dict[str, list[SplitResult]]]:
+    """Every (strength, mediated, seed) world of the run; --jobs > 1 trains several worlds in parallel processes."""
+    cells = [(strength, mediated, seed) for seed in args.seeds for strength, mediated in grid_cells(args)]  # seed 0 first
+    todo = [(args.preset, seed, work, args.epochs, args.device, strength, args.models, args.ceiling, mediated)
+            for strength, mediated, seed in cells]
     if args.jobs <= 1:
         return {cell: run_seed(*a) for cell, a in zip(cells, todo)}
     threads = max(1, (multiprocessing.cpu_count() or 1) // args.jobs)
@@ -199,15 +221,44 @@ def to_markdown(table: dict[str, dict[str, dict[str, Any]]], meta: dict[str, Any
     return "\n".join(lines)
 
 
-def markers(strength: str) -> tuple[str, str]:
-    """The BEGIN/END comments around one strength's table (none keeps the original benchmark's markers)."""
-    tag = "" if strength == "none" else f": {strength}"
+def cell_key(strength: str, mediated: str = "none") -> str:
+    """The name of a cell in markers and the JSON: the strength alone for the original benchmark."""
+    return strength if mediated == "none" else f"{strength} x mediated {mediated}"
+
+
+def markers(key: str) -> tuple[str, str]:
+    """The BEGIN/END comments around one cell's table (none keeps the original benchmark's markers)."""
+    tag = "" if key == "none" else f": {key}"
     return f"<!-- BEGIN debias table{tag} -->", f"<!-- END debias table{tag} -->"
 
 
-def write_section(out: Path, strength: str, text: str) -> None:
-    """Replace the strength's section of ``out`` (appended when its markers are missing); the rest is kept."""
-    begin, end = markers(strength)
+def grid_markdown(cells: dict[str, dict[str, Any]]) -> str:
+    """Oracle HR_w@10 of every model in every (nuisance, mediated) cell run so far: mean [95 %] (seeds)."""
+    order = [(s, m) for s in CONFOUNDING for m in MEDIATED if cell_key(s, m) in cells]
+    labels = [m[0] for m in MODELS if any(m[0] in cells[cell_key(*c)]["table"] for c in order)]
+    labels = [TWIN] + labels if any(TWIN in cells[cell_key(*c)]["table"] for c in order) else labels
+    head = ["model"] + [f"{s} / {m} ({cells[cell_key(s, m)]['meta']['seeds']} seed{'s' * (cells[cell_key(s, m)]['meta']['seeds'] > 1)})"
+                        for s, m in order] + ["worst gap to the cell's best"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    key = f"{PRIMARY[0]}:{PRIMARY[1]}"
+    value = {(label, c): cells[cell_key(*c)]["table"].get(label, {}).get(key) for label in labels for c in order}
+    # the best deployable model of each cell: the ceiling twin is trained on logs no deployment has
+    best = {c: max((v["mean"] for (label, cc), v in value.items() if cc == c and v and label != TWIN), default=float("nan"))
+            for c in order}
+    for label in labels:
+        row = [label]
+        for c in order:
+            v = value[(label, c)]
+            row.append("–" if v is None else f"{v['mean']:.3f}" + (f" [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if "ci95" in v else ""))
+        gaps = [best[c] - value[(label, c)]["mean"] for c in order if value[(label, c)]]
+        row.append("–" if label == TWIN or len(gaps) < len(order) else f"{max(gaps):.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_section(out: Path, key: str, text: str) -> None:
+    """Replace the cell's section of ``out`` (appended when its markers are missing); the rest is kept."""
+    begin, end = markers(key)
     section = f"{begin}\n{text}\n{end}"
     old = out.read_text() if out.exists() else "# Results\n"
     if begin in old and end in old:
@@ -223,6 +274,10 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--strengths", nargs="+", choices=list(CONFOUNDING), default=list(CONFOUNDING),
                    help="taste -> video strengths to run (deccm.data.synth.CONFOUNDING)")
+    p.add_argument("--mediated", nargs="+", choices=list(MEDIATED), default=["none"],
+                   help="taste -> content strengths (deccm.data.synth.MEDIATED); every --strengths x --mediated cell is run")
+    p.add_argument("--cells", nargs="+", default=None, metavar="NUISANCE:MEDIATED",
+                   help="exactly these cells instead of the product, e.g. strong:none none:strong")
     p.add_argument("--models", nargs="+", choices=[m[0] for m in MODELS], default=None, metavar="LABEL",
                    help="only these rows (default: all); plain matching is needed for the recovered share")
     p.add_argument("--epochs", type=int, default=50)
@@ -243,23 +298,28 @@ def main() -> None:
     t0 = time.perf_counter()
     worlds = run_all(args, work)
     minutes = (time.perf_counter() - t0) / 60  # the whole run: with --jobs the strengths overlap
-    for strength in args.strengths:
-        per_seed = [worlds[(strength, s)] for s in args.seeds]
-        meta = {"preset": args.preset, "strength": strength, "taste_video": CONFOUNDING[strength], "seeds": len(args.seeds),
-                "seed_list": args.seeds, "epochs": args.epochs, "device": device, "torch": torch.__version__,
-                "jobs": args.jobs, "run_strengths": args.strengths, "minutes": minutes}
-        table = pool(per_seed, args.bootstrap, confounded=CONFOUNDING[strength] > 0)
+    for strength, mediated in grid_cells(args):
+        per_seed = [worlds[(strength, mediated, s)] for s in args.seeds]
+        key = cell_key(strength, mediated)
+        meta = {"preset": args.preset, "strength": strength, "taste_video": CONFOUNDING[strength], "mediated": mediated,
+                "taste_content": MEDIATED[mediated], "seeds": len(args.seeds), "seed_list": args.seeds, "epochs": args.epochs,
+                "device": device, "torch": torch.__version__, "jobs": args.jobs, "run_cells": grid_cells(args), "minutes": minutes}
+        table = pool(per_seed, args.bootstrap, confounded=CONFOUNDING[strength] > 0 or MEDIATED[mediated] > 0)
         md = to_markdown(table, meta)
-        write_section(args.out, strength, f"_Generated by `python benchmarks/debias.py {shlex.join(sys.argv[1:])}` — preset "
-                      f"{meta['preset']}, confounding {strength} (taste → video s = {meta['taste_video']:g}), seeds "
-                      f"{meta['seed_list']}, {meta['epochs']} epochs, {meta['device']}, torch {meta['torch']}, "
-                      f"{meta['minutes']:.0f} min for the run of {', '.join(args.strengths)} with {args.jobs} job(s). Cells: mean over seeds [95% bootstrap interval over the pooled test rows] "
-                      f"±seed sd; recovered: share of plain matching's confounding cost won back on oracle HR_w@10._\n\n{md}")
-        everything["strengths"][strength] = {"meta": meta, "table": table}
+        write_section(args.out, key, f"_Generated by `python benchmarks/debias.py {shlex.join(sys.argv[1:])}` — preset "
+                      f"{meta['preset']}, confounding {strength} (taste → video s = {meta['taste_video']:g}), mediated "
+                      f"{mediated} (taste → content t = {meta['taste_content']:g}), seeds {meta['seed_list']}, "
+                      f"{meta['epochs']} epochs, {meta['device']}, torch {meta['torch']}, {meta['minutes']:.0f} min for the "
+                      f"run of {len(meta['run_cells'])} cell(s) with {args.jobs} job(s). Cells: mean over seeds [95% bootstrap "
+                      f"interval over the pooled test rows] ±seed sd; recovered: share of plain matching's confounding cost "
+                      f"won back on oracle HR_w@10._\n\n{md}")
+        everything["strengths"][key] = {"meta": meta, "table": table}
         io.write_json(args.out.with_suffix(".json"), everything)
         print(json.dumps(meta))
         print(md)
-
+    if any(m != "none" for _, m in grid_cells(args)):
+        write_section(args.out, "grid", "Oracle HR_w@10, mean over seeds [95% bootstrap interval over the pooled test rows]; "
+                      "columns are nuisance / mediated strength.\n\n" + grid_markdown(everything["strengths"]))
 
 if __name__ == "__main__":
     main()
