@@ -285,7 +285,7 @@ def main() -> None:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                    help="train plain matching on each world's unconfounded twin: the ceiling of the recovered share")
-    p.add_argument("--jobs", type=int, default=1, help="(strength, seed) worlds trained at once in separate processes")
+    p.add_argument("--jobs", type=int, default=1, help="(cell, seed) worlds trained at once in separate processes")
     p.add_argument("--work", type=Path, default=None, help="datasets and runs (default: $DECCM_HOME/bench/debias)")
     p.add_argument("--out", type=Path, default=Path("docs/results.md"),
                    help="markdown file whose table section (between the BEGIN/END markers) is replaced; text around it is kept")
