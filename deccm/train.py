@@ -464,12 +464,18 @@ def _fit_ridge(model: RidgeMatcher, ds: Dataset, conf: RunConfig, run_dir: Path,
     return out
 
 
-def _ridge_step(model: RidgeMatcher, solver: RidgeSolver, lam: float, rows: _Batches,
-                pgc: tuple[torch.Tensor, torch.Tensor] | None, ds: Dataset, k: int, device: torch.device) -> float:
-    """Load the solution for λ (and its taste eraser, fitted per λ so val scores what serving will); its val HR_w@k."""
+def _load_ridge(model: RidgeMatcher, solver: RidgeSolver, lam: float, rows: _Batches,
+                pgc: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """Load the solution for λ and its taste eraser (fitted per λ, so val scores what serving will)."""
     solver.load_into(model, lam)
     if model.cfg.erase_taste:
         model.fit_eraser(rows.x_v, rows.video, rows.prior, pgc)
+
+
+def _ridge_step(model: RidgeMatcher, solver: RidgeSolver, lam: float, rows: _Batches,
+                pgc: tuple[torch.Tensor, torch.Tensor] | None, ds: Dataset, k: int, device: torch.device) -> float:
+    """:func:`_load_ridge`, then the val HR_w@k of that solution."""
+    _load_ridge(model, solver, lam, rows, pgc)
     return validate(model, ds, "student", k, device)
 
 
@@ -480,7 +486,7 @@ def _fit_ridge_part(ridge: RidgeMatcher, rows: _Batches, pgc: tuple[torch.Tensor
     scored = [(_ridge_step(ridge, solver, lam, rows, pgc, ds, k, device), lam)
               for lam in tqdm(lambda_grid(solver.n), desc="blend: ridge λ on val", unit="λ", leave=False, disable=None)]
     val, lam = max(scored)
-    _ridge_step(ridge, solver, lam, rows, pgc, ds, k, device)
+    _load_ridge(ridge, solver, lam, rows, pgc)
     log.info("blend: ridge part λ=%.3g (val HR_w@%d %.4f by itself)", lam, k, val)
 
 

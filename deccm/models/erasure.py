@@ -46,7 +46,6 @@ def erase(x: torch.Tensor, mu: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return x - (x - mu) @ m.T
 
 
-
 def _ridge(a: torch.Tensor, b: torch.Tensor, ridge: float) -> torch.Tensor:
     """Coefficients of [a ; 1] → b (float64), the slopes shrunk by λ·mean(diag(aᵀa)), the intercept not."""
     a1 = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
