@@ -7,9 +7,14 @@ the same wherever it is computed.
 
 :class:`Recommender` is a trained run made ready to serve: the model, the video extractor
 rebuilt from the run's recorded spec, the catalog's track vectors computed once, and the
-track rows (title, artist, genre, audio file). A serving bundle (:meth:`Recommender.save_bundle`)
-stores each track's audio by content hash and checks it when loaded. ``deccm recommend RUN CLIP``
-prints its ranking. Nothing here imports training code.
+track rows (title, artist, genre, licence, copyright, audio file). A serving bundle
+(:meth:`Recommender.save_bundle`) stores each track's audio by content hash and checks it when
+loaded. ``deccm recommend RUN CLIP`` prints its ranking.
+
+Serving only suggests tracks the person may use: a licence filter (``deccm.data.licences.FILTERS``,
+default ``any`` = every known licence) masks the catalog before ranking, so a track of unknown
+licence is never served unless ``include-unknown`` asks for it. Evaluation scores through
+:class:`Ranker` and never filters. Nothing here imports training code.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import logging
 import re
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +37,8 @@ import torch
 from deccm import config, io
 from deccm import log as _log
 from deccm.data import Dataset, DatasetError, load_dataset
+from deccm.data.format import MANIFEST, TRACKS_CSV, read_csv
+from deccm.data.licences import FAMILIES, FILTERS, INCLUDE_UNKNOWN, allowed, attribution, check_filter, family
 from deccm.index import INDEXES, ExactIndex, Index, build_index, check_kind
 from deccm.runs import BEST, CONFIG, RunConfig, RunError, check_data, load_for_inference, run_dir_of
 
@@ -116,6 +124,10 @@ class Suggestion:
     genre: str
     score: float
     audio: str | None  # absolute path of the audio file, when the catalog has media
+    licence: str  # as the catalog states it ("" when unknown)
+    licence_family: str  # deccm.data.licences.FAMILIES
+    attribution: str  # the one-line credit to show with the track
+    tags: str = ""  # measured descriptors in words ("fast · minor · energetic · bright"), where the catalog has them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,28 +138,70 @@ class Catalog:
     """The tracks a model ranks: its vectors for them (computed once) and what a person sees and hears."""
 
     vectors: np.ndarray  # (M, D') the model's track vectors
-    tracks: list[dict[str, str]]  # per track id: title, artist, genre, audio (absolute path or ""), sha256 (from a bundle)
+    tracks: list[dict[str, str]]  # per track id: title, artist, genre, licence, copyright ("" = unknown), tags, audio
+    #                               (absolute path or ""), sha256 (from a bundle)
     genres: list[str]
     source: dict[str, Any]  # the dataset it came from: name, manifest_hash, path
     index: str = "exact"  # how queries are answered: deccm.index.INDEXES (ivf is approximate, for large catalogs)
     audio_root: Path | None = None  # the bundle's content-addressed audio folder; None: the dataset's media folder
     _search: Index | None = field(default=None, init=False, repr=False, compare=False)
+    _filtered: dict[str, Index] = field(default_factory=dict, init=False, repr=False, compare=False)  # per licence filter
+    _servable: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def use_index(self, kind: str) -> "Catalog":
         """Answer queries with index ``kind`` (deccm.index.INDEXES) from now on; checked here, built on first query."""
-        self.index, self._search = check_kind(kind), None
+        self.index, self._search, self._filtered = check_kind(kind), None, {}
         return self
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (ids, scores) of query vectors q (N, D'); the index is built on first use."""
-        if self._search is None:
-            self._search = build_index(self.vectors, self.index)
-        return self._search.search(q, min(k, len(self.vectors)))
+    def search(self, q: np.ndarray, k: int, licence: str = "any") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) of query vectors q (N, D') among the tracks licence filter ``licence`` allows.
+
+        The filter masks the catalog before ranking (an index over the allowed tracks only, built
+        on first use), so k tracks come back whenever k are allowed.
+        """
+        ids = self.servable(licence)
+        if len(ids) == len(self.vectors):
+            if self._search is None:
+                self._search = build_index(self.vectors, self.index)
+            return self._search.search(q, min(k, len(ids)))
+        if licence not in self._filtered:
+            self._filtered[licence] = build_index(self.vectors[ids], self.index)
+        sub, scores = self._filtered[licence].search(q, min(k, len(ids)))
+        return ids[sub], scores
+
+    def servable(self, licence: str = "any") -> np.ndarray:
+        """Ids of the tracks licence filter ``licence`` (deccm.data.licences.FILTERS) allows, ascending.
+
+        Raises ValueError naming the fix when it allows none: a catalog without known licences
+        (data assembled without a licence column, legacy imports) is served only on request.
+        """
+        if check_filter(licence) not in self._servable:
+            ids = np.array([i for i, t in enumerate(self.tracks) if allowed(t.get("licence"), licence)], dtype=np.int64)
+            if len(ids) == 0:
+                counts = self.licence_counts()["families"]
+                if counts["unknown"] == len(self.tracks):
+                    raise ValueError(
+                        f"none of the catalog's {len(self.tracks)} tracks has a known licence, and a track of unknown licence "
+                        f"is never served unless asked for. Fix: give tracks.csv a licence column and assemble the data again, "
+                        f"or ask for licence filter {INCLUDE_UNKNOWN!r} (`deccm recommend --licence {INCLUDE_UNKNOWN}`: "
+                        f"{FILTERS[INCLUDE_UNKNOWN]}).")
+                have = ", ".join(f"{f} {n}" for f, n in counts.items() if n)
+                raise ValueError(f"no track of the catalog is allowed by licence filter {licence!r} ({FILTERS[licence]}); "
+                                 f"its tracks by licence family: {have}. Fix: choose a filter that allows some "
+                                 f"(one of {', '.join(FILTERS)}).")
+            self._servable[licence] = ids
+        return self._servable[licence]
+
+    def licence_counts(self) -> dict[str, dict[str, int]]:
+        """Tracks per licence family (every one of deccm.data.licences.FAMILIES) and per licence as written, most first."""
+        families = Counter(family(t.get("licence")) for t in self.tracks)
+        names = Counter(" ".join((t.get("licence") or "").split()) or "unknown" for t in self.tracks)
+        return {"families": {f: families[f] for f in FAMILIES}, "licences": dict(names.most_common())}
 
     @classmethod
     def from_dataset(cls, ds: Dataset, ranker: Ranker) -> "Catalog":
         genre = ds.ugc.music_genre
-        rows = {int(r["id"]): r for r in ds.tracks if str(r.get("id", "")).lstrip("-").isdigit()}
+        rows = _rows_by_id(ds.tracks)
         tracks = []
         for t in range(ds.n_tracks):
             row = rows.get(t, {})
@@ -155,7 +209,8 @@ class Catalog:
             path = row.get("path") or ""
             tracks.append({"title": row.get("title") or f"track {t}", "artist": row.get("artist") or "",
                            "genre": ds.genres[g] if 0 <= g < ds.n_genres else (row.get("genre") or ""),
-                           "audio": str((ds.root / path).resolve()) if path else ""})
+                           "licence": row.get("licence") or "", "copyright": row.get("copyright") or "",
+                           "tags": row.get("tags") or "", "audio": str((ds.root / path).resolve()) if path else ""})
         return cls(ranker.music_vectors(ds.ugc.music_features), tracks, ds.genres,
                    {"name": ds.manifest.get("name"), "manifest_hash": ds.manifest_hash, "path": str(ds.root.resolve())})
 
@@ -194,6 +249,8 @@ class Catalog:
         if vectors.shape[0] != len(meta["tracks"]):
             raise RunError(f"{src}: {vectors.shape[0]} track vectors for {len(meta['tracks'])} tracks. Fix: export the bundle again.")
         tracks = meta["tracks"]
+        if any("licence" not in t for t in tracks):
+            tracks = _licences_from_source(src, meta["source"], tracks)
         if any("sha256" not in t for t in tracks):
             log.warning("%s: a bundle from before content-hashed audio; its tracks play whatever the dataset's media folder "
                         "holds now, which a later data drop may have replaced. Fix: register the run again.", src)
@@ -289,32 +346,60 @@ class Recommender:
         except DecodeError as e:
             raise DecodeError(f"{video}: {e}") from None
 
-    def rank_features(self, x_v: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (ids, scores), each (N, k), for video features (N, D_v) or (D_v,)."""
+    def rank_features(self, x_v: np.ndarray, k: int = 10, licence: str = "any") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores), each (N, k), for video features (N, D_v) or (D_v,), among the tracks licence filter
+        ``licence`` allows (deccm.data.licences.FILTERS; fewer than k only when fewer are allowed)."""
         x = np.atleast_2d(np.asarray(x_v, dtype=np.float32))
         want = self.run.model.video_dim
         if x.shape[1] != want or not np.isfinite(x).all():
             raise ValueError(f"video features must be finite with {want} columns, got shape {x.shape}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        return self.catalog.search(self.ranker.video_vectors(x), k)
+        return self.catalog.search(self.ranker.video_vectors(x), k, licence)
 
-    def recommend(self, video: str | Path | np.ndarray, k: int = 10) -> list[Suggestion]:
-        """The top-k tracks for one clip (a media file path, or its precomputed (D_v,) features)."""
+    def recommend(self, video: str | Path | np.ndarray, k: int = 10, licence: str = "any") -> list[Suggestion]:
+        """The top-k tracks for one clip (a media file path, or its precomputed (D_v,) features) whose licence
+        filter ``licence`` allows (default: every known licence)."""
+        self.catalog.servable(licence)  # a filter that allows nothing fails before the clip is decoded
         x = self.video_features(video) if isinstance(video, (str, Path)) else np.asarray(video, dtype=np.float32)
         if x.ndim == 2 and x.shape[0] != 1:
             raise ValueError(f"recommend takes one clip; got {x.shape[0]} feature rows (use rank_features for batches)")
-        ids, scores = self.rank_features(x, k)
+        ids, scores = self.rank_features(x, k, licence)
         return [self.suggestion(i + 1, int(t), float(s)) for i, (t, s) in enumerate(zip(ids[0], scores[0]))]
 
     def suggestion(self, rank: int, track: int, score: float) -> Suggestion:
         row = self.catalog.tracks[track]
+        licence = row.get("licence") or ""
         return Suggestion(rank=rank, track=track, title=row["title"], artist=row["artist"], genre=row["genre"], score=score,
-                          audio=row["audio"] or None)
+                          audio=row["audio"] or None, licence=licence, licence_family=family(licence),
+                          attribution=attribution(row["title"], row["artist"], licence, row.get("copyright") or ""),
+                          tags=row.get("tags") or "")
 
 
 AUDIO_DIR = "audio"  # a bundle catalog's audio files, named by content: <sha256>.<ext>
 _STORED = re.compile(rf"^{AUDIO_DIR}/([0-9a-f]{{64}})(\.[A-Za-z0-9]{{1,8}})?$")
+
+
+def _rows_by_id(rows: list[dict[str, str]]) -> dict[int, dict[str, str]]:
+    """``tracks.csv`` rows by their integer track id (rows without one are skipped)."""
+    return {int(r["id"]): r for r in rows if str(r.get("id", "")).lstrip("-").isdigit()}
+
+
+def _licences_from_source(src: Path, source: dict[str, Any], tracks: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Rows of a bundle registered before licences were carried, with each track's licence and copyright read from
+    the dataset it was made from while that dataset is unchanged (the same manifest); unknown otherwise."""
+    root = Path(source["path"]) if source.get("path") else None
+    try:
+        same = root is not None and hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest() == source.get("manifest_hash")
+    except OSError:
+        same = False
+    rows = _rows_by_id(read_csv(root / TRACKS_CSV)) if same and root else {}
+    if not same:
+        log.warning("%s: a bundle from before licences, and the dataset it was made from (%s) is gone or changed, so its "
+                    "tracks' licences are unknown and serving refuses them by default. Fix: register the run again.",
+                    src, root)
+    return [{**t, "licence": rows.get(i, {}).get("licence") or "", "copyright": rows.get(i, {}).get("copyright") or ""}
+            for i, t in enumerate(tracks)]
 
 
 def _audio_suffix(path: str) -> str:
@@ -357,11 +442,18 @@ def _extractor(conf: RunConfig, device: str) -> Any | None:
 
 
 def format_suggestions(items: list[Suggestion]) -> str:
-    """A plain table: rank, score, genre, title, artist."""
-    head = ("rank", "score", "genre", "title", "artist")
-    rows = [(str(s.rank), f"{s.score:.4f}", s.genre, s.title, s.artist) for s in items]
+    """A plain table: rank, score, genre, title, artist, licence (cut at 40 characters; ``--json`` has it whole), and
+    the tags where the catalog has them."""
+    tagged = any(s.tags for s in items)
+    head = ("rank", "score", "genre", "title", "artist", "licence") + (("tags",) if tagged else ())
+    rows = [(str(s.rank), f"{s.score:.4f}", s.genre, s.title, s.artist, _cut(s.licence or "unknown", 40))
+            + ((s.tags,) if tagged else ()) for s in items]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows])
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -372,6 +464,9 @@ def build_parser(prog: str = "deccm recommend") -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run dir written by `python -m deccm.train` (its best epoch is used)")
     p.add_argument("clip", type=Path, help="video file (mp4, mov, webm, ...) to suggest music for")
     p.add_argument("--k", type=int, default=10, help="how many tracks (default 10)")
+    p.add_argument("--licence", choices=list(FILTERS), default="any",
+                   help="serve only tracks of these licences: " + "; ".join(f"{k}: {v}" for k, v in FILTERS.items())
+                   + " (default any)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default auto)")
     p.add_argument("--index", choices=INDEXES, default="exact",
@@ -387,12 +482,12 @@ def main(argv: list[str] | None = None, prog: str = "deccm recommend") -> int:
 
     try:
         rec = Recommender.from_run(args.run, device=args.device, index=args.index)
-        items = rec.recommend(args.clip, k=args.k)
+        items = rec.recommend(args.clip, k=args.k, licence=args.licence)
     except (RunError, DatasetError, DecodeError, ValueError) as e:  # ValueError covers SearchError
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"run": str(args.run), "clip": str(args.clip), "model": rec.name,
+        print(json.dumps({"run": str(args.run), "clip": str(args.clip), "model": rec.name, "licence_filter": args.licence,
                           "synthetic": rec.run.synthetic if rec.run else None,
                           "suggestions": [s.to_dict() for s in items]}, indent=2))
     else:

@@ -81,3 +81,132 @@ def test_recommend_cli_on_features_only_run_says_why(student_run: Path, tmp_path
     clip.write_bytes(b"\x00" * 64)
     r = subprocess.run([sys.executable, "-m", "deccm.cli", "recommend", str(student_run), str(clip)], capture_output=True, text=True)
     assert r.returncode == 2 and "precomputed feature vectors" in r.stderr and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- licences
+
+
+LICENCES = ("GPL-2+", "CC-BY-SA-3.0", "", "public-domain", "Drascula-License", "CC-BY-NC-4.0", "MIT")  # cycled over the catalog
+
+
+def licensed(rec: "Recommender", licences: tuple[str, ...] = LICENCES) -> "Recommender":
+    """The same model over a copy of its catalog whose tracks cycle through ``licences`` (with a copyright each)."""
+    from deccm.serve import Catalog, Recommender
+
+    c = rec.catalog
+    tracks = [{**t, "licence": licences[i % len(licences)], "copyright": f"{2000 + i % 20} Holder {i}"}
+              for i, t in enumerate(c.tracks)]
+    return Recommender(rec.ranker, Catalog(c.vectors, tracks, c.genres, c.source))
+
+
+def test_licence_filter_masks_before_ranking(student_run: Path, tiny_dataset: Path) -> None:
+    from deccm import metrics
+    from deccm.data.licences import FILTERS, allowed
+    from deccm.serve import Recommender
+
+    rec = licensed(Recommender.from_run(student_run, device="cpu"))
+    ds = load_dataset(tiny_dataset)
+    x = np.asarray(ds.ugc.video_features[ds.ugc.test.video[:20]])
+    full = rec.ranker.video_vectors(x) @ rec.catalog.vectors.T  # (20, M) every score
+    for name in FILTERS:
+        ok = np.array([allowed(t["licence"], name) for t in rec.catalog.tracks])
+        k = 10
+        assert ok.sum() >= k  # each filter allows at least k tracks here, so k must come back
+        ids, scores = rec.rank_features(x, k, licence=name)
+        assert ids.shape == (20, k) and ok[ids].all(), name
+        np.testing.assert_array_equal(ids, metrics.top_k(np.where(ok, full, -np.inf), k))  # the best k allowed tracks
+        np.testing.assert_allclose(scores, np.take_along_axis(full, ids, 1), rtol=1e-5, atol=1e-6)
+    unknown = {i for i, t in enumerate(rec.catalog.tracks) if not t["licence"]}
+    default = rec.rank_features(x, len(rec.catalog.tracks))[0]  # every track "any" serves
+    assert default.shape[1] == len(rec.catalog.tracks) - len(unknown) and not unknown & set(default.ravel().tolist())
+    gpl = rec.recommend(x[0], k=5, licence="gpl")
+    assert [s.licence for s in gpl] == ["GPL-2+"] * 5 and {s.licence_family for s in gpl} == {"gpl"}
+
+
+def test_fewer_allowed_tracks_than_k(student_run: Path) -> None:
+    from deccm.serve import Recommender
+
+    rec = Recommender.from_run(student_run, device="cpu")
+    n = len(rec.catalog.tracks)
+    rare = licensed(rec, ("GPL-2+",) + ("CC-BY-SA-3.0",) * (n // 3))  # 3 GPL tracks (ids 0, n//3 + 1, ...)
+    x = np.asarray(load_dataset(rec.run.data_path).ugc.video_features[0])
+    items = rare.recommend(x, k=10, licence="gpl")
+    assert len(items) == len([t for t in rare.catalog.tracks if t["licence"] == "GPL-2+"]) == 3
+    assert {s.licence for s in items} == {"GPL-2+"}
+    assert len(rare.recommend(x, k=10, licence="cc-by")) == 10
+
+
+def test_unknown_licences_are_served_only_on_request(student_run: Path) -> None:
+    from deccm.serve import Recommender
+
+    rec = licensed(Recommender.from_run(student_run, device="cpu"), ("",))
+    x = np.asarray(load_dataset(rec.run.data_path).ugc.video_features[0])
+    with pytest.raises(ValueError, match=r"none of the catalog's \d+ tracks has a known licence.*--licence include-unknown"):
+        rec.recommend(x, k=5)
+    assert len(rec.recommend(x, k=5, licence="include-unknown")) == 5
+    pd_only = licensed(rec, ("public-domain",))
+    with pytest.raises(ValueError, match=r"no track of the catalog is allowed by licence filter 'gpl'.*public-domain \d+"):
+        pd_only.recommend(x, k=5, licence="gpl")
+    with pytest.raises(ValueError, match="licence filter 'gnu' is unknown. Fix: one of any, "):
+        pd_only.rank_features(x, 5, licence="gnu")
+
+
+def test_suggestions_carry_licence_and_attribution(student_run: Path) -> None:
+    import json
+
+    from deccm.serve import Recommender, format_suggestions
+
+    rec = licensed(Recommender.from_run(student_run, device="cpu"))
+    items = rec.recommend(np.asarray(load_dataset(rec.run.data_path).ugc.video_features[1]), k=6)
+    for s in json.loads(json.dumps([s.to_dict() for s in items])):
+        row = rec.catalog.tracks[s["track"]]
+        assert s["licence"] == row["licence"] != ""
+        assert s["attribution"] == f'"{row["title"]}" by deccm synth, © {row["copyright"]}, licence {row["licence"]}'
+        assert s["licence_family"] in ("gpl", "cc-by", "public-domain", "permissive", "other")
+    table = format_suggestions(items).splitlines()
+    assert table[0].split()[-1] == "licence" and all(line.endswith(s.licence) for line, s in zip(table[1:], items))
+
+
+def test_bundle_keeps_licences_and_reads_older_bundles_from_their_data(student_run: Path, tmp_path: Path) -> None:
+    import json
+
+    from deccm.card import card_markdown
+    from deccm.serve import Catalog, Recommender
+
+    rec = Recommender.from_run(student_run, device="cpu", extractor=False)
+    csv_licences = [r["licence"] for r in load_dataset(rec.run.data_path).tracks]
+    assert [t["licence"] for t in rec.catalog.tracks] == csv_licences  # tracks.csv → Catalog.tracks
+    mixed = licensed(rec)
+    mixed.ranker.run_dir = rec.ranker.run_dir
+    bundle = mixed.save_bundle(tmp_path / "bundle")
+    again = Recommender.from_bundle(bundle, device="cpu", extractor=False)
+    assert [(t["licence"], t["copyright"]) for t in again.catalog.tracks] == \
+        [(t["licence"], t["copyright"]) for t in mixed.catalog.tracks]
+    counts = again.catalog.licence_counts()
+    assert counts["families"]["unknown"] == sum(not t["licence"] for t in mixed.catalog.tracks)
+    assert sum(counts["families"].values()) == sum(counts["licences"].values()) == len(mixed.catalog.tracks)
+    card = card_markdown({"catalog": {"tracks": len(again.catalog.tracks), "genres": again.catalog.genres, "licences": counts}})
+    assert f"gpl {counts['families']['gpl']}" in card and "of unknown licence: never served by default" in card
+    assert f"GPL-2+: {counts['licences']['GPL-2+']}" in card and "and 2 more" in card  # 7 licences, 5 named
+
+    # a bundle from before licences: rows without them, read back from the unchanged dataset it names
+    meta = json.loads((bundle / "catalog" / "catalog.json").read_text())
+    meta["tracks"] = [{k: v for k, v in t.items() if k not in ("licence", "copyright")} for t in meta["tracks"]]
+    (bundle / "catalog" / "catalog.json").write_text(json.dumps(meta))
+    assert [t["licence"] for t in Catalog.load(bundle / "catalog").tracks] == csv_licences
+    meta["source"]["manifest_hash"] = "0" * 64  # its dataset changed since: unknown, so refused by default
+    (bundle / "catalog" / "catalog.json").write_text(json.dumps(meta))
+    old = Recommender.from_bundle(bundle, device="cpu", extractor=False)
+    assert {t["licence"] for t in old.catalog.tracks} == {""}
+    with pytest.raises(ValueError, match="include-unknown"):
+        old.rank_features(np.zeros(rec.run.model.video_dim, np.float32), 3)
+
+
+def test_recommend_cli_licence_choices(student_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from deccm.data.licences import FILTERS
+    from deccm.serve import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(student_run), "clip.mp4", "--licence", "gnu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'gnu'" in err and all(f in err.rsplit("choose from", 1)[1] for f in FILTERS)

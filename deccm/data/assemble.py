@@ -10,8 +10,9 @@ Inputs (``deccm data assemble``; every path is recorded in the manifest):
 * ``logs``: CSV ``video,track[,uploader]``, one row per logged use of a track on a video
   (a video may have several rows; one uploader per video).
 * ``tracks_meta``: CSV ``id,title,artist,genre,licence,path`` (``path`` = the audio file,
-  relative to the CSV; ``genre`` may be absent or empty for every track; other columns are
-  ignored). Exactly the tracks of the music store, each once.
+  relative to the CSV; ``genre`` may be absent or empty for every track; an optional
+  ``copyright`` column is kept beside ``licence``, which serving filters on; other columns
+  are ignored). Exactly the tracks of the music store, each once.
 * optional ``pgc`` (a ``videos`` store of professionally edited segments, extracted with
   the same spec as ``videos``) and ``pgc_pairs``: CSV ``segment,track``.
 
@@ -83,7 +84,7 @@ DEFAULT_NAME = "assembled"
 MAX_SHOWN = 5  # lines / ids quoted per problem
 LOG_COLUMNS = (("video", "track"), ("uploader",))  # (required, optional)
 PAIR_COLUMNS = (("segment", "track"), ())
-META_COLUMNS = (("id", "path"), ("title", "artist", "genre", "licence"))
+META_COLUMNS = (("id", "path"), ("title", "artist", "genre", "licence", "copyright"))
 STORE_FILES = ("spec.json", "items.csv", "features.npy")  # what the fingerprint hashes of a store
 STORE_FILES_OPTIONAL = ("norm_mean.npy", "norm_std.npy")
 _PATHS = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
@@ -366,7 +367,8 @@ def _read_tracks(cfg: AssembleConfig, mstore: FeatureStore, mpath: Path) -> _Tra
         raise _problem(meta, [ln for ln, _ in missing], f"audio file(s) not found: {', '.join(str(p) for _, p in missing[:MAX_SHOWN])}",
                        "fix the path (relative to the CSV's folder) or restore the file")
     rows = [{"id": k, "title": r.get("title", ""), "artist": r.get("artist", ""), "genre": genres[genre[k]],
-             "source": f"id:{mstore.ids[k]}", "licence": r.get("licence", "")} for k, (r, _) in enumerate(ordered)]
+             "source": f"id:{mstore.ids[k]}", "licence": r.get("licence", ""), "copyright": r.get("copyright", "")}
+            for k, (r, _) in enumerate(ordered)]
     return _Tracks(genres=genres, genre=genre, rows=rows, audio=audio, has_genres=has_genres)
 
 

@@ -4,7 +4,9 @@ Layout (every array is numeric and loaded with ``allow_pickle=False``)::
 
     dataset.json                      manifest: version, provenance, dims, counts, genres,
                                       file shapes/dtypes/sha256, generator or source info
-    tracks.csv                        id, title, artist, genre, source, licence, path
+    tracks.csv                        id, title, artist, genre, source, licence, copyright, tags, path
+                                      (licence: a short name such as GPL-2+, "" = unknown;
+                                      deccm.data.licences)
     videos.csv                        free columns, first ``id`` (e.g. path, uploader) [optional]
     media/...                         media files referenced by the CSVs            [optional]
     ugc/video_features.npy            (N_video, D_v) float32
@@ -58,7 +60,7 @@ SUPPORTED_VERSIONS = (1,)
 PROVENANCES = ("synthetic", "imported-legacy", "extracted")
 MANIFEST = "dataset.json"
 TRACKS_CSV = "tracks.csv"
-TRACKS_CSV_COLUMNS = ("id", "title", "artist", "genre", "source", "licence", "path")
+TRACKS_CSV_COLUMNS = ("id", "title", "artist", "genre", "source", "licence", "copyright", "tags", "path")
 VIDEOS_CSV = "videos.csv"
 MEDIA_DIR = "media"  # media files the CSVs reference; the only folder the demo serves from
 N_NEGATIVES = 100
