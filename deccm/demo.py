@@ -10,13 +10,18 @@ everything a person sees is computed (and tested) here:
   the notes say so.
 - :func:`suggest`: the ranked :class:`deccm.serve.Suggestion` list of a
   :class:`deccm.serve.Recommender` (the same ranking as ``Recommender.recommend``), with
-  timings, notes and the suggestions' genre mix beside the catalog's.
+  timings, notes and the suggestions' genre mix beside the catalog's. A licence filter
+  (:data:`deccm.data.licences.FILTERS`, default ``any``: every known licence, never an
+  unknown one) is applied by the recommender before ranking, so K tracks still come back
+  when the catalog has them; every suggestion carries its licence and attribution.
 - :func:`preview`: the clip with a track laid under it (H.264 + AAC mp4, the shorter of
   the two, at most 30 s, 30 fps and 720p), muxed with the ffmpeg binary of imageio-ffmpeg
   (both inputs admitted, demuxers forced, a timeout) and written atomically.
 - the model card in words is :func:`deccm.card.card_markdown` (also the registered
   version's description).
-- :func:`comparison_model`: the registered model shown beside the champion.
+- :func:`comparison_model`: the registered model shown beside the champion: the
+  ``baseline`` that ``make demo`` registers (``deccm.pipeline.ensure_baseline``), else an
+  earlier version.
 - :class:`DemoService`: the served model (:class:`ServedModel`: the champion, followed
   through the registry by :class:`deccm.watch.ChampionWatcher` and swapped between requests,
   its comparison model, the audio and examples it may serve), :meth:`DemoService.health`
@@ -45,6 +50,7 @@ import numpy as np
 
 from deccm import io
 from deccm.card import card_markdown, data_warning
+from deccm.data import licences
 from deccm.data.format import MEDIA_DIR
 from deccm.features import admit
 from deccm.features.admit import DecodeError
@@ -65,6 +71,7 @@ PREVIEW_MAX_FPS = 30
 PREVIEW_MAX_S = 30.0
 PREVIEW_TIMEOUT_S = 30.0
 PREVIEW_KEEP_S = 3600.0  # previews older than this are deleted
+DEFAULT_LICENCE = "any"  # every known licence; a track of unknown licence only with the explicit "include-unknown"
 
 
 class DemoError(Exception):
@@ -163,11 +170,13 @@ class SuggestResult:
     timings: dict[str, float]  # seconds: check, features, rank, total
     notes: list[str]
     genre_mix: list[dict[str, Any]]  # per catalog genre: genre, suggestions (share of the top k), catalog (share)
+    licence: str = DEFAULT_LICENCE  # the licence filter applied (a key of licences.FILTERS); a comparison model uses it too
     features: np.ndarray | None = field(default=None, repr=False)  # (1, D_v), reused by a comparison model
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clip": self.clip, "model": self.model, "k": self.k, "suggestions": [s.to_dict() for s in self.suggestions],
-                "timings": self.timings, "notes": self.notes, "genre_mix": self.genre_mix}
+        return {"clip": self.clip, "model": self.model, "k": self.k, "licence_filter": self.licence,
+                "suggestions": [s.to_dict() for s in self.suggestions], "timings": self.timings, "notes": self.notes,
+                "genre_mix": self.genre_mix}
 
 
 def model_label(rec: Recommender) -> str:
@@ -210,11 +219,36 @@ class RecentClips:
                 self._items.popitem(last=False)
 
 
-def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10, *, max_bytes: int = MAX_BYTES,
-            max_seconds: float = MAX_SECONDS,
+def check_licence(licence: str | None) -> str:
+    """The licence filter by name (a key of :data:`deccm.data.licences.FILTERS`; None or '' is the default), or a
+    :class:`DemoError` listing the filters: a client of the API may send any string."""
+    name = DEFAULT_LICENCE if licence in (None, "") else str(licence)
+    if name not in licences.FILTERS:
+        raise DemoError(f"unknown licence filter {name!r}: choose one of {', '.join(licences.FILTERS)}")
+    return name
+
+
+def allowed_tracks(rec: Recommender, licence: str) -> int:
+    """How many of ``rec``'s tracks the licence filter allows; a :class:`DemoError` in the catalog's own words (its
+    tracks per licence family, and the fix) when it allows none."""
+    try:
+        return len(rec.catalog.servable(licence))
+    except ValueError as e:
+        raise DemoError(str(e)) from None
+
+
+def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10, *, licence: str = DEFAULT_LICENCE,
+            max_bytes: int = MAX_BYTES, max_seconds: float = MAX_SECONDS,
             slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
             recent: RecentClips | None = None) -> SuggestResult:
-    """The top-``k`` tracks for an uploaded clip: exactly ``rec.recommend(video_path, k)`` for a clip within the limits.
+    """The top-``k`` tracks for an uploaded clip: exactly ``rec.recommend(video_path, k, licence)`` for a clip within
+    the limits.
+
+    ``licence`` names a filter of :data:`deccm.data.licences.FILTERS`; the recommender drops
+    the tracks it refuses before ranking, so ``k`` tracks come back while the catalog allows
+    that many (fewer, and a note, otherwise; a filter that allows none is a
+    :class:`DemoError`, before any decoding). The default ``any`` never serves a track whose
+    licence is unknown.
 
     The cheap checks (:func:`check_upload`) run first; the decoding and ranking then run
     inside ``slot()`` (a :class:`DemoService` passes one of its shared slots) and under a
@@ -234,10 +268,14 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
         raise DemoError(f"k must be a whole number, got {k!r}") from None
     if k < 1:
         raise DemoError(f"k must be at least 1, got {k}")
-    k = min(k, len(rec.catalog.tracks))
+    licence = check_licence(licence)
+    allowed = allowed_tracks(rec, licence)
+    licence_note = (f"only {allowed} tracks of the catalog pass the licence filter '{licence}'"
+                    if k > allowed and allowed < len(rec.catalog.tracks) else None)
+    k = min(k, allowed)
     limit = min(float(max_seconds), float(rec.extractor.max_seconds))
     up = check_upload(video_path, max_bytes=max_bytes, max_seconds=limit)
-    notes = list(up.notes)
+    notes = list(up.notes) + ([licence_note] if licence_note else [])
     key = f"{rec.extractor.spec['spec_id']}:{io.sha256_file(up.path)}:{limit:g}" if recent is not None else ""
     known = recent.get(key) if recent is not None else None
     with contextlib.nullcontext() if known else slot():
@@ -257,11 +295,11 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
         notes += [n for n in decoder_notes if not n.startswith("capped:") and n not in notes]
         x = feats[None, :]
         t2 = time.perf_counter()
-        items = rec.recommend(x, k=k)
+        items = rec.recommend(x, k=k, licence=licence)
         t3 = time.perf_counter()
     return SuggestResult(clip=up.name, model=model_label(rec), k=k, suggestions=items,
                          timings={"check": t1 - t0, "features": t2 - t1, "rank": t3 - t2, "total": t3 - t0},
-                         notes=notes, genre_mix=genre_mix(rec, items), features=x)
+                         notes=notes, genre_mix=genre_mix(rec, items), licence=licence, features=x)
 
 
 _SUFFIX = {"mov": "mp4", "matroska": "mkv", "avi": "avi", "mpegts": "ts"}  # a remux keeps the container it came in
@@ -271,22 +309,35 @@ def rank_like(other: Recommender, result: SuggestResult, video_path: str | os.Pa
               max_seconds: float = MAX_SECONDS,
               slot: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
               recent: RecentClips | None = None) -> list[Suggestion]:
-    """``other``'s top-k for the clip ``result`` ranked: the same features when it reads the same video features
-    (``other`` loaded without an extractor), its own extraction (in ``slot()``) otherwise."""
+    """``other``'s top-k for the clip ``result`` ranked, under the same licence filter: the same features when it
+    reads the same video features (``other`` loaded without an extractor), its own extraction (in ``slot()``) otherwise."""
     spec = (other.run.data.get("features") or {}).get("video")
     if spec is None:
         raise DemoError(f"{model_label(other)} was trained on SYNTHETIC feature vectors and cannot rank an uploaded clip")
     if other.extractor is None:
         if result.features is None or result.features.shape[1] != other.run.model.video_dim:
             raise DemoError(f"{model_label(other)} reads other video features than the champion and has no extractor loaded")
-        return other.recommend(result.features, k=result.k)
-    return suggest(other, video_path, result.k, max_seconds=max_seconds, slot=slot, recent=recent).suggestions
+        allowed_tracks(other, result.licence)  # a filter that allows none of its tracks: said in words, not a ValueError
+        return other.recommend(result.features, k=result.k, licence=result.licence)
+    return suggest(other, video_path, result.k, licence=result.licence, max_seconds=max_seconds, slot=slot,
+                   recent=recent).suggestions
+
+
+def licence_text(licence: str) -> str:
+    """A licence as a table cell shows it: the short name as the catalog states it, cut at its first ';' (the demo
+    corpus states the work's licence, then the encoding's; the attribution beside it carries the whole statement),
+    or that it is unknown (served only when the person asked for unknown licences)."""
+    stated = " ".join(licence.split())
+    if not stated:
+        return "unknown licence"
+    first = stated.split(";")[0].strip()
+    return stated if first == stated else f"{first} …"
 
 
 def side_by_side(left: list[Suggestion], right: list[Suggestion]) -> list[list[Any]]:
-    """Rows of rank, left title (genre), right title (genre)."""
+    """Rows of rank, left "title (genre) · licence", right the same: whose tracks each model would have you license."""
     def cell(items: list[Suggestion], i: int) -> str:
-        return f"{items[i].title} ({items[i].genre})" if i < len(items) else ""
+        return f"{items[i].title} ({items[i].genre}) · {licence_text(items[i].licence)}" if i < len(items) else ""
     return [[i + 1, cell(left, i), cell(right, i)] for i in range(max(len(left), len(right)))]
 
 
@@ -348,10 +399,17 @@ class Comparison:
     def label(self) -> str:
         return f"v{(self.rec.card.get('registry') or {}).get('version', '?')} ({self.why})"
 
+    @property
+    def about(self) -> str:
+        """What the model is and why it is registered, from its card (the baseline says so; other versions are
+        earlier candidates of the pipeline and say nothing)."""
+        return str((self.rec.card.get("purpose") or {}).get("why") or "")
+
 
 def comparison_model(champion: Recommender, device: str = "auto") -> Comparison | None:
-    """The model to show beside ``champion``: alias ``baseline``, else the champion's previous champion, else the
-    newest other registered version; None when the champion is the only model.
+    """The model to show beside ``champion``: alias ``baseline`` (which ``make demo`` registers with the first
+    champion), else the champion's previous champion, else the newest other registered version; None when the
+    champion is the only model.
 
     Loaded without its own extractor when it reads the same video features as the champion
     (the champion's features are reused), with it otherwise.
@@ -362,8 +420,8 @@ def comparison_model(champion: Recommender, device: str = "auto") -> Comparison 
     versions = registry.list_versions()
     candidates: list[tuple[str, str]] = []
     for row in versions:
-        if "baseline" in row["aliases"]:
-            candidates.append((row["version"], "alias baseline"))
+        if registry.BASELINE in row["aliases"]:
+            candidates.append((row["version"], f"alias {registry.BASELINE}"))
     previous = (champion.card.get("registry") or {}).get("previous_champion")
     if previous and previous != "none":
         candidates.append((str(previous), "previous champion"))
@@ -427,16 +485,18 @@ class Page:
         return ["rank", self.served.label, self.served.comparison_label]
 
     def table(self) -> list[list[Any]]:
+        """Rows of the ranking table: rank, title, artist, genre, score, licence, attribution (what to credit)."""
         if self.result is None:
             return []
-        return [[s.rank, s.title, s.artist, s.genre, round(s.score, 4)] for s in self.result.suggestions]
+        return [[s.rank, s.title, s.artist, s.genre, round(s.score, 4), licence_text(s.licence), s.attribution]
+                for s in self.result.suggestions]
 
     def status(self) -> str:
         if self.error:
             return f"**Cannot suggest music:** {self.error}"
         assert self.result is not None
         r = self.result
-        lines = [f"Top {r.k} for **{r.clip}** from {r.model}, in {r.timings['total']:.2f} s "
+        lines = [f"Top {r.k} for **{r.clip}** from {r.model}, licence filter '{r.licence}', in {r.timings['total']:.2f} s "
                  f"(checks {r.timings['check']:.2f} s, video features {r.timings['features']:.2f} s, "
                  f"ranking {r.timings['rank'] * 1000:.1f} ms)."]
         lines += [f"- note: {n}" for n in r.notes]
@@ -495,6 +555,10 @@ class ServedModel:
     @property
     def comparison_note(self) -> str:
         return "" if self.comparison else "Only one model is registered, so there is nothing to compare with."
+
+    @property
+    def comparison_about(self) -> str:
+        return self.comparison.about if self.comparison else ""
 
 
 def serve_model(rec: Recommender, comparison: Comparison | None | bool = True, device: str = "auto") -> ServedModel:
@@ -590,6 +654,12 @@ class DemoService:
         return served.comparison_note if served else ""
 
     @property
+    def comparison_about(self) -> str:
+        """Why the model beside the champion is there (the baseline's card says), or ''."""
+        served = self.served
+        return served.comparison_about if served else ""
+
+    @property
     def examples_label(self) -> str:
         generated = "GENERATED" in self.warning or "SYNTHETIC" in self.warning
         return "Example clips from the model's own dataset" + (" (GENERATED clips, drawn by ffmpeg)" if generated else "")
@@ -669,8 +739,9 @@ class DemoService:
                 self.busy -= 1
             self._slots.release()
 
-    def respond(self, video: str | os.PathLike | None, k: int = 10) -> Page:
-        """One Suggest press: the served model's ranking and the comparison model's, or the reason there is none.
+    def respond(self, video: str | os.PathLike | None, k: int = 10, licence: str = DEFAULT_LICENCE) -> Page:
+        """One Suggest press: the served model's ranking and the comparison model's under the same licence filter,
+        or the reason there is none.
 
         The model is taken once, here: a swap while the clip is processed changes the next request, not this one.
         """
@@ -678,8 +749,8 @@ class DemoService:
         if served is None:
             return Page(error=NO_MODEL)
         try:
-            result = suggest(served.rec, video, k, max_bytes=self.max_bytes, max_seconds=self.max_seconds, slot=self.slot,
-                             recent=self.recent)
+            result = suggest(served.rec, video, k, licence=licence, max_bytes=self.max_bytes, max_seconds=self.max_seconds,
+                             slot=self.slot, recent=self.recent)
         except DemoError as e:
             return Page(error=str(e), served=served)
         except Exception as e:  # noqa: BLE001 - whatever an upload triggers reaches the page as one line, never a traceback

@@ -10,6 +10,10 @@ or re-assembled only when their inputs changed, training resumes or returns a fi
 are named after the data they saw, so new data means new runs and a rerun means none.
 ``python -m deccm.pipeline run`` runs every stage in this process (no Airflow needed).
 
+:func:`ensure_champion` (what ``make demo`` runs) also registers a baseline beside the
+champion (:func:`ensure_baseline`: the closed-form ridge map, alias ``baseline``), so the
+demo compares two real rankings from the first run.
+
 Writers lock what they write (``deccm.locks``): training its run dir, data preparation,
 registration, ``run_all`` and ``ensure_champion`` the pipeline state. The source a
 scheduled run trains on comes from deployment config, ``$DECCM_SOURCE``
@@ -35,7 +39,7 @@ from deccm.train import RECOMMENDED, VARIANTS, configs_from_dict, default_varian
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo", "media")
+SOURCES = ("synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo", "recorded-tiny", "recorded", "media")
 ENV_SOURCE = "DECCM_SOURCE"  # deployment config: the source scheduled runs train on (docker/compose.yaml sets it)
 MEDIA_KEYS = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
 DEFAULTS: dict[str, Any] = {
@@ -60,6 +64,14 @@ TRAINING: dict[str, dict[str, Any]] = {
     "default": {"variant": RECOMMENDED, "epochs": 50, "batch_size": 1024, "balance_blocks": False},
     "demo": {"variant": "plain", "epochs": 200, "batch_size": 128, "lr": 1e-3, "balance_blocks": True},
 }
+TRAINING["recorded"] = TRAINING["demo"]  # the same clips and row counts over a recorded catalog (docs/results.md)
+# The model registered beside the champion (alias baseline) by ensure_champion, and why (its card and MLflow run say so).
+BASELINE_VARIANT = "ridge"
+BASELINE_PURPOSE = ("The baseline beside the champion: the closed-form ridge map from video to music features (variant "
+                    "ridge, λ chosen on val), the first model a careful reviewer would try. It is fitted in seconds with no "
+                    "training loop, on the champion's own dataset, so `make demo` registers it on a fresh install and the "
+                    "demo's side by side shows what the trained champion changes over a linear map. Registering it never "
+                    "promotes it: it holds the alias baseline, not challenger.")
 _INT = ("seed", "epochs", "batch_size", "train_seed", "shards")
 _FLOAT = ("gate_margin", "gate_floor", "bias_tolerance")
 
@@ -208,11 +220,12 @@ def _prepare_data(cfg: dict[str, Any], stores: list[str] | None) -> str:
         if not (dest / "dataset.json").is_file():
             synth(dest, preset=source.removeprefix("synth-"), seed=seed, overwrite=dest.exists())
         return str(dest)
-    if source.startswith("demo"):
-        from deccm.data.corpus import build_corpus
+    if source.startswith(("demo", "recorded")):
+        from deccm.data.corpus import build_corpus, default_dest
 
-        size = "tiny" if source == "demo-tiny" else "default"
-        dest = config.data_dir(("demo" if size == "default" else "demo-tiny") + (f"-s{seed}" if seed else ""))
+        size = {"demo-tiny": "tiny", "demo": "default"}.get(source, source)
+        dest = default_dest(size)
+        dest = dest.with_name(dest.name + (f"-s{seed}" if seed else ""))
         if not (dest / "dataset.json").is_file():
             build_corpus(dest, size=size, seed=seed, overwrite=dest.exists())
         return str(dest)
@@ -458,11 +471,16 @@ def _run_all(cfg: dict[str, Any]) -> dict[str, Any]:
 def ensure_champion(params: dict[str, Any] | None = None) -> str:
     """The champion's version; when none is registered, run every stage once first (what ``make demo`` needs).
 
-    An unreachable registry raises :class:`deccm.registry.RegistryUnavailable`: an outage is
-    not "no champion", and must never start a training.
+    Then the baseline beside it (:func:`ensure_baseline`), also on registries that have a
+    champion and no baseline yet (made before it existed), so the demo's side by side has a
+    second real ranking from the first run. An unreachable registry raises
+    :class:`deccm.registry.RegistryUnavailable`: an outage is not "no champion", and must
+    never start a training.
     """
     with locks.pipeline_lock():
-        return _ensure_champion(params)
+        version = _ensure_champion(params)
+        ensure_baseline(params)
+        return version
 
 
 def _ensure_champion(params: dict[str, Any] | None) -> str:
@@ -478,12 +496,56 @@ def _ensure_champion(params: dict[str, Any] | None) -> str:
     return str(result["champion"])
 
 
+def ensure_baseline(params: dict[str, Any] | None = None) -> str | None:
+    """The ``baseline`` version: when none is registered, fit :data:`BASELINE_VARIANT` on the champion's dataset and
+    register it with alias ``baseline`` (never challenger or champion; :data:`BASELINE_PURPOSE` on its card, version and
+    MLflow run). None, with a warning that says why, when there is no champion or no baseline can be made beside it.
+
+    Cheap to call again: an existing alias returns at once. After an interruption the
+    finished run is returned untouched (``train(resume="auto")``) and registering finds its
+    version by its weights, so nothing is fitted or registered twice. The baseline is
+    evaluated like a challenger (its figures beside the champion's on the same rows), but no
+    gate runs on it: the champion alias is never touched here.
+    """
+    with locks.pipeline_lock():
+        return _ensure_baseline(params)
+
+
+def _ensure_baseline(params: dict[str, Any] | None) -> str | None:
+    version = registry.alias_version(registry.BASELINE)
+    if version is not None:
+        log.info("baseline: %s version %s", registry.MODEL_NAME, version)
+        return version
+    champion = registry.champion_version()
+    if champion is None:
+        log.warning("no baseline registered: there is no champion to compare it with yet")
+        return None
+    cfg = make_config(params)
+    champ = registry.load(champion, device=cfg["device"], extractor=False).run
+    if champ.variant == BASELINE_VARIANT:
+        log.warning("no baseline registered: champion v%s is itself the %s baseline", champion, BASELINE_VARIANT)
+        return None
+    cfg = make_config({**(params or {}), "variant": BASELINE_VARIANT, "mode": champ.mode, "balance_blocks": False})
+    log.info("no baseline registered yet: fitting %s on champion v%s's dataset %s", BASELINE_VARIANT, champion,
+             champ.data_path)
+    try:
+        run = train_student(cfg, str(champ.data_path), None)
+    except (RunError, DatasetError) as e:
+        log.warning("no baseline registered beside champion v%s: %s. The demo compares the champion with an earlier version "
+                    "instead, if there is one. Fix: restore that dataset and run `deccm pipeline ensure` again.", champion, e)
+        return None
+    version = registry.register(run, evaluate_candidates(cfg, run), alias=registry.BASELINE, purpose=BASELINE_PURPOSE)
+    log.info("baseline: %s version %s (%s), beside champion v%s", registry.MODEL_NAME, version, BASELINE_VARIANT, champion)
+    return version
+
+
 def build_parser(prog: str = "deccm pipeline") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="count", default=0)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run every stage once in this process and register the student")
-    e = sub.add_parser("ensure", help="make sure a champion is registered: run every stage once if there is none")
+    e = sub.add_parser("ensure", help="make sure a champion is registered (run every stage once if there is none) and a "
+                                      f"baseline beside it ({BASELINE_VARIANT}, alias baseline)")
     for sp in (r, e):
         for key, default in DEFAULTS.items():
             if key in TRAINING["default"]:
@@ -505,6 +567,8 @@ def main(argv: list[str] | None = None, prog: str = "deccm pipeline") -> int:
     try:
         if args.cmd == "ensure":
             print(f"champion: {registry.MODEL_NAME} version {ensure_champion(params)}")
+            baseline = registry.alias_version(registry.BASELINE)
+            print(f"baseline: {registry.MODEL_NAME} version {baseline}" if baseline else "baseline: none (the log says why)")
             return 0
         result = run_all(params)
     except (ValueError, RunError, DatasetError, registry.RegistryError, locks.LockHeld) as e:

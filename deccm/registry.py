@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "deccm-student"
 CHAMPION, CHALLENGER = "champion", "challenger"
+BASELINE = "baseline"  # the reference model beside the champion (the demo's side by side); registering it never promotes it
+TAG_PURPOSE = "deccm.purpose"  # why a version that is no pipeline candidate (e.g. the baseline) is registered
 TAG_PREVIOUS = "deccm.previous_champion"
 TAG_WEIGHTS = "deccm.best_sha256"
 TAG_RUN_ID = "deccm.mlflow_run"
@@ -159,7 +161,8 @@ def model_card(rec: Recommender, evaluation: dict[str, Any] | None = None) -> di
             "handling": _taste_handling(conf.model),
         },
         "evaluation": evaluation or {},
-        "catalog": {"tracks": len(rec.catalog.tracks), "genres": rec.catalog.genres, "genre_mix": rec.catalog.genre_mix()},
+        "catalog": {"tracks": len(rec.catalog.tracks), "genres": rec.catalog.genres, "genre_mix": rec.catalog.genre_mix(),
+                    "licences": rec.catalog.licence_counts()},
     }
 
 
@@ -226,22 +229,31 @@ def _orphan(client: Any, run_id: str | None) -> Any | None:
     return None
 
 
-def _identity(run_dir: Path, conf: Any, run_id: str | None) -> dict[str, str]:
-    """The tags that say which weights, run dir and MLflow run a version is (set when it is created)."""
+def _identity(run_dir: Path, conf: Any, run_id: str | None, purpose: str | None = None) -> dict[str, str]:
+    """The tags that say which weights, run dir and MLflow run a version is, and why it is registered when it is no
+    pipeline candidate (set when it is created)."""
     tags = {TAG_WEIGHTS: io.sha256_file(run_dir / BEST), "deccm.run_dir": str(run_dir), "deccm.run": conf.name,
             "deccm.provenance": tracking.provenance(conf), "deccm.synthetic": str(conf.synthetic).lower(),
             "deccm.variant": conf.variant, "deccm.mode": conf.mode}
     if run_id:
         tags[TAG_RUN_ID] = run_id
+    if purpose:
+        tags[TAG_PURPOSE] = purpose
     return tags
 
 
 @_guarded
-def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> str:
-    """Register a trained student as a new version of ``deccm-student`` with alias ``challenger``; returns the version.
+def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None, alias: str = CHALLENGER,
+             purpose: str | None = None) -> str:
+    """Register a trained student as a new version of ``deccm-student`` with alias ``alias``; returns the version.
 
-    The same weights registered before return their version (and it becomes the challenger
-    again); an untagged version of the same MLflow run is adopted, never duplicated.
+    ``alias`` is ``challenger`` for the pipeline's candidates; a reference model (``baseline``)
+    takes its own alias, so it never becomes the challenger the gate and ``deccm registry list``
+    talk about. ``champion`` is refused: only :func:`promote` moves it. ``purpose`` says why a
+    version that is no candidate exists; it goes on the version (tag and description), its
+    model card and its MLflow run (tag and description). The same weights registered before
+    return their version (and it takes ``alias`` again); an untagged version of the same
+    MLflow run is adopted, never duplicated.
     """
     import mlflow
     import pandas as pd
@@ -252,18 +264,22 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
     conf = read_config(run_dir)
     if conf.kind != "student":
         raise RegistryError(f"{run_dir}: a {conf.kind} run; only students are registered. Fix: register a student run.")
+    if alias == CHAMPION:
+        raise RegistryError("registering never makes a champion. Fix: register, then `deccm registry promote VERSION`.")
     client = _client()
     existing = find_version(run_dir)
     if existing is not None:
-        client.set_registered_model_alias(MODEL_NAME, CHALLENGER, existing.version)
+        if purpose:
+            client.set_model_version_tag(MODEL_NAME, existing.version, TAG_PURPOSE, purpose)
+        client.set_registered_model_alias(MODEL_NAME, alias, existing.version)
         log.info("%s is already version %s of %s", run_dir, existing.version, MODEL_NAME)
         return str(existing.version)
     run_id = tracking.find_run(run_dir, conf)
     orphan = _orphan(client, run_id)
     if orphan is not None:
-        for k, v in _identity(run_dir, conf, run_id).items():
+        for k, v in _identity(run_dir, conf, run_id, purpose).items():
             client.set_model_version_tag(MODEL_NAME, orphan.version, k, v)
-        client.set_registered_model_alias(MODEL_NAME, CHALLENGER, orphan.version)
+        client.set_registered_model_alias(MODEL_NAME, alias, orphan.version)
         log.warning("adopted version %s of %s (created by MLflow run %s, untagged after a crash) for %s",
                     orphan.version, MODEL_NAME, run_id, run_dir)
         return str(orphan.version)
@@ -272,12 +288,16 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
     example = pd.DataFrame({"features": [np.asarray(ds.ugc.video_features[i], dtype=np.float32).tolist()
                                          for i in ds.ugc.val.video[:2]]})
     card = model_card(rec, evaluation)
+    if purpose:
+        card["purpose"] = {"alias": alias, "why": purpose}
     with tempfile.TemporaryDirectory(prefix="deccm-bundle-") as tmp:
         bundle = rec.save_bundle(Path(tmp) / "bundle")
         io.write_json(bundle / CARD, card)
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else conf.name,
                               tags=None if run_id else {tracking.TAG_RUN_DIR: str(run_dir)}):
             mlflow.log_dict(card, "model_card.json")
+            if purpose:  # the run's own description in the MLflow UI says what it is for
+                mlflow.set_tags({TAG_PURPOSE: purpose, "mlflow.note.content": f"**{MODEL_NAME}@{alias}.** {purpose}"})
             info = mlflow.pyfunc.log_model(
                 name="student", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={"bundle": str(bundle)}, signature=_signature(conf.model.video_dim), input_example=example,
@@ -290,11 +310,11 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None) -> s
             raise
     # the version and its identity in one call: a crash leaves either nothing or a whole, findable version
     mv = client.create_model_version(MODEL_NAME, source=info.model_uri, run_id=info.run_id, model_id=info.model_id,
-                                     tags=_identity(run_dir, conf, info.run_id))
+                                     tags=_identity(run_dir, conf, info.run_id, purpose))
     version = str(mv.version)
     _describe(client, version, card)
-    client.set_registered_model_alias(MODEL_NAME, CHALLENGER, version)
-    log.info("registered %s as %s version %s (alias %s)", run_dir, MODEL_NAME, version, CHALLENGER)
+    client.set_registered_model_alias(MODEL_NAME, alias, version)
+    log.info("registered %s as %s version %s (alias %s)", run_dir, MODEL_NAME, version, alias)
     return version
 
 
@@ -318,9 +338,12 @@ def _version_metrics(client: Any, mv: Any) -> dict[str, float]:
 
 
 def _describe(client: Any, version: str, card: dict[str, Any]) -> None:
-    """The model card in words as the version's description, so the MLflow UI shows what the model is."""
-    client.update_model_version(MODEL_NAME, version, description=card_markdown({**card, "registry": {"name": MODEL_NAME,
-                                                                                                       "version": version}}))
+    """The model card in words as the version's description, so the MLflow UI shows what the model is (and, for a
+    version that is no pipeline candidate, first why it is there)."""
+    purpose = card.get("purpose") or {}
+    why = f"**{MODEL_NAME}@{purpose['alias']}.** {purpose['why']}\n\n" if purpose else ""
+    client.update_model_version(MODEL_NAME, version, description=why + card_markdown({**card, "registry": {
+        "name": MODEL_NAME, "version": version}}))
 
 
 def _key_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
@@ -335,13 +358,18 @@ def _key_metrics(evaluation: dict[str, Any] | None) -> dict[str, float]:
 # --------------------------------------------------------------------------- aliases
 
 
-@_guarded
 def champion_version() -> str | None:
     """The version the ``champion`` alias points at; None only when the registry says so.
 
     A missing registered model (RESOURCE_DOES_NOT_EXIST) or a model without the alias is
     "no champion"; an unreachable or locked store raises :class:`RegistryUnavailable`.
     """
+    return alias_version(CHAMPION)
+
+
+@_guarded
+def alias_version(alias: str) -> str | None:
+    """The version ``alias`` points at; None only when the registry says there is none (as :func:`champion_version`)."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -350,7 +378,7 @@ def champion_version() -> str | None:
         if e.error_code in _MISSING:
             return None
         raise
-    version = (model.aliases or {}).get(CHAMPION)
+    version = (model.aliases or {}).get(alias)
     return None if version is None else str(version)
 
 

@@ -10,9 +10,12 @@ provenance, and answers 503 while no model is served (compose's healthcheck uses
 
     python demo/app.py [--host 127.0.0.1] [--port 7860] [--device auto] [--poll-seconds 15]
 
-Events (stable API names for ``gradio_client``): ``/suggest`` (clip, k → status, ranking,
-players, genre chart, side-by-side table, JSON) and ``/preview`` (the clip with the top
-track under it; chained after ``/suggest`` on the page).
+Events (stable API names for ``gradio_client``): ``/suggest`` (clip, k, licence filter →
+status, ranking with each track's licence and attribution, players, genre chart, side-by-side
+table, JSON; the licence filter is optional, default ``any``: every known licence, no track of
+unknown licence) and ``/preview`` (the clip with the top track under it; chained after
+``/suggest`` on the page). The side by side shows the champion beside the ``baseline`` that
+``make demo`` registers with it (``--ensure``), else beside an earlier version.
 
 Hostile uploads (docs/architecture.md, "Media admission"): the upload size is capped by
 Gradio before anything is stored; both events run the cheap checks of ``deccm.demo`` first
@@ -33,12 +36,13 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from deccm import demo as lib
+from deccm.data import licences
 from deccm.watch import ENV_POLL, POLL_S, poll_seconds
 
 TITLE = "deccm: background music for a short video"
 QUEUE_MAX = 32  # waiting requests; more are refused at once ("queue is full") instead of piling up
 EVENT_THREADS = 8  # /suggest and /preview handlers at once, in one group: cheap checks run here, heavy work in a slot
-RANKING_COLUMNS = ["rank", "title", "composer / artist", "genre", "score"]
+RANKING_COLUMNS = ["rank", "title", "composer / artist", "genre", "score", "licence", "attribution"]
 
 
 def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | None = None,
@@ -60,7 +64,8 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
                 f"{svc.max_seconds:g} s are used.")
 
     def side_by_side_title() -> str:
-        return f"### Side by side: {svc.label} and {svc.comparison_label}"
+        about = f"\n\n{svc.comparison_label}: {svc.comparison_about}" if svc.comparison_about else ""
+        return f"### Side by side: {svc.label} and {svc.comparison_label}{about}"
 
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as app:  # uploads and copies older than 1 h go
         # what depends on the served model is rendered from it: at each page load and, while it follows the
@@ -70,13 +75,18 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
             with gr.Column(scale=2):
                 video = gr.Video(label="Your clip", sources=["upload"], elem_id="clip")
                 k = gr.Slider(1, 50, value=10, step=1, label="How many tracks (K, at most the catalog's size)", elem_id="k")
+                licence = gr.Dropdown([(label, name) for name, label in licences.FILTERS.items()], value=lib.DEFAULT_LICENCE,
+                                      label="Licences (filtered before ranking; unknown licences only when asked for)",
+                                      elem_id="licence")
                 go = gr.Button("Suggest music", variant="primary", elem_id="suggest")
                 if svc.examples:
                     gr.Examples(svc.examples, inputs=[video], label=svc.examples_label)
             with gr.Column(scale=3):
                 status = gr.Markdown("Upload a clip and press **Suggest music**.", elem_id="status")
+                # the attribution is the long column (a credit line); the table grows rather than hide rows behind a scroll
                 table = gr.Dataframe(pd.DataFrame(columns=RANKING_COLUMNS), label="Suggested tracks", interactive=False,
-                                     wrap=True, column_widths=["9%", "36%", "27%", "16%", "12%"], elem_id="ranking")
+                                     wrap=True, column_widths=["5%", "17%", "13%", "10%", "7%", "12%", "36%"],
+                                     max_height=1000, elem_id="ranking")
                 players = [gr.Audio(label=f"#{i + 1}", visible=False, interactive=False, elem_id=f"track-{i + 1}")
                            for i in range(lib.TOP_AUDIO)]
         with gr.Row():
@@ -85,16 +95,16 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
                                title="Genre mix: the suggestions beside the whole catalog", x_title="genre",
                                y_title="share", x_label_angle=-35, sort=None, y_lim=[0, 1], elem_id="genre-mix")
         served.append(gr.Markdown(side_by_side_title(), elem_id="side-by-side"))
-        compare = gr.Dataframe(pd.DataFrame(columns=["rank", svc.label, svc.comparison_label]), interactive=False,
-                               elem_id="comparison", label=svc.comparison_note or None)
+        compare = gr.Dataframe(pd.DataFrame(columns=["rank", svc.label, svc.comparison_label]), interactive=False, wrap=True,
+                               column_widths=["6%", "47%", "47%"], elem_id="comparison", label=svc.comparison_note or None)
         with gr.Accordion("Model card", open=True):
             served.append(gr.Markdown(svc.card, elem_id="model-card"))
         with gr.Accordion("Result as JSON", open=False):
             raw = gr.JSON(elem_id="raw")
         top_audio = gr.State(None)
 
-        def on_suggest(clip: str | None, kk: float) -> list[Any]:
-            page = svc.respond(clip, int(kk))
+        def on_suggest(clip: str | None, kk: float, licence_filter: str | None = lib.DEFAULT_LICENCE) -> list[Any]:
+            page = svc.respond(clip, int(kk), licence_filter)
             if page.error:
                 gr.Warning(page.error)
             items = page.result.suggestions if page.result else []
@@ -116,7 +126,7 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
                 return None
 
         media = {"concurrency_id": "media", "concurrency_limit": EVENT_THREADS}
-        go.click(on_suggest, inputs=[video, k], outputs=[status, table, *players, chart, compare, raw, top_audio],
+        go.click(on_suggest, inputs=[video, k, licence], outputs=[status, table, *players, chart, compare, raw, top_audio],
                  api_name="suggest", **media).then(on_preview, inputs=[video, top_audio], outputs=[preview],
                                                    api_name="preview", **media)
 
@@ -157,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--ensure", metavar="SOURCE", default=None,
-                   help="first make sure a champion is registered: when none is, run the pipeline once on SOURCE "
-                        "(e.g. demo: builds the demo corpus; what `make demo` does)")
+                   help="first make sure a champion is registered (when none is, run the pipeline once on SOURCE, e.g. "
+                        "demo: builds the demo corpus) and a baseline beside it for the side by side (what `make demo` "
+                        "does)")
     p.add_argument("--poll-seconds", type=float, default=None,
                    help=f"how often the champion alias is read; a new version is loaded and swapped in between requests "
                         f"(default ${ENV_POLL} or {POLL_S:g})")

@@ -1,9 +1,10 @@
 """The demo: deccm.demo's logic on real media, the Gradio app through gradio_client and in a real browser.
 
 No mocks. The fast tests use ffmpeg-made clips and a tiny synthetic run. The slow ones share
-one module fixture: the tiny demo corpus (real media) and two students trained on it,
-registered and promoted in a private DECCM_HOME (v1, then v2 as the champion), exactly as
-the retraining pipeline does it; one app serves both the API and the browser tests.
+one module fixture: the tiny demo corpus (real media) in a private DECCM_HOME, registered as
+a fresh ``make demo`` leaves it (``pipeline.ensure_champion``: v1 the champion, v2 the ridge
+baseline beside it), plus v3, another student, registered and not promoted (the tests that
+promote and roll back use it); one app serves both the API and the browser tests.
 
 The browser test drives Debian's chromium (``apt-get install -y --no-install-recommends
 chromium``); it fails, never skips, when it is missing. ``DECCM_SCREENSHOT=1`` saves its
@@ -266,6 +267,8 @@ def test_the_demo_starts_before_any_champion_answers_503_and_serves_the_first_on
         assert body["status"] == "serving" and body["version"] == version and body["model"] == registry.MODEL_NAME
         assert body["provenance"] == "synthetic" and body["last_error"] is None
         assert proc.poll() is None  # the same process: no restart
+        # with one registered model there is nothing to compare
+        assert demo.comparison_model(registry.load_champion(device="cpu", extractor=False), device="cpu") is None
     finally:
         _stop(proc)
 
@@ -285,25 +288,35 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def models(home: Path, tiny_corpus: Path) -> dict[str, Any]:
-    """The tiny demo corpus; v1 registered and promoted by the pipeline's stages, then v2 promoted over it."""
+    """A fresh install as ``make demo`` leaves it: the tiny demo corpus, v1 the champion and v2 the baseline
+    (``pipeline.ensure_champion``); then v3, another student, registered but not promoted."""
     from deccm import pipeline, registry
 
     t = time.perf_counter()
-    cfg = pipeline.make_config({"source": "demo-tiny", "epochs": 3, "variant": "plain", "device": "cpu", "batch_size": 64,
-                                "gate_floor": 0.0})
+    params = {"source": "demo-tiny", "epochs": 3, "variant": "plain", "device": "cpu", "batch_size": 64, "gate_floor": 0.0}
+    cfg = pipeline.make_config(params)
     shutil.copytree(tiny_corpus, home / "data" / "demo-tiny")  # the session's corpus: prepare_data finds it there
     data = pipeline.prepare_data(cfg)
     built = time.perf_counter() - t
-    run1 = pipeline.train_student(cfg, data, None)
-    v1 = pipeline.register(cfg, run1, pipeline.gate(cfg, pipeline.evaluate_candidates(cfg, run1)))
-    assert v1 == {"version": "1", "promoted": True, "champion": "1", "held": None}
-    alone = demo.comparison_model(registry.load_champion(device="cpu", extractor=False), device="cpu")
-    cfg2 = pipeline.make_config({**cfg, "train_seed": 7, "epochs": 4})
-    run2 = pipeline.train_student(cfg2, data, None)
-    v2 = registry.register(run2, pipeline.evaluate_candidates(cfg2, run2))
-    registry.promote(v2, "test: the newer model")
-    print(f"\ndemo fixture: corpus {built:.0f} s, two models registered {time.perf_counter() - t - built:.0f} s")
-    return {"data": Path(data), "alone": alone, "v2": v2, "run2": Path(run2)}
+    assert pipeline.ensure_champion(params) == "1"
+    ensured = time.perf_counter() - t - built
+    assert registry.alias_version(registry.BASELINE) == "2"
+    cfg3 = pipeline.make_config({**params, "train_seed": 7, "epochs": 4})
+    run3 = pipeline.train_student(cfg3, data, None)
+    v3 = registry.register(run3, pipeline.evaluate_candidates(cfg3, run3))
+    assert v3 == "3" and registry.champion_version() == "1"
+    print(f"\ndemo fixture: corpus {built:.0f} s, ensure (champion + baseline) {ensured:.0f} s, "
+          f"a third model {time.perf_counter() - t - built - ensured:.0f} s")
+    return {"data": Path(data), "params": params, "run3": Path(run3)}
+
+
+def _back_to_the_first_champion() -> None:
+    """Undo a test's ``promote 3`` (v3 replaced v1): the rollback leaves v1's own tags as they were."""
+    from deccm import registry
+
+    if registry.champion_version() == "3":
+        registry.rollback()
+    assert registry.champion_version() == "1"
 
 
 @pytest.fixture(scope="module")
@@ -321,13 +334,14 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(service: demo.DemoService, clip: Path,
                                                                               tmp_path: Path) -> None:
     rec = service.rec
-    assert rec.card["registry"]["version"] == "2" and rec.extractor is not None
+    assert rec.card["registry"]["version"] == "1" and rec.extractor is not None
     want = rec.recommend(clip, k=10)
     got = demo.suggest(rec, clip, 10)
     assert [s.track for s in got.suggestions] == [s.track for s in want]
     np.testing.assert_allclose([s.score for s in got.suggestions], [s.score for s in want], rtol=1e-5)
     assert [s.rank for s in got.suggestions] == list(range(1, 11)) and got.clip == "holiday.mp4" and got.notes == []
-    assert got.model == "deccm-student v2 (challenger, champion)"
+    assert got.model == "deccm-student v1 (champion)" and got.licence == "any"
+    assert all(s.licence and s.attribution for s in got.suggestions)  # the demo corpus: every track's licence is known
     assert set(got.timings) == {"check", "features", "rank", "total"} and got.timings["total"] >= got.timings["features"] > 0
     mix = {r["genre"]: r for r in got.genre_mix}
     assert list(mix) == rec.catalog.genres
@@ -348,27 +362,71 @@ def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(ser
 
 
 @pytest.mark.slow
-def test_comparison_model_baseline_then_previous_champion(models: dict[str, Any], service: demo.DemoService, clip: Path) -> None:
+def test_comparison_model_is_the_baseline_then_the_previous_champion(models: dict[str, Any], service: demo.DemoService,
+                                                                    clip: Path) -> None:
     import mlflow
 
-    from deccm import registry
+    from deccm import pipeline, registry
 
-    assert models["alone"] is None  # with one registered model there is nothing to compare
     cmp = service.comparison
-    assert cmp is not None and cmp.why == "previous champion" and cmp.rec.card["registry"]["version"] == "1"
-    assert cmp.label == "v1 (previous champion)" and cmp.rec.extractor is None  # same video features: the champion's are reused
+    assert cmp is not None and cmp.why == "alias baseline" and cmp.rec.card["registry"]["version"] == "2"
+    assert cmp.label == "v2 (alias baseline)" and cmp.rec.extractor is None  # same video features: the champion's are reused
+    assert cmp.rec.run.variant == pipeline.BASELINE_VARIANT and cmp.about == pipeline.BASELINE_PURPOSE
     page = service.respond(clip, 10)
     assert page.error is None and page.comparison == cmp.rec.recommend(service.rec.video_features(clip), k=10)
-    rows = page.side_by_side()
-    assert rows[0] == [1, f"{page.result.suggestions[0].title} ({page.result.suggestions[0].genre})",
-                       f"{page.comparison[0].title} ({page.comparison[0].genre})"]
+    assert [s.track for s in page.comparison] != [s.track for s in page.result.suggestions]  # two real, different rankings
+    left, right = page.result.suggestions[0], page.comparison[0]
+    assert page.side_by_side()[0] == [1, f"{left.title} ({left.genre}) · {demo.licence_text(left.licence)}",
+                                      f"{right.title} ({right.genre}) · {demo.licence_text(right.licence)}"]
+    assert demo.licence_text(left.licence) == "work: public domain …"  # the corpus's statement, cut; the credit has it all
+    assert left.licence in left.attribution and demo.licence_text("GPL-2+") == "GPL-2+"
+    assert demo.licence_text("") == "unknown licence"
+    assert [s["licence"] for s in page.to_dict()["comparison"]] == [s.licence for s in page.comparison]
+
+    # without a baseline, the champion's previous champion
     client = mlflow.MlflowClient()
-    client.set_registered_model_alias(registry.MODEL_NAME, "baseline", "1")
+    client.delete_registered_model_alias(registry.MODEL_NAME, registry.BASELINE)
+    registry.promote("3", "test: a second champion")
     try:
-        picked = demo.comparison_model(service.rec, device="cpu")
-        assert picked is not None and picked.why == "alias baseline" and picked.rec.card["registry"]["version"] == "1"
+        picked = demo.comparison_model(registry.load_champion(device="cpu", extractor=False), device="cpu")
+        assert picked is not None and picked.why == "previous champion" and picked.rec.card["registry"]["version"] == "1"
+        assert picked.about == ""  # a pipeline candidate has no purpose of its own to state
     finally:
-        client.delete_registered_model_alias(registry.MODEL_NAME, "baseline")
+        _back_to_the_first_champion()
+        client.set_registered_model_alias(registry.MODEL_NAME, registry.BASELINE, "2")
+
+
+@pytest.mark.slow
+def test_ensure_adds_the_baseline_once_and_never_moves_the_champion(models: dict[str, Any]) -> None:
+    """A second ``make demo`` fits and registers nothing; a registry with a champion and no baseline (an older
+    install, or a run interrupted between the two) gets the baseline back; the champion alias never moves."""
+    import mlflow
+
+    from deccm import pipeline, registry
+
+    client = mlflow.MlflowClient()
+    versions = lambda: [(v["version"], v["aliases"]) for v in registry.list_versions()]  # noqa: E731
+    before = versions()
+    assert before == [("3", ["challenger"]), ("2", ["baseline"]), ("1", ["champion"])]  # never the challenger either
+    baseline = client.get_model_version(registry.MODEL_NAME, "2")
+    state = Path(baseline.tags["deccm.run_dir"]) / "state.pt"
+    fitted = state.stat().st_mtime_ns
+    assert baseline.tags[registry.TAG_PURPOSE] == pipeline.BASELINE_PURPOSE and baseline.tags["deccm.variant"] == "ridge"
+    assert baseline.description.startswith(f"**deccm-student@baseline.** {pipeline.BASELINE_PURPOSE}")
+    run = client.get_run(baseline.run_id)
+    assert run.data.tags[registry.TAG_PURPOSE] == pipeline.BASELINE_PURPOSE
+    assert pipeline.BASELINE_PURPOSE in run.data.tags["mlflow.note.content"]  # the run's description in the MLflow UI
+    card = registry.load("baseline", device="cpu", extractor=False).card
+    assert card["purpose"] == {"alias": "baseline", "why": pipeline.BASELINE_PURPOSE}
+    assert card["evaluation"]["champion_version"] == "1" and "val" in card["evaluation"]["challenger"]  # beside the champion
+
+    assert pipeline.ensure_champion(models["params"]) == "1"  # a second `make demo`
+    assert versions() == before and state.stat().st_mtime_ns == fitted
+    client.delete_registered_model_alias(registry.MODEL_NAME, registry.BASELINE)
+    assert pipeline.ensure_champion(models["params"]) == "1"  # a champion and no baseline: the same version comes back
+    assert versions() == before and state.stat().st_mtime_ns == fitted
+    with pytest.raises(registry.RegistryError, match="registering never makes a champion"):
+        registry.register(baseline.tags["deccm.run_dir"], alias=registry.CHAMPION)
 
 
 @pytest.mark.slow
@@ -378,7 +436,7 @@ def test_examples_and_card_come_from_the_champion(models: dict[str, Any], servic
         assert Path(p).is_file() and Path(p).is_relative_to(models["data"] / "media" / "clips" / "ugc")
     md = service.card
     assert "**⚠ GENERATED DATA.**" in md and "the demo corpus is GENERATED" in md and "GENERATED media (the demo corpus)" in md
-    assert "version 2 (alias challenger, champion)" in md and "previous champion: v1" in md
+    assert "version 1 (alias champion)" in md and "previous champion" not in md  # the first champion replaced none
     assert "efficientnet-lite0 (pretrained" in md and "NOT pretrained (random weights)" in md  # VGGish is untrained
     for metric in ("HR_w@10", "genre_KL@10", "top_genre_share@10", "coverage@10", "test_oracle"):
         assert f"| {metric} |" in md or metric in md
@@ -401,27 +459,26 @@ def test_the_running_demo_follows_promote_and_rollback_with_no_restart(models: d
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
 
-    assert registry.champion_version() == "2"
+    assert registry.champion_version() == "1"
     proc, url = _start_demo(home, log)
     try:
         body = _wait_health(url, proc, log, lambda status, b: status == 200, "the champion served", 180)
-        assert body["version"] == "2" and body["provenance"] == "generated" and body["follows"] == "deccm-student@champion"
+        assert body["version"] == "1" and body["provenance"] == "generated" and body["follows"] == "deccm-student@champion"
         t = time.perf_counter()
-        cli("rollback")
-        body = _wait_health(url, proc, log, lambda status, b: b["version"] == "1", "v1 served after the rollback", 60)
+        cli("promote", "3")
+        body = _wait_health(url, proc, log, lambda status, b: b["version"] == "3", "v3 served after the promote", 60)
         assert body["status"] == "serving" and body["last_error"] is None
         took = time.perf_counter() - t
         t = time.perf_counter()
-        cli("promote", "2")
-        _wait_health(url, proc, log, lambda status, b: b["version"] == "2", "v2 served after the promote", 60)
-        print(f"\nfollowing the alias (poll 1 s): rollback → v1 served {took:.1f} s, promote → v2 served "
+        cli("rollback")
+        _wait_health(url, proc, log, lambda status, b: b["version"] == "1", "v1 served after the rollback", 60)
+        print(f"\nfollowing the alias (poll 1 s): promote → v3 served {took:.1f} s, rollback → v1 served "
               f"{time.perf_counter() - t:.1f} s after the CLI started")
         assert proc.poll() is None  # one process throughout: no restart
-        assert "serving deccm-student@champion version 1 (was 2)" in log.read_text()
+        assert "serving deccm-student@champion version 1 (was 3)" in log.read_text()
     finally:
         _stop(proc)
-        if registry.champion_version() != "2":
-            registry.promote("2", "test: put the module's champion back")
+        _back_to_the_first_champion()
 
 
 @pytest.mark.slow
@@ -429,15 +486,15 @@ def test_follow_champion_is_a_recommender_that_follows_the_alias(models: dict[st
     from deccm import registry, watch
 
     w = watch.follow_champion(device="cpu", extractor=False, poll_s=1)  # polled once: no thread needed here
-    assert w.served is not None and w.served.version == "2" and w.served.model.card["registry"]["version"] == "2"
+    assert w.served is not None and w.served.version == "1" and w.served.model.card["registry"]["version"] == "1"
     before = w.served
     try:
-        registry.promote("1", "test: follow_champion")
-        assert w.poll() is True and w.served.version == "1" and w.served.model.card["registry"]["version"] == "1"
+        registry.promote("3", "test: follow_champion")
+        assert w.poll() is True and w.served.version == "3" and w.served.model.card["registry"]["version"] == "3"
         assert w.poll() is False  # unchanged: nothing loaded again
     finally:
-        registry.promote("2", "test: put the module's champion back")
-    assert w.poll() is True and w.served.version == "2" and before.model.card["registry"]["version"] == "2"
+        _back_to_the_first_champion()
+    assert w.poll() is True and w.served.version == "1" and before.model.card["registry"]["version"] == "1"
 
 
 # --------------------------------------------------------------------------- the app: API and browser (slow)
@@ -465,6 +522,7 @@ def app_url(service: demo.DemoService) -> Iterator[str]:
 def test_api_suggest_matches_the_recommender_and_reports_bad_uploads(app_url: str, service: demo.DemoService, clip: Path,
                                                                      tmp_path: Path) -> None:
     from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     client = Client(app_url, verbose=False, download_files=False)
     assert {"/suggest", "/preview"} <= set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
@@ -475,11 +533,31 @@ def test_api_suggest_matches_the_recommender_and_reports_bad_uploads(app_url: st
     assert [s["track"] for s in raw["suggestions"]] == [s.track for s in want] and raw["error"] is None
     assert [row[1] for row in table["data"]] == [s.title for s in want]
     assert [row[0] for row in table["data"]] == list(range(1, 8)) and table["headers"][2] == "composer / artist"
-    assert status.startswith("Top 7 for **holiday.mp4** from deccm-student v2")
+    assert table["headers"][5:] == ["licence", "attribution"]
+    assert [row[5:] for row in table["data"]] == [[demo.licence_text(s.licence), s.attribution] for s in want]
+    assert [(s["licence"], s["licence_family"], s["attribution"]) for s in raw["suggestions"]] == \
+        [(s.licence, s.licence_family, s.attribution) for s in want] and raw["licence_filter"] == "any"
+    assert status.startswith("Top 7 for **holiday.mp4** from deccm-student v1")
     assert [p["value"]["orig_name"] if isinstance(p["value"], dict) else Path(p["value"]).name for p in players] == \
         [Path(s.audio).name for s in want[:5]]
     assert len(chart["data"]) == 2 * len(service.rec.catalog.genres)
-    assert compare["value"]["headers"][2] == "v1 (previous champion)" and len(compare["value"]["data"]) == 7
+    assert compare["value"]["headers"][2] == "v2 (alias baseline)" and len(compare["value"]["data"]) == 7
+    assert all(row[2].endswith(f" · {demo.licence_text(s['licence'])}")
+               for row, s in zip(compare["value"]["data"], raw["comparison"]))
+
+    # the licence filter: applied before ranking (K tracks of that family), the same for the model beside
+    families = {s.licence_family for s in want}
+    kept = client.predict(handle_file(str(clip)), 7, sorted(families)[0], api_name="/suggest")[9]
+    assert kept["licence_filter"] == sorted(families)[0] and len(kept["suggestions"]) == 7
+    assert {s["licence_family"] for s in kept["suggestions"] + kept["comparison"]} == {sorted(families)[0]}
+    missing = next(f for f in ("gpl", "permissive", "cc-by", "public-domain") if f not in families)
+    none = client.predict(handle_file(str(clip)), 7, missing, api_name="/suggest")
+    assert none[0].startswith(f"**Cannot suggest music:** no track of the catalog is allowed by licence filter '{missing}'")
+    assert "Fix: choose a filter that allows some" in none[0] and none[9]["error"] and "suggestions" not in none[9]
+    with pytest.raises(AppError, match="Value: all rights reserved is not in the list of choices"):  # the dropdown's own check
+        client.predict(handle_file(str(clip)), 7, "all rights reserved", api_name="/suggest")
+    assert service.respond(clip, 7, "all rights reserved").error == \
+        f"unknown licence filter 'all rights reserved': choose one of {', '.join(demo.licences.FILTERS)}"
 
     (tmp_path / "notes.mp4").write_text("my holiday notes, not a video\n")
     (tmp_path / "empty.mp4").write_bytes(b"")
@@ -493,12 +571,18 @@ def test_api_suggest_matches_the_recommender_and_reports_bad_uploads(app_url: st
 
 @pytest.mark.slow
 def test_browser_upload_suggest_listen_and_preview(app_url: str, service: demo.DemoService, clip: Path, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    """A fresh install's page (the champion and the baseline that ``ensure`` registered): upload, suggest, listen,
+    preview; the ranking names each track's licence, and the side by side shows the baseline's own ranking."""
+    from playwright.sync_api import expect, sync_playwright
 
     assert CHROMIUM.is_file(), ("Debian's chromium is missing: `apt-get install -y --no-install-recommends chromium` "
                                 "(playwright cannot download browsers here)")
     shot = ROOT / "docs" / "demo.png" if os.environ.get("DECCM_SCREENSHOT") else tmp_path / "demo.png"
-    top = service.rec.recommend(clip, k=10)[0]
+    ranking = service.rec.recommend(clip, k=10)
+    top = ranking[0]
+    assert service.comparison is not None and service.comparison_label == "v2 (alias baseline)"
+    beside = service.comparison.rec.recommend(service.rec.video_features(clip), k=10)
+    assert [s.track for s in beside] != [s.track for s in ranking]  # two real rankings, and not the same one
     t = time.perf_counter()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
@@ -510,6 +594,12 @@ def test_browser_upload_suggest_listen_and_preview(app_url: str, service: demo.D
             page.locator("#clip video").first.wait_for(timeout=30_000)  # the upload has landed
             page.locator("#suggest").click()
             page.locator("#ranking").get_by_text(top.title).first.wait_for(timeout=60_000)
+            expect(page.locator("#ranking")).to_contain_text("licence")  # the column, and each track's licence and credit
+            expect(page.locator("#ranking")).to_contain_text(demo.licence_text(top.licence))
+            expect(page.locator("#ranking")).to_contain_text(top.attribution)
+            expect(page.locator("#side-by-side")).to_contain_text(f"Side by side: {service.label} and v2 (alias baseline)")
+            for s in (ranking[0], beside[0]):  # the champion's top track and the baseline's, each with its licence
+                expect(page.locator("#comparison")).to_contain_text(f"{s.title} ({s.genre}) · {demo.licence_text(s.licence)}")
             # the player's <audio> lives in a shadow root: playwright's CSS pierces it, document.querySelector does not
             audio = page.locator("#track-1 audio[src]").first
             audio.wait_for(state="attached", timeout=30_000)
@@ -630,10 +720,10 @@ def test_recommend_cli_names_each_hostile_file_and_its_reason(models: dict[str, 
     def recommend(path: Path) -> tuple[int, str, str]:
         """``deccm recommend`` once as a real process (the console entry), then in this one (the same main, no start-up)."""
         if path == hostile_corpus["cases"][0].path:
-            proc = subprocess.run([sys.executable, "-m", "deccm.cli", "recommend", str(models["run2"]), str(path), "--k", "3",
+            proc = subprocess.run([sys.executable, "-m", "deccm.cli", "recommend", str(models["run3"]), str(path), "--k", "3",
                                    "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
             return proc.returncode, proc.stdout, proc.stderr
-        code = main([str(models["run2"]), str(path), "--k", "3", "--device", "cpu"])
+        code = main([str(models["run3"]), str(path), "--k", "3", "--device", "cpu"])
         out = capsys.readouterr()
         return code, out.out, out.err
 

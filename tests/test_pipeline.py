@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,23 @@ def test_ensure_champion_runs_the_pipeline_only_when_none_is_registered(tmp_path
     # the real gate (default floor 0.15): these settings reach val HR_w@10 ~0.23 on synth-tiny (tests/test_dag.py)
     params = {"source": "synth-tiny", "epochs": 8, "teacher_epochs": 1, "lr": 1e-2, "variant": "no-deconf", "device": "cpu"}
     assert pipeline.DEFAULTS["gate_floor"] == 0.15 and pipeline.ensure_champion(params) == "1"
+    versions = lambda: [(v["version"], v["aliases"]) for v in registry.list_versions()]  # noqa: E731
+    assert versions() == [("2", ["baseline"]), ("1", ["challenger", "champion"])]  # the ridge baseline beside it
     calls = []
     monkeypatch.setattr(pipeline, "run_all", lambda p=None: calls.append(p))
-    assert pipeline.ensure_champion(params) == "1" and calls == []  # a champion exists: nothing runs
-    assert [v["version"] for v in registry.list_versions()] == ["1"]
+    assert pipeline.ensure_champion(params) == "1" and calls == []  # a champion and a baseline exist: nothing runs
+    assert versions() == [("2", ["baseline"]), ("1", ["challenger", "champion"])]
+
+    # an older install: a champion, no baseline and no baseline run. Ensuring fits and registers one, champion untouched
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    baseline_run = Path(client.get_model_version(registry.MODEL_NAME, "2").tags["deccm.run_dir"])
+    client.delete_model_version(registry.MODEL_NAME, "2")
+    shutil.rmtree(baseline_run)
+    assert pipeline.ensure_champion(params) == "1" and calls == []
+    assert versions() == [("3", ["baseline"]), ("1", ["challenger", "champion"])] and (baseline_run / "best.pt").is_file()
+    assert registry.load("baseline", device="cpu", extractor=False).card["purpose"]["why"] == pipeline.BASELINE_PURPOSE
 
 
 def test_other_settings_get_their_own_runs_and_tracking_follows_the_state_dir(tmp_path: Path,
