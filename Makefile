@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.deccm-installed
 export DECCM_HOME ?= $(CURDIR)/.deccm
 export NUMBA_CACHE_DIR ?= $(DECCM_HOME)/cache/numba
 
-.PHONY: venv test chromium postgres stack-test demo airflow pipeline clean-venv
+.PHONY: venv test chromium postgres music-packages stack-test demo airflow pipeline clean-venv
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -qq --no-deps -c constraints.txt tinysoundfont==0.3.7
 	touch $(STAMP)
 
-test: venv chromium postgres
+test: venv chromium postgres music-packages
 	$(PY) -m pytest -q -ra --durations=10
 
 # PostgreSQL behind the MLflow server and Airflow's metadata DB, started and stopped by the test itself.
@@ -36,13 +36,22 @@ postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing Debian's postgresql for the stack test"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql; }
 
+# The recorded catalog (DEMO_SOURCE=recorded) reads Debian's free game-soundtrack packages
+# (deccm/data/corpus/recorded.py: PACKAGES; about 760 MB, the tests read them too).
+MUSIC_PACKAGES := wesnoth-1.16-music ufoai-music warzone2100-music drascula-music nexuiz-music hyperrogue-music \
+	singularity-music planetblupi-music-ogg asc-music
+music-packages:
+	@dpkg -s $(MUSIC_PACKAGES) >/dev/null 2>&1 || { echo "installing Debian's free soundtrack packages for the recorded catalog"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(MUSIC_PACKAGES); }
+
 # First run: builds the default demo corpus (generated media, 6-12 min on 2 cores), trains and registers a
-# champion through the pipeline's stages (no Airflow needed), then serves. Later runs serve at once.
+# champion through the pipeline's stages (no Airflow needed) and the ridge baseline beside it (alias baseline,
+# seconds), then serves. Later runs serve at once.
 # Safe to interrupt: the corpus build is atomic and cached, training resumes, registering is idempotent.
 DEMO_PORT ?= 7860
 DEMO_SOURCE ?= demo
-demo: venv
-	@echo "make demo: a registered champion (built from the $(DEMO_SOURCE) corpus under $(DECCM_HOME) if there is none yet),"
+demo: venv $(if $(filter recorded%,$(DEMO_SOURCE)),music-packages)
+	@echo "make demo: a registered champion and a baseline beside it (built from the $(DEMO_SOURCE) corpus under $(DECCM_HOME) if there are none yet),"
 	@echo "then the app on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it)"
 	$(PY) demo/app.py --ensure $(DEMO_SOURCE) --host 127.0.0.1 --port $(DEMO_PORT)
 

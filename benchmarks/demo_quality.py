@@ -1,4 +1,4 @@
-"""What the demo's models learn on the default demo corpus, over several corpus seeds.
+"""What the demo's models learn on a demo corpus (rendered scores or recorded music), over several corpus seeds.
 
 For each seed: builds (or reuses) ``$DECCM_HOME/data/demo-s<seed>`` exactly as the pipeline
 does, trains the teacher and the plain, no-deconf and DecCM students with the pipeline's
@@ -14,7 +14,7 @@ the test clips. Its chance level is 10 / the catalog size. ``oracle E[HR@10]`` i
 test_oracle's HR@10 measures, without the draws' noise: its expectation over the
 affinity-only pick and the 100 uniform negatives, averaged over the test clips.
 
-Usage: python benchmarks/demo_quality.py [--seeds 1 2 3] [--device cpu]
+Usage: python benchmarks/demo_quality.py [--seeds 1 2 3] [--device cpu] [--source recorded] [--variants plain ridge]
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def affinity_hit_rate(ds: Dataset, split: str, k: int = 10) -> float:
     """HR@k of ranking each row's 101 candidates by the planted affinity of the clip's true look."""
     v, q = relation.from_manifest(ds.manifest, ds.videos)
     rows = getattr(ds.ugc, split)
-    scores = np.take_along_axis(relation.affinity(v, q)[rows.video], rows.candidates(), axis=1)
+    scores = np.take_along_axis(relation.affinity(v, q, relation.map_of(ds.manifest))[rows.video], rows.candidates(), axis=1)
     return hit_rate(positive_rank(scores), k)
 
 
@@ -55,7 +55,7 @@ def _picks_and_scores(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | N
     pick (how test_oracle's picks are drawn); s = the model's scores, or the affinity itself for None."""
     v, q = relation.from_manifest(ds.manifest, ds.videos)
     clips = np.unique(getattr(ds.ugc, split).video)
-    a = relation.affinity(v[clips], q)
+    a = relation.affinity(v[clips], q, relation.map_of(ds.manifest))
     p = np.exp(ds.manifest["generator"]["beta"] * (a - a.max(axis=1, keepdims=True)))
     p /= p.sum(axis=1, keepdims=True)
     s = a if scores is None else scores(np.asarray(ds.ugc.video_features)[clips], np.asarray(ds.ugc.music_features))
@@ -84,23 +84,25 @@ def expected_hit_rate(scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | N
     return float((p * hypergeom.cdf(k - 1, s.shape[1] - 1, above, n_neg)).sum(axis=1).mean())
 
 
-def one_seed(seed: int, device: str, balance_blocks: str | None = None) -> dict:
-    cfg = pipeline.make_config({"source": "demo", "seed": seed, "device": device, "balance_blocks": balance_blocks})
+def one_seed(seed: int, device: str, balance_blocks: str | None = None, source: str = "demo",
+             variants: tuple[str, ...] = VARIANTS) -> dict:
+    cfg = pipeline.make_config({"source": source, "seed": seed, "device": device, "balance_blocks": balance_blocks})
     t0 = time.perf_counter()
     data = Path(pipeline.prepare_data(cfg))
     out = {"seed": seed, "balance_blocks": cfg["balance_blocks"], "data": str(data), "build_s": time.perf_counter() - t0, "models": {}}
     tc = TrainConfig(epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=cfg["lr"], seed=cfg["train_seed"], device=device)
-    runs_root = config.runs_dir() / "demo-quality" / f"s{seed}{'-balanced' if cfg['balance_blocks'] else ''}"
+    runs_root = config.runs_dir() / "demo-quality" / f"{'' if source == 'demo' else source + '-'}s{seed}{'-balanced' if cfg['balance_blocks'] else ''}"
     model = {"balance_blocks": cfg["balance_blocks"]}  # the pipeline's model setting for the demo, in every model
-    teacher = train("teacher", data, runs_root / "teacher", configs_from_dict({"variant": "deccm", "model": model})[0], tc,
+    teacher = None if set(variants) <= {"plain", "ridge"} else train("teacher", data, runs_root / "teacher", configs_from_dict({"variant": "deccm", "model": model})[0], tc,
                     resume="auto", overwrite=True)
     runs = {}
-    for variant in VARIANTS:
+    for variant in variants:
         runs[variant] = train("student", data, runs_root / variant, configs_from_dict({"variant": variant, "model": model})[0], tc,
-                              teacher=None if variant == "plain" else teacher, variant=variant, resume="auto", overwrite=True)
-    results, _ = evaluate([str(runs[v]) for v in VARIANTS] + ["popularity"], data, splits=["val", "test_oracle"],
+                              teacher=None if variant in ("plain", "ridge") else teacher, variant=variant, resume="auto",
+                              overwrite=True)
+    results, _ = evaluate([str(runs[v]) for v in variants] + ["popularity"], data, splits=["val", "test_oracle"],
                           n_boot=1000, device=device)
-    names = {**{str(runs[v].name): v for v in VARIANTS}, "popularity": "popularity"}
+    names = {**{str(runs[v].name): v for v in variants}, "popularity": "popularity"}
     for r in results:
         name = names.get(r.model, r.model)
         entry = out["models"].setdefault(name, {})
@@ -108,7 +110,7 @@ def one_seed(seed: int, device: str, balance_blocks: str | None = None) -> dict:
                           for m in ("HR@10", "HR_w@10", "genre_KL@10") if m in r.values}
     ds = load_dataset(data)
     out["models"]["planted affinity"] = {s: {"HR@10": [affinity_hit_rate(ds, s)]} for s in ("val", "test_oracle")}
-    rankers = {**{v: load_ranker(runs[v], device).scores for v in VARIANTS},
+    rankers = {**{v: load_ranker(runs[v], device).scores for v in variants},
                "popularity": popularity_ranker(np.asarray(ds.ugc.train.music), ds.n_tracks).scores, "planted affinity": None}
     for name, fn in rankers.items():
         for split, rows in (("val", "val"), ("test_oracle", "test")):  # test_oracle holds the test clips
@@ -132,11 +134,14 @@ def main() -> None:
     p.add_argument("--balance-blocks", choices=["true", "false"], default=None,
                    help="override the demo's balance_blocks setting (default: the pipeline's, deccm.pipeline.TRAINING)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    p.add_argument("--source", choices=["demo", "recorded"], default="demo",
+                   help="demo: the rendered-score corpus (make demo's default); recorded: Debian's soundtrack packages")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), help=f"students to train (default: {' '.join(VARIANTS)})")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(f"machine: {platform.machine()}, {__import__('os').cpu_count()} cores; DECCM_HOME={config.home()}")
-    print(f"loop settings: {pipeline.TRAINING['demo']}" + (f", balance_blocks={args.balance_blocks}" if args.balance_blocks else ""))
-    seeds = [one_seed(s, args.device, args.balance_blocks) for s in args.seeds]
+    print(f"source: {args.source}; loop settings: {pipeline.TRAINING[args.source]}" + (f", balance_blocks={args.balance_blocks}" if args.balance_blocks else ""))
+    seeds = [one_seed(s, args.device, args.balance_blocks, args.source, tuple(args.variants)) for s in args.seeds]
     print("| seed | model | val HR@10 | val planted R@10 | oracle HR@10 | oracle E[HR@10] | oracle HR_w@10 | oracle planted R@10 "
           "| oracle genre_KL@10 |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -145,7 +150,7 @@ def main() -> None:
             val, orc = m.get("val", {}), m.get("test_oracle", {})
             print(f"| {s['seed']} | {name} | {fmt(val.get('HR@10'))} | {fmt(val.get('planted_R@10'))} | {fmt(orc.get('HR@10'))} "
                   f"| {fmt(orc.get('E_HR@10'))} | {fmt(orc.get('HR_w@10'))} | {fmt(orc.get('planted_R@10'))} | {fmt(orc.get('genre_KL@10'))} |")
-    for name in [*VARIANTS, "popularity", "planted affinity"]:
+    for name in [*args.variants, "popularity", "planted affinity"]:
         mean = {(split, m): np.mean([s["models"][name][split][m][0] for s in seeds])
                 for split in ("val", "test_oracle") for m in ("HR@10", "planted_R@10")}
         mean["test_oracle", "E_HR@10"] = np.mean([s["models"][name]["test_oracle"]["E_HR@10"][0] for s in seeds])

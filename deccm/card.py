@@ -16,6 +16,11 @@ def data_warning(card: dict[str, Any]) -> str:
         return ("**⚠ SYNTHETIC DATA.** This model was trained on SYNTHETIC feature vectors: it never saw a video or heard "
                 "a track. Its rankings show the method, not real musical taste.")
     provenance = str(trained.get("provenance", ""))
+    if str(trained.get("dataset", "")).startswith("recorded-corpus") or provenance.startswith("recorded corpus"):
+        return ("**⚠ GENERATED CLIPS AND PICKS.** This model was trained on the recorded corpus: REAL recordings (30 s "
+                "excerpts of Debian's free game soundtracks, each with its licence), but clips drawn by ffmpeg and uploads "
+                "and picks simulated from a planted relation between the clips' looks and the tracks' measured tempo, "
+                "mode, energy and brightness. Its rankings show the method on real music, not real taste.")
     if "generated" in provenance.lower() or str(trained.get("dataset", "")).startswith("demo-corpus") \
             or "GENERATED" in str(trained.get("note", "")):
         return ("**⚠ GENERATED DATA.** This model was trained on the demo corpus, which is GENERATED: music rendered from "
@@ -75,6 +80,22 @@ def _evaluation_md(evaluation: dict[str, Any]) -> list[str]:
     return out
 
 
+LICENCES_SHOWN = 5  # licences named on the card, most common first (card.json has them all)
+
+
+def _licence_rows(counts: dict[str, dict[str, int]] | None) -> list[tuple[str, str]]:
+    """The catalog's tracks per licence family and per licence, for the card's table."""
+    if not counts:
+        return [("catalog licences", "not recorded (registered before licences were carried)")]
+    families = ", ".join(f"{f} {n}" for f, n in counts["families"].items() if n)
+    unknown = counts["families"].get("unknown", 0)
+    names = list(counts["licences"].items())
+    shown = ", ".join(f"{name if len(name) <= 60 else name[:59] + '…'}: {n}" for name, n in names[:LICENCES_SHOWN])
+    more = f", and {len(names) - LICENCES_SHOWN} more" if len(names) > LICENCES_SHOWN else ""
+    return [("catalog licence families", families + (f" ({unknown} of unknown licence: never served by default)" if unknown else "")),
+            ("catalog licences", shown + more)]
+
+
 def card_markdown(card: dict[str, Any]) -> str:
     """The model card for a person: data (synthetic / generated / real), extractors, figures incl. bias, confounder, version."""
     if not card:
@@ -94,6 +115,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         lines += [f"> {warning}", ""]
     if trained.get("synthetic"):
         data_kind = "SYNTHETIC features (no media)"
+    elif warning.startswith("**⚠ GENERATED CLIPS"):
+        data_kind = "real recordings with GENERATED clips and picks (the recorded corpus)"
     elif warning:
         data_kind = "GENERATED media (the demo corpus)"
     else:
@@ -123,6 +146,7 @@ def card_markdown(card: dict[str, Any]) -> str:
                      + (f", code {training['code_version']}" if training.get("code_version") else "")),
         ("confounder (uploader genre taste)", f"{confounder.get('handling', '—')}; in the data: {in_data}"),
         ("catalog", f"{catalog.get('tracks', '—')} tracks in {len(catalog.get('genres') or [])} genres"),
+        *_licence_rows(catalog.get("licences")),
     ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows] + ["", "#### Evaluation", ""]
     lines += _evaluation_md(card.get("evaluation") or {})

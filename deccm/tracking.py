@@ -65,6 +65,8 @@ def provenance(conf: RunConfig) -> str:
     name = str(conf.data.get("name") or "")
     if name.startswith("demo-corpus"):
         return "demo corpus (generated media)"
+    if name.startswith("recorded-corpus"):
+        return "recorded corpus (real recordings, generated clips and picks)"
     if conf.data.get("provenance") == "imported-legacy":
         return "imported (authors' layout)"
     return "user data"

@@ -36,3 +36,17 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"wrote demo corpus (tiny, seed 0) to {dst}" in proc.stdout
     return dst
+
+
+@pytest.fixture(scope="session")
+def recorded_tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny recorded-music corpus (seed 0, 5 s excerpts of Debian soundtrack packages), built once through the CLI."""
+    import subprocess
+    import sys
+
+    dst = tmp_path_factory.mktemp("corpus") / "recorded"
+    proc = subprocess.run([sys.executable, "-m", "deccm.cli", "data", "demo-corpus", str(dst), "--size", "recorded-tiny",
+                           "--seed", "0"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"wrote demo corpus (recorded-tiny, seed 0) to {dst}" in proc.stdout
+    return dst

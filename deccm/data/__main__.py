@@ -37,11 +37,15 @@ def build_parser(prog: str = "deccm data") -> argparse.ArgumentParser:
     v.add_argument("dir", type=Path)
     v.add_argument("--no-hashes", action="store_true", help="skip verifying file sha256 against the manifest")
 
-    c = sub.add_parser("demo-corpus", help="make the real-media demo corpus (rendered music, generated clips) offline")
-    c.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/demo, demo-tiny for --size tiny)")
-    c.add_argument("--size", choices=["tiny", "default"], default="default",
-                   help="tiny: 108 tracks of 3-4 s and 176 clips in under a minute; default: 160 tracks of 10-14 s and "
-                        "1,600 clips of 4-8 s in about 7 min on 2 cores")
+    c = sub.add_parser("demo-corpus", help="make a real-media demo corpus (rendered scores or recorded music, generated "
+                                           "clips) offline")
+    c.add_argument("dst", nargs="?", type=Path, help="output dir (default: $DECCM_HOME/data/demo, demo-tiny for --size tiny, "
+                                                    "recorded / recorded-tiny as named)")
+    c.add_argument("--size", choices=["tiny", "default", "recorded-tiny", "recorded"], default="default",
+                   help="tiny: 108 tracks of 3-4 s and 176 clips in under a minute; default: 160 rendered tracks of "
+                        "10-14 s and 1,600 clips of 4-8 s in about 7 min on 2 cores; recorded: a 30 s excerpt of every "
+                        "track of Debian's soundtrack packages (make music-packages installs them) and the same clips; "
+                        "recorded-tiny: 5 s excerpts of about 130 of them, for tests")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--workers", type=int, default=2, help="processes for rendering, threads for clips, extractor workers")
     c.add_argument("--overwrite", action="store_true", help="replace DST (only once the new data is complete)")

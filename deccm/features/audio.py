@@ -15,16 +15,14 @@ the same ``norm`` applies exactly that transform to a new track at serving time.
 """
 from __future__ import annotations
 
-import fcntl
 import functools
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from deccm.features import decode, vggish
-from deccm.features.runtime import librosa
+from deccm.features.runtime import jit_cache_lock, librosa
 from deccm.features.spec import ExtractorSpec, HasSpec, SpecMismatch, require_same
 
 VERSION = 3  # 2: key_mode and key_clarity replace the stds of spectral flatness and zero-crossing rate; 3: Aarden-Essen key profiles
@@ -78,6 +76,20 @@ def key_strengths(chroma_mean: np.ndarray) -> tuple[float, float]:
     return float(major - minor), float(max(major, minor))
 
 
+PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+
+
+def best_key(chroma_mean: np.ndarray) -> tuple[str, float]:
+    """("A minor", mode) for a 12-bin chroma profile: the best of the 24 keys, and :func:`key_strengths`' mode."""
+    c = np.asarray(chroma_mean, dtype=np.float64)
+    mode, _ = key_strengths(c)
+    if c.std() < 1e-12 or not np.isfinite(c).all():
+        return "none", 0.0
+    r = _KEYS @ ((c - c.mean()) / c.std())
+    k = int(r.argmax())
+    return f"{PITCH_CLASSES[k % 12]} {'major' if k < 12 else 'minor'}", mode
+
+
 class FeatureError(ValueError):
     """Audio that decoded but gives no usable features (e.g. non-finite descriptors)."""
 
@@ -116,11 +128,7 @@ def _compile_once() -> None:
     and died with a segfault. Under the lock the first process compiles and writes, the
     others (pool workers, parallel pipeline shards) wait and then only read.
     """
-    librosa()  # sets NUMBA_CACHE_DIR
-    cache = Path(os.environ["NUMBA_CACHE_DIR"])
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".compile.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with jit_cache_lock():
         _descriptors(np.random.default_rng(0).standard_normal(decode.SAMPLE_RATE).astype(np.float32) * 0.1, decode.SAMPLE_RATE)
 
 

@@ -4,9 +4,11 @@ Kept in one place so every extractor (and every worker process) makes the same c
 """
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -40,6 +42,22 @@ def threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def jit_cache_lock() -> Iterator[None]:
+    """Hold an exclusive lock on numba's JIT cache: warm a process's kernels under it.
+
+    Processes compiling the same kernels into a cold cache at once race on its files (a
+    worker that loads a half-written entry dies with a segfault); under the lock the first
+    compiles and writes, the others wait and then only read.
+    """
+    librosa()  # sets NUMBA_CACHE_DIR
+    cache = Path(os.environ["NUMBA_CACHE_DIR"])
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".compile.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def librosa() -> ModuleType:

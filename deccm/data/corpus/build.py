@@ -44,7 +44,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deccm import config
 from deccm.data import protocol
-from deccm.data.corpus import catalog, music, relation, video
+from deccm.data.corpus import catalog, music, recorded, relation, video
 from deccm.data.format import MEDIA_DIR, N_NEGATIVES, PGC, UGC, PairRows, RankRows, write_dataset
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,22 @@ class CorpusConfig:
     prior_smoothing: float = 1.0
     pgc_val_fraction: float = 0.1
     oracle_draws: int = 10  # test_oracle rows per test clip, each an affinity-only pick (docs/results.md, the demo corpus)
+    catalog: str = "scores"  # "scores": rendered music21 scores; "recorded": Debian's soundtrack packages
+    excerpt_seconds: float = 30.0  # recorded: seconds excerpted per track (deccm.data.corpus.recorded)
     seed: int = 0
 
     @property
+    def genres(self) -> tuple[str, ...]:
+        """The genre groups, most to least popular: music21 style groups, or one per soundtrack package."""
+        return recorded.GROUPS if self.catalog == "recorded" else catalog.GENRES
+
+    @property
+    def relation_map(self) -> np.ndarray:
+        return relation.RECORDED_MAP if self.catalog == "recorded" else relation.MAP
+
+    @property
     def n_tracks(self) -> int:
+        """Tracks asked for (recorded: at most this many; the installed packages hold what they hold)."""
         return sum(self.quotas.values())
 
 
@@ -99,6 +111,16 @@ SIZES: dict[str, CorpusConfig] = {
         quotas={"folk-dance": 42, "classical-era": 19, "romantic": 10, "chorale": 37, "renaissance": 30, "medieval": 22},
         track_seconds=(10.0, 14.0), n_ugc=1400, val_fraction=0.1, test_fraction=0.2, n_uploaders=50, n_pgc=200,
         clip_seconds=(4.0, 8.0), max_piece_bytes=1_200_000),
+    # every track of the installed soundtrack packages (about 230), one 30 s excerpt each; the same clips and rows as
+    # "default" so the two corpora compare (docs/results.md, "the recorded catalog")
+    "recorded": CorpusConfig(
+        quotas={g: 1000 for g in recorded.GROUPS}, track_seconds=(30.0, 30.0), n_ugc=1400, val_fraction=0.1,
+        test_fraction=0.2, n_uploaders=50, n_pgc=200, clip_seconds=(4.0, 8.0), catalog="recorded"),
+    # tests: 5 s excerpts of about 130 tracks (the protocol needs more than 100), few clips
+    "recorded-tiny": CorpusConfig(
+        quotas={"ufoai": 64, "drascula": 31, "hyperrogue": 17, "singularity": 16, "asc": 3},
+        track_seconds=(5.0, 5.0), n_ugc=140, val_fraction=0.15, test_fraction=0.25, n_uploaders=16, n_pgc=36,
+        clip_seconds=(2.0, 3.0), fps=8, catalog="recorded", excerpt_seconds=5.0),
 }
 
 
@@ -150,17 +172,50 @@ def render_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[music.Tra
     return kept
 
 
-def _renumber_tracks(tracks: list[music.Track], out: Path) -> list[music.Track]:
+def excerpt_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[recorded.Track]:
+    """Excerpt and measure every music file of the installed packages (each group capped at its quota), ids in order."""
+    sources = [s for s in recorded.find_sources() if cfg.quotas.get(s.package.group, 0) > 0]
+    if not sources:
+        raise RuntimeError("none of the soundtrack packages is installed (" + ", ".join(p.name for p in recorded.PACKAGES)
+                           + "). Fix: make music-packages (apt-get install them), then build again.")
+    log.info("excerpting up to %d recorded tracks (%.0f s each) with %d workers", len(sources), cfg.excerpt_seconds, workers)
+    done: dict[int, recorded.Track] = {}
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=recorded.worker_init) as pool, \
+            logging_redirect_tqdm():
+        futures = {pool.submit(recorded.excerpt_track, src, str(out), cfg.excerpt_seconds): src for src in sources}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc="excerpt tracks", unit="track"):
+            src = futures[fut]
+            try:
+                done[src.index] = fut.result()
+            except BrokenProcessPool:
+                raise
+            except Exception as e:  # a jingle, an unreadable file: skip it
+                log.warning("skipped %s: %s", src.path, e)
+    kept: list[recorded.Track] = []
+    for group in recorded.GROUPS:
+        ok = [done[s.index] for s in sources if s.package.group == group and s.index in done][: cfg.quotas.get(group, 0)]
+        kept.extend(ok)
+    for i in set(done) - {t.index for t in kept}:
+        (out / done[i].audio).unlink(missing_ok=True)
+    log.info("excerpted %d recorded tracks", len(kept))
+    return kept
+
+
+def _renumber_tracks(tracks: list[Any], out: Path) -> list[Any]:
     """Give the kept tracks ids 0..M-1 and matching file names (via temp names: old and new ids overlap)."""
+    def files(t: Any) -> dict[str, str]:  # field → file name (a recorded track has no MIDI)
+        return {k: getattr(t, k) for k in ("midi", "audio") if getattr(t, k, None)}
+
     for t in tracks:
-        for name in (t.midi, t.audio):
+        for name in files(t).values():
             (out / name).rename(out / f"tmp-{name}")
     result = []
     for new, t in enumerate(tracks):
-        stem = f"{new:04d}"
-        for name, ext in ((t.midi, ".mid"), (t.audio, ".mp3")):
-            (out / f"tmp-{name}").rename(out / f"{stem}{ext}")
-        result.append(replace(t, index=new, midi=f"{stem}.mid", audio=f"{stem}.mp3"))
+        names = {k: f"{new:04d}{Path(name).suffix}" for k, name in files(t).items()}
+        for k, name in files(t).items():
+            (out / f"tmp-{name}").rename(out / names[k])
+        result.append(replace(t, index=new, **names))
     return result
 
 
@@ -206,7 +261,7 @@ class World:
 def sample_world(cfg: CorpusConfig, q: np.ndarray, genre: np.ndarray) -> World:
     """Draw uploaders, clips and choices for a catalog with music vectors ``q`` and groups ``genre``."""
     rng = np.random.default_rng([cfg.seed, 22])
-    g, m = len(catalog.GENRES), len(q)
+    g, m = len(cfg.genres), len(q)
     pop = np.arange(1, g + 1, dtype=np.float64) ** -cfg.zipf_s
     pop /= pop.sum()
     pref = rng.dirichlet(cfg.uploader_concentration * g * pop, size=cfg.n_uploaders)
@@ -214,10 +269,10 @@ def sample_world(cfg: CorpusConfig, q: np.ndarray, genre: np.ndarray) -> World:
     pref /= pref.sum(axis=1, keepdims=True)
     activity = rng.lognormal(0.0, 1.0, cfg.n_uploaders)
     uploader = rng.choice(cfg.n_uploaders, size=cfg.n_ugc, p=activity / activity.sum()).astype(np.int64)
-    phi = relation.mapped(q)
+    phi = relation.mapped(q, cfg.relation_map)
     mood = rng.integers(m, size=cfg.n_ugc)
     props = np.clip(phi[mood] + cfg.video_noise * rng.standard_normal((cfg.n_ugc, 5)), -1, 1)
-    a = relation.affinity(props, q)  # (N, M)
+    a = relation.affinity(props, q, cfg.relation_map)  # (N, M)
     logits = cfg.beta * a + cfg.gamma * np.log(pref[uploader][:, genre])
     pick = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
     oracle = np.argmax(cfg.beta * a + rng.gumbel(size=a.shape), axis=1)
@@ -292,7 +347,7 @@ def _build(cfg: CorpusConfig, size: str, dest: Path, work: Path, workers: int, o
         d.mkdir(parents=True)
 
     t0 = time.perf_counter()
-    tracks = render_catalog(cfg, tdir, workers)
+    tracks: list[Any] = excerpt_catalog(cfg, tdir, workers) if cfg.catalog == "recorded" else render_catalog(cfg, tdir, workers)
     tm.render = time.perf_counter() - t0
     tm.detail["render_cpu_s"] = sum(t.render_s for t in tracks)
     tm.detail["audio_encode_cpu_s"] = sum(t.encode_s for t in tracks)
@@ -302,16 +357,21 @@ def _build(cfg: CorpusConfig, size: str, dest: Path, work: Path, workers: int, o
                             work / "features", workers)
     tm.detail["extract_music_s"] = time.perf_counter() - t0
     for k in set(range(len(tracks))) - set(kept):
-        (tdir / tracks[k].audio).unlink(missing_ok=True)
-        (tdir / tracks[k].midi).unlink(missing_ok=True)
+        for name in (tracks[k].audio, getattr(tracks[k], "midi", None)):
+            if name:
+                (tdir / name).unlink(missing_ok=True)
     tracks = _renumber_tracks([tracks[k] for k in kept], tdir)
     if len(tracks) <= N_NEGATIVES:
         raise RuntimeError(f"only {len(tracks)} tracks survived rendering and extraction; the protocol needs {N_NEGATIVES + 1}")
     music_features = np.asarray(mstore.features, dtype=np.float32)
 
-    genre = np.array([catalog.GENRES.index(t.genre) for t in tracks], dtype=np.int64)
-    q = relation.music_vector(*(np.array([getattr(t, f) for t in tracks]) for f in
-                                ("tempo_bpm", "mode", "onsets_per_s", "rms_db", "voices")))
+    genre = np.array([cfg.genres.index(t.genre) for t in tracks], dtype=np.int64)
+    if cfg.catalog == "recorded":
+        q = recorded.music_vector(*(np.array([getattr(t, f) for t in tracks]) for f in
+                                    ("tempo_bpm", "mode_strength", "onsets_per_s", "rms_db", "centroid_hz")))
+    else:
+        q = relation.music_vector(*(np.array([getattr(t, f) for t in tracks]) for f in
+                                    ("tempo_bpm", "mode", "onsets_per_s", "rms_db", "voices")))
     w = sample_world(cfg, q, genre)
 
     t0 = time.perf_counter()
@@ -343,14 +403,14 @@ def _build(cfg: CorpusConfig, size: str, dest: Path, work: Path, workers: int, o
     return path, tm
 
 
-def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list[music.Track], genre: np.ndarray,
+def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list[Any], genre: np.ndarray,
               q: np.ndarray, w: World, specs: list[tuple[Path, np.ndarray, float, int]], good: np.ndarray,
               vfeat: np.ndarray, music_features: np.ndarray, mstore: Any, vstore: Any, overwrite: bool) -> Path:
     """Rows, priors, weights, CSVs and manifest from what survived; written atomically to ``dest``."""
     rng = np.random.default_rng([cfg.seed, 33])
     media = work / MEDIA
     n = cfg.n_ugc
-    g = len(catalog.GENRES)
+    g = len(cfg.genres)
     ugc_ok = np.flatnonzero(good[:n])  # surviving UGC clips, in draw order
     pgc_ok = np.flatnonzero(good[n:])
     n_test = int(round(cfg.test_fraction * len(ugc_ok)))
@@ -393,38 +453,55 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
                                    "mood_track": int(w.ugc_mood[k]) if kind == "ugc" else ""}
             row.update({p: round(float(props[k, j]), 4) for j, p in enumerate(relation.VISUAL_PROPERTIES)})
             videos.append(row)
+    tags = recorded.tags(q, [t.mode for t in tracks]) if cfg.catalog == "recorded" else [""] * len(tracks)
     track_rows = [{"id": t.index, "title": t.title, "artist": t.artist, "genre": t.genre, "source": t.source,
-                   "licence": t.licence, "path": f"{MEDIA}/tracks/{t.audio}"} for t in tracks]
+                   "licence": t.licence, "copyright": getattr(t, "copyright", ""), "tags": tag,
+                   "path": f"{MEDIA}/tracks/{t.audio}"} for t, tag in zip(tracks, tags)]
     manifest = _manifest(cfg, size, tracks, q, w, mstore, vstore)
     return write_dataset(dest, manifest, ugc, pgc, tracks=track_rows, videos=videos, attach={MEDIA: media}, overwrite=overwrite)
 
 
-def _manifest(cfg: CorpusConfig, size: str, tracks: list[music.Track], q: np.ndarray, w: World, mstore: Any,
+RECORDED_DESCRIPTION = (
+    "Recorded-music corpus made offline by deccm.data.corpus: real recordings from Debian's free game-soundtrack "
+    "packages (one excerpt per track, licence per file from the package's copyright file), and real H.264 clips drawn "
+    "with ffmpeg from visual-property vectors that have a planted relation to the excerpts' measured descriptors "
+    "(tempo, mode, energy, brightness). Genre groups are the soundtracks (packages). Logged (UGC) choices carry an "
+    "uploader soundtrack-preference confounder; test_oracle is drawn from the planted affinity alone; PGC clips are "
+    "generated from their track. Features were extracted from the media files.")
+
+
+def _manifest(cfg: CorpusConfig, size: str, tracks: list[Any], q: np.ndarray, w: World, mstore: Any,
               vstore: Any) -> dict[str, Any]:
-    keys = ("ensemble", "programs", "duration_s", "velocity", "tempo_bpm", "beat_quarters", "key", "mode",
-            "key_correlation", "onsets_per_s", "voices", "rms_db", "n_parts")
+    if cfg.catalog == "recorded":
+        keys: tuple[str, ...] = ("package", "licence", "copyright", "licence_basis", "duration_s", "start_s", "excerpt_s",
+                                 "tempo_bpm", "key", "mode", "mode_strength", "onsets_per_s", "rms_db", "centroid_hz")
+    else:
+        keys = ("ensemble", "programs", "duration_s", "velocity", "tempo_bpm", "beat_quarters", "key", "mode",
+                "key_correlation", "onsets_per_s", "voices", "rms_db", "n_parts")
     music_spec = dict(mstore.spec)
     blocks = [b for b in music_spec.get("blocks", []) if "start" in b and "stop" in b]
     dims: dict[str, Any] = {}
     if blocks:
         dims["music_blocks"] = [{"name": b["name"], "dim": int(b["stop"]) - int(b["start"])} for b in blocks]
+    recorded_ = cfg.catalog == "recorded"
     return {
-        "name": f"demo-corpus-{size}-seed{cfg.seed}",
+        "name": f"{'recorded' if recorded_ else 'demo'}-corpus-{size}-seed{cfg.seed}",
         "provenance": "extracted",
-        "description": (
+        "description": RECORDED_DESCRIPTION if recorded_ else (
             "Demo corpus made offline by deccm.data.corpus: real audio rendered from public-domain music21 corpus "
             "scores through a General-MIDI soundfont, and real H.264 clips drawn with ffmpeg from visual-property "
             "vectors that have a planted relation to the tracks' measured musical properties. Logged (UGC) choices "
             "carry an uploader genre-preference confounder; test_oracle is drawn from the planted affinity alone; "
             "PGC clips are generated from their track. Features were extracted from the media files."),
-        "genres": list(catalog.GENRES),
-        "genre_descriptions": dict(catalog.GENRE_DESCRIPTIONS),
+        "genres": list(cfg.genres),
+        "genre_descriptions": ({p.group: f"{p.title} (Debian package {p.name})" for p in recorded.PACKAGES} if recorded_
+                               else dict(catalog.GENRE_DESCRIPTIONS)),
         "dims": dims,
         "features": {"video": dict(vstore.spec), "music": music_spec, "music_normalisation": mstore.normalisation},
         "generator": {"module": "deccm.data.corpus", "size": size,
                       **asdict(cfg)},
         "corpus": {
-            "relation": relation.describe(),
+            "relation": relation.describe(recorded=recorded_),
             "genre_popularity": w.popularity.tolist(),
             "uploader_preference": np.round(w.uploader_pref, 6).tolist(),
             "tracks": {**{k: [getattr(t, k) for t in tracks] for k in keys},
@@ -432,14 +509,17 @@ def _manifest(cfg: CorpusConfig, size: str, tracks: list[music.Track], q: np.nda
             "videos_csv": "id = row of ugc/video_features (kind ugc) or pgc/segment_features (kind pgc); "
                           "brightness..texture = the clip's visual-property vector; uploader (ugc); track = the track a "
                           "PGC clip was made from; mood_track = the track whose look a UGC clip was drawn around (hidden)",
-            "media": "tracks: media/tracks/NNNN.mp3 (VBR MP3, 22.05 kHz mono) + NNNN.mid (what was synthesised); "
-                     f"clips: media/clips/{{ugc,pgc}}/NNNNN.mp4 (H.264 {cfg.width}x{cfg.height} @ {cfg.fps} fps, silent)",
-            "soundfont": "TimGM6mb.sf2 (General MIDI, shipped with pretty-midi)",
+            "media": (f"tracks: media/tracks/NNNN.mp3 (VBR MP3, 22.05 kHz mono, a {cfg.excerpt_seconds:g} s excerpt from a "
+                      "third of the way into the recording: start_s, excerpt_s); " if recorded_ else
+                      "tracks: media/tracks/NNNN.mp3 (VBR MP3, 22.05 kHz mono) + NNNN.mid (what was synthesised); ")
+                     + f"clips: media/clips/{{ugc,pgc}}/NNNNN.mp4 (H.264 {cfg.width}x{cfg.height} @ {cfg.fps} fps, silent)",
+            **({"packages": {p.name: p.title for p in recorded.PACKAGES}} if recorded_ else
+               {"soundfont": "TimGM6mb.sf2 (General MIDI, shipped with pretty-midi)"}),
         },
         **protocol.NOTES,
     }
 
 
 def default_dest(size: str) -> Path:
-    """``$DECCM_HOME/data/demo`` (``demo-tiny`` for the tiny size)."""
-    return config.data_dir("demo" if size == "default" else f"demo-{size}")
+    """``$DECCM_HOME/data/demo`` (``demo-tiny`` for the tiny size, ``recorded`` and ``recorded-tiny`` as named)."""
+    return config.data_dir("demo" if size == "default" else size if size.startswith("recorded") else f"demo-{size}")

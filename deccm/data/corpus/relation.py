@@ -42,6 +42,18 @@ MAP = np.array([
 ], dtype=np.float64)
 SCALE = 10.0
 
+# The recorded catalog (``deccm.data.corpus.recorded``) measures brightness instead of voices:
+# major → bright and warm, fast → motion, energetic → cuts, bright timbre → bright, fine texture.
+RECORDED_PROPERTIES = ("tempo", "mode", "energy", "brightness")
+RECORDED_MAP = np.array([
+    # tempo mode energy brightness
+    [0.0, 0.5, 0.0, 0.5],  # brightness
+    [0.2, 0.8, 0.0, 0.0],  # warmth
+    [0.8, 0.0, 0.2, 0.0],  # motion
+    [0.3, 0.0, 0.7, 0.0],  # cut_rate
+    [0.0, 0.0, 0.2, 0.8],  # texture
+], dtype=np.float64)
+
 
 def music_vector(tempo_bpm: np.ndarray, mode: np.ndarray, onsets_per_s: np.ndarray, rms_db: np.ndarray,
                  voices: np.ndarray) -> np.ndarray:
@@ -54,27 +66,40 @@ def music_vector(tempo_bpm: np.ndarray, mode: np.ndarray, onsets_per_s: np.ndarr
     return np.stack([tempo, major, 0.5 * density + 0.5 * loud, texture], axis=1)
 
 
-def mapped(q: np.ndarray) -> np.ndarray:
+def mapped(q: np.ndarray, map_: np.ndarray = MAP) -> np.ndarray:
     """(M, 5) the visual vector that fits each track best: φ(m) = MAP · q(m)."""
-    return np.asarray(q, dtype=np.float64) @ MAP.T
+    return np.asarray(q, dtype=np.float64) @ np.asarray(map_, dtype=np.float64).T
 
 
-def affinity(v: np.ndarray, q: np.ndarray) -> np.ndarray:
+def affinity(v: np.ndarray, q: np.ndarray, map_: np.ndarray = MAP) -> np.ndarray:
     """(N, M) true affinity of clips with visual vectors ``v`` (N, 5) to tracks with music vectors ``q`` (M, 4)."""
-    phi = mapped(q)
+    phi = mapped(q, map_)
     v = np.asarray(v, dtype=np.float64)
     d2 = (v ** 2).sum(1)[:, None] - 2 * v @ phi.T + (phi ** 2).sum(1)[None, :]
     return -SCALE * np.maximum(d2, 0.0) / len(VISUAL_PROPERTIES)
 
 
-def describe() -> dict[str, Any]:
-    """The relation as stored in the manifest, enough to recompute the affinity."""
+def describe(recorded: bool = False) -> dict[str, Any]:
+    """The relation as stored in the manifest, enough to recompute the affinity (``map_of`` reads it back)."""
+    if recorded:
+        return {"music_properties": list(RECORDED_PROPERTIES), "visual_properties": list(VISUAL_PROPERTIES),
+                "map": RECORDED_MAP.tolist(), "scale": SCALE,
+                "affinity": "a(v, m) = -scale * ||v - map @ q(m)||^2 / 5",
+                "music_vector": {"tempo": "catalog percentile of tempo_bpm, in [-1, 1]",
+                                 "mode": "catalog percentile of mode_strength (major r - minor r), in [-1, 1]",
+                                 "energy": "mean of the catalog percentiles of onsets_per_s and rms_db",
+                                 "brightness": "catalog percentile of centroid_hz, in [-1, 1]"}}
     return {"music_properties": list(MUSIC_PROPERTIES), "visual_properties": list(VISUAL_PROPERTIES),
             "map": MAP.tolist(), "scale": SCALE,
             "affinity": "a(v, m) = -scale * ||v - map @ q(m)||^2 / 5",
             "music_vector": {"tempo": "clip(log2(tempo_bpm / 90) / 0.8, -1, 1)", "mode": "+1 major, -1 minor",
                              "energy": "0.5*clip(log2(onsets_per_s / 3) / 1.5, -1, 1) + 0.5*clip((rms_db + 25) / 7, -1, 1)",
                              "texture": "clip((voices - 2.5) / 1.5, -1, 1)"}}
+
+
+def map_of(manifest: dict[str, Any]) -> np.ndarray:
+    """The (5, 4) map a demo-corpus dataset was drawn with (the scores' or the recorded catalog's)."""
+    return np.asarray(manifest["corpus"]["relation"]["map"], dtype=np.float64)
 
 
 def from_manifest(manifest: dict[str, Any], videos: list[dict[str, str]], kind: str = "ugc") -> tuple[np.ndarray, np.ndarray]:
