@@ -44,12 +44,17 @@ music-packages:
 	@dpkg -s $(MUSIC_PACKAGES) >/dev/null 2>&1 || { echo "installing Debian's free soundtrack packages for the recorded catalog"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(MUSIC_PACKAGES); }
 
-# First run: builds the default demo corpus (generated media, 6-12 min on 2 cores), trains and registers a
-# champion through the pipeline's stages (no Airflow needed) and the ridge baseline beside it (alias baseline,
-# seconds), then serves. Later runs serve at once.
+# First run: installs the soundtrack packages and builds the recorded corpus (real recordings, generated clips; about
+# 6 min in all on 2 idle cores, docs/benchmarks.md), trains and registers a champion through the pipeline's stages (no
+# Airflow needed) and the ridge baseline beside it (alias baseline, seconds), then serves. Later runs serve at once.
+# DEMO_SOURCE=demo serves the rendered-score corpus instead (no packages needed).
 # Safe to interrupt: the corpus build is atomic and cached, training resumes, registering is idempotent.
 DEMO_PORT ?= 7860
-DEMO_SOURCE ?= demo
+DEMO_SOURCE ?= recorded
+# One registry serves one catalog: DEMO_SOURCE=demo (the default until issue 22) keeps its state in $(DECCM_HOME) as
+# before, any other source in $(DECCM_HOME)/<source>, so `make demo` and `make demo DEMO_SOURCE=demo` each find their own.
+DEMO_HOME := $(if $(filter demo,$(DEMO_SOURCE)),$(DECCM_HOME),$(DECCM_HOME)/$(DEMO_SOURCE))
+demo: export DECCM_HOME := $(DEMO_HOME)
 demo: venv $(if $(filter recorded%,$(DEMO_SOURCE)),music-packages)
 	@echo "make demo: a registered champion and a baseline beside it (built from the $(DEMO_SOURCE) corpus under $(DECCM_HOME) if there are none yet),"
 	@echo "then the app on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it)"

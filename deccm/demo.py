@@ -485,11 +485,12 @@ class Page:
         return ["rank", self.served.label, self.served.comparison_label]
 
     def table(self) -> list[list[Any]]:
-        """Rows of the ranking table: rank, title, artist, genre, score, licence, attribution (what to credit)."""
+        """Rows of the ranking table: rank, title, artist, genre (with the measured tags where the catalog has them:
+        the recorded catalog's genre is its soundtrack), score, licence, attribution (what to credit)."""
         if self.result is None:
             return []
-        return [[s.rank, s.title, s.artist, s.genre, round(s.score, 4), licence_text(s.licence), s.attribution]
-                for s in self.result.suggestions]
+        return [[s.rank, s.title, s.artist, f"{s.genre} ({s.tags})" if s.tags else s.genre, round(s.score, 4),
+                 licence_text(s.licence), s.attribution] for s in self.result.suggestions]
 
     def status(self) -> str:
         if self.error:

@@ -371,7 +371,8 @@ def evaluate_candidates(cfg: dict[str, Any], run: str) -> dict[str, Any]:
             out["champion"] = {s: _values(evaluate_split(champ.ranker, ds, s)) for s in splits}
     split = gcfg.split
     if split not in splits:
-        note = (f"WARNING: {conf.data_path} has no '{split}' split (made before it existed), so the gate scores on "
+        note = (f"WARNING: {conf.data_path} has no '{split}' split (made before it existed, or by a generator without one: "
+                f"the demo corpora), so the gate scores on "
                 f"'{gating.FALLBACK_SPLIT}', the split that chose the challenger's epoch; re-create the dataset for a held-out gate")
         log.warning(note)
         out["notes"].append(note)
@@ -483,9 +484,26 @@ def ensure_champion(params: dict[str, Any] | None = None) -> str:
         return version
 
 
+def source_provenance(source: str) -> str | None:
+    """How the models a source trains describe their data (the start of ``tracking.provenance``); None for 'media'."""
+    for prefix, words in (("synth-", "synthetic"), ("demo", "demo corpus"), ("recorded", "recorded corpus")):
+        if source.startswith(prefix):
+            return words
+    return None
+
+
 def _ensure_champion(params: dict[str, Any] | None) -> str:
     version = registry.champion_version()
     if version is not None:
+        source = make_config(params)["source"]
+        want = source_provenance(source)
+        have = next((r["provenance"] for r in registry.list_versions() if r["version"] == str(version)), "")
+        if want is not None and have and not have.startswith(want):
+            raise registry.RegistryError(
+                f"the registry's champion ({registry.MODEL_NAME} v{version}) was trained on {have} data, and this run asks "
+                f"for source {source!r} ({want}): one registry serves one catalog. Fix: give each source a state dir of its "
+                f"own (DECCM_HOME=another/folder; make demo keeps DEMO_SOURCE=demo in $DECCM_HOME and any other source in "
+                f"$DECCM_HOME/<source>), or ask for the source this registry holds.")
         log.info("champion: %s version %s", registry.MODEL_NAME, version)
         return version
     log.info("no champion registered yet: running the pipeline once (%s)", make_config(params)["source"])

@@ -125,6 +125,11 @@ def test_ensure_champion_runs_the_pipeline_only_when_none_is_registered(tmp_path
     assert versions() == [("3", ["baseline"]), ("1", ["challenger", "champion"])] and (baseline_run / "best.pt").is_file()
     assert registry.load("baseline", device="cpu", extractor=False).card["purpose"]["why"] == pipeline.BASELINE_PURPOSE
 
+    # one registry serves one catalog: asking it for another source's demo names the fix instead of serving the wrong one
+    with pytest.raises(registry.RegistryError, match=r"trained on synthetic data.*'recorded'.*state dir of its own"):
+        pipeline.ensure_champion({**params, "source": "recorded"})
+    assert calls == [] and versions() == [("3", ["baseline"]), ("1", ["challenger", "champion"])]
+
 
 def test_other_settings_get_their_own_runs_and_tracking_follows_the_state_dir(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:

@@ -165,3 +165,22 @@ def test_recorded_corpus_draws_picks_from_the_measured_descriptors(ds: Dataset) 
     popular = np.isin(ds.ugc.music_genre, [0, 1])
     assert popular[ds.ugc.train.music].mean() > popular[rows.music].mean() + 0.1
     assert corpus_build.SIZES["recorded-tiny"].catalog == "recorded"
+
+
+@pytest.mark.slow
+def test_a_model_on_the_recorded_corpus_serves_real_tracks_within_a_licence_filter(ds: Dataset, tmp_path: Path) -> None:
+    from deccm.serve import Recommender
+    from deccm.train import TrainConfig, configs_from_dict, train
+
+    model = configs_from_dict({"variant": "plain", "model": {"balance_blocks": True}})[0]
+    run = train("student", ds.root, tmp_path / "plain", model, TrainConfig(epochs=2, batch_size=64, device="cpu"), variant="plain")
+    rec = Recommender.from_run(run, device="cpu")
+    clip = ds.root / next(v for v in ds.videos if v["kind"] == "ugc")["path"]
+    by_family = {f: sum(licences.family(t["licence"]) == f for t in ds.tracks) for f in ("gpl", "cc-by", "other")}
+    for filter_, fam in (("gpl", "gpl"), ("cc-by", "cc-by")):
+        top = rec.recommend(clip, k=10, licence=filter_)
+        assert len(top) == min(10, by_family[fam])  # K come back from within the filter
+        assert all(s.licence_family == fam and s.licence in s.attribution for s in top)
+        assert all(s.audio and Path(s.audio).is_file() and s.tags for s in top)
+    everything = rec.recommend(clip, k=ds.n_tracks, licence="any")
+    assert len(everything) == ds.n_tracks - by_family.get("unknown", 0)

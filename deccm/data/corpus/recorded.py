@@ -43,6 +43,7 @@ import logging
 import re
 import subprocess
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,7 +233,9 @@ def _measure(y: np.ndarray, sr: int) -> dict[str, Any]:
     onset_env = lr.onset.onset_strength(y=y, sr=sr)
     tempo = lr.feature.tempo(onset_envelope=onset_env, sr=sr)
     onsets = lr.onset.onset_detect(onset_envelope=onset_env, sr=sr)
-    key, strength = best_key(lr.feature.chroma_cqt(y=y, sr=sr).mean(axis=1))
+    with warnings.catch_warnings():  # the CQT's lowest octaves warn on short signals; the pitch classes are fine
+        warnings.simplefilter("ignore", UserWarning)
+        key, strength = best_key(lr.feature.chroma_cqt(y=y, sr=sr).mean(axis=1))
     mode = "major" if strength >= 0 else "minor"
     mag = np.abs(lr.stft(y))
     frame_rms = lr.feature.rms(S=mag)[0]
@@ -303,8 +306,6 @@ def excerpt_track(src: Source, out_dir: str, excerpt_s: float = EXCERPT_S) -> Tr
 
 def worker_init() -> None:
     """Quiet librosa's warnings in the worker (a skipped file is logged by the caller)."""
-    import warnings
-
     warnings.filterwarnings("ignore")
 
 
