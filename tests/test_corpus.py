@@ -78,6 +78,11 @@ def test_dataset_is_extracted_native_format_with_honest_specs(ds: Dataset) -> No
     k = m["generator"]["oracle_draws"]  # test_oracle: the test clips, each with k affinity-only picks
     assert k == corpus_build.SIZES["tiny"].oracle_draws > 1
     np.testing.assert_array_equal(u.test_oracle.video, np.repeat(u.test.video, k))
+    # the gate split: clips of its own after every other UGC clip, held out from training and early stopping
+    assert u.gate is not None and len(u.gate.video) == m["generator"]["n_gate"] > 0
+    others = np.concatenate([u.train.video, u.val.video, u.test.video])
+    assert u.gate.video.min() > others.max() and u.video_features.shape[0] == u.gate.video.max() + 1
+    assert u.gate.uploader is not None and u.gate.prior.shape == (len(u.gate.video), u.val.prior.shape[1])
     kinds = [v["kind"] for v in ds.videos]
     assert kinds.count("ugc") == u.video_features.shape[0] and kinds.count("pgc") == ds.pgc.segment_features.shape[0]
     assert ds.pgc.music_features.shape == u.music_features.shape
@@ -251,6 +256,23 @@ def test_more_oracle_draws_leave_the_world_as_it_was_and_pick_afresh() -> None:
     assert np.median(rank) < 0.1 * cfg.n_tracks
     with pytest.raises(ValueError, match="oracle_draws must be at least 1"):
         corpus_build.build_corpus(Path("unused"), oracle_draws=0)
+
+
+def test_the_gate_split_leaves_every_other_draw_as_it_was() -> None:
+    cfg = corpus_build.SIZES["default"]
+    assert cfg.n_gate > 0
+    rng = np.random.default_rng(6)
+    q = rng.uniform(-1, 1, size=(cfg.n_tracks, 4))
+    genre = rng.integers(len(catalog.GENRES), size=cfg.n_tracks)
+    without = corpus_build.sample_world(dataclasses.replace(cfg, n_gate=0), q, genre)
+    with_gate = corpus_build.sample_world(cfg, q, genre)
+    for name, a in vars(without).items():
+        if not name.startswith("gate_"):
+            np.testing.assert_array_equal(a, vars(with_gate)[name], err_msg=name)
+    assert with_gate.gate_props.shape == (cfg.n_gate, 5) and len(with_gate.gate_pick) == cfg.n_gate
+    # logged like UGC: the gate's picks lean to the popular groups as much as the training clips' do
+    popular = np.isin(genre, [0, 1])
+    assert abs(popular[with_gate.gate_pick].mean() - popular[with_gate.ugc_pick].mean()) < 0.1
 
 
 def test_unknown_size_is_a_clear_error(tmp_path: Path) -> None:

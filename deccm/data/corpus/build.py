@@ -16,7 +16,10 @@ Stages (each timed, see :class:`Timings`):
    like training; ``test_oracle`` re-draws the same test clips' tracks from
    ``exp(β·a)`` alone, ``oracle_draws`` times a clip (one row each): picks cost no media, and
    more of them take the pick's noise out of the figure. PGC clips are generated *from* a
-   track, ``v = clip(φ(m) + σ_pgc·ε)``: professional matching, no uploader.
+   track, ``v = clip(φ(m) + σ_pgc·ε)``: professional matching, no uploader. The ``gate``
+   split's ``n_gate`` clips are drawn like UGC clips (logged, confounded picks) from a stream
+   of their own, after everything else: every other draw is the same with or without them,
+   and the promotion gate scores on clips that chose no epoch.
 4. **encode**: every clip drawn with ffmpeg from its visual vector (``deccm.data.corpus.video``),
    in a thread pool (each ffmpeg single-threaded).
 5. **extract** (video): features of every clip; a clip that fails drops its rows.
@@ -80,6 +83,7 @@ class CorpusConfig:
     prior_smoothing: float = 1.0
     pgc_val_fraction: float = 0.1
     oracle_draws: int = 10  # test_oracle rows per test clip, each an affinity-only pick (docs/results.md, the demo corpus)
+    n_gate: int = 0  # clips of the ``gate`` split (0 = none), drawn from a stream of their own after everything else
     catalog: str = "scores"  # "scores": rendered music21 scores; "recorded": Debian's soundtrack packages
     excerpt_seconds: float = 30.0  # recorded: seconds excerpted per track (deccm.data.corpus.recorded)
     seed: int = 0
@@ -103,24 +107,24 @@ SIZES: dict[str, CorpusConfig] = {
     "tiny": CorpusConfig(
         quotas={"folk-dance": 34, "classical-era": 12, "romantic": 8, "chorale": 30, "renaissance": 16, "medieval": 8},
         track_seconds=(3.0, 4.0), n_ugc=140, val_fraction=0.15, test_fraction=0.25, n_uploaders=16, n_pgc=36,
-        clip_seconds=(2.0, 3.0), fps=8, max_piece_bytes=200_000),
+        clip_seconds=(2.0, 3.0), fps=8, max_piece_bytes=200_000, n_gate=20),
     "default": CorpusConfig(
         # sized for make demo's 10-minute first run on 2 cores: feature extraction is the cost (a
         # track about 2 CPU-s, a clip 0.2), so tracks and clips are short and the rows many
         # (docs/results.md and docs/benchmarks.md, "demo corpus")
         quotas={"folk-dance": 42, "classical-era": 19, "romantic": 10, "chorale": 37, "renaissance": 30, "medieval": 22},
         track_seconds=(10.0, 14.0), n_ugc=1400, val_fraction=0.1, test_fraction=0.2, n_uploaders=50, n_pgc=200,
-        clip_seconds=(4.0, 8.0), max_piece_bytes=1_200_000),
+        clip_seconds=(4.0, 8.0), max_piece_bytes=1_200_000, n_gate=140),
     # every track of the installed soundtrack packages (about 230), one 30 s excerpt each; the same clips and rows as
     # "default" so the two corpora compare (docs/results.md, "the recorded catalog")
     "recorded": CorpusConfig(
         quotas={g: 1000 for g in recorded.GROUPS}, track_seconds=(30.0, 30.0), n_ugc=1400, val_fraction=0.1,
-        test_fraction=0.2, n_uploaders=50, n_pgc=200, clip_seconds=(4.0, 8.0), catalog="recorded"),
+        test_fraction=0.2, n_uploaders=50, n_pgc=200, clip_seconds=(4.0, 8.0), catalog="recorded", n_gate=140),
     # tests: 5 s excerpts of about 130 tracks (the protocol needs more than 100), few clips
     "recorded-tiny": CorpusConfig(
         quotas={"ufoai": 64, "drascula": 31, "hyperrogue": 17, "singularity": 16, "asc": 3},
         track_seconds=(5.0, 5.0), n_ugc=140, val_fraction=0.15, test_fraction=0.25, n_uploaders=16, n_pgc=36,
-        clip_seconds=(2.0, 3.0), fps=8, catalog="recorded", excerpt_seconds=5.0),
+        clip_seconds=(2.0, 3.0), fps=8, catalog="recorded", excerpt_seconds=5.0, n_gate=20),
 }
 
 
@@ -256,6 +260,10 @@ class World:
     pgc_props: np.ndarray  # (P, 5)
     ugc_seconds: np.ndarray
     pgc_seconds: np.ndarray
+    gate_props: np.ndarray  # (n_gate, 5) the gate split's clips, drawn like UGC clips from a stream of their own
+    gate_uploader: np.ndarray
+    gate_pick: np.ndarray
+    gate_seconds: np.ndarray
 
 
 def sample_world(cfg: CorpusConfig, q: np.ndarray, genre: np.ndarray) -> World:
@@ -285,9 +293,17 @@ def sample_world(cfg: CorpusConfig, q: np.ndarray, genre: np.ndarray) -> World:
     pgc_track = rng.permutation(np.resize(np.arange(m), cfg.n_pgc))
     pgc_props = np.clip(phi[pgc_track] + cfg.pgc_noise * rng.standard_normal((cfg.n_pgc, 5)), -1, 1)
     lo, hi = cfg.clip_seconds
+    ugc_seconds, pgc_seconds = np.round(rng.uniform(lo, hi, cfg.n_ugc), 1), np.round(rng.uniform(lo, hi, cfg.n_pgc), 1)
+    # the gate split: logged like val, from a stream of its own, so every other draw is the same with or without it
+    gr = np.random.default_rng([cfg.seed, 24])
+    g_up = gr.choice(cfg.n_uploaders, size=cfg.n_gate, p=activity / activity.sum()).astype(np.int64)
+    g_props = np.clip(phi[gr.integers(m, size=cfg.n_gate)] + cfg.video_noise * gr.standard_normal((cfg.n_gate, 5)), -1, 1)
+    g_logits = cfg.beta * relation.affinity(g_props, q, cfg.relation_map) + cfg.gamma * np.log(pref[g_up][:, genre])
+    g_pick = np.argmax(g_logits + gr.gumbel(size=g_logits.shape), axis=1)
     return World(popularity=pop, uploader_pref=pref, ugc_props=props, ugc_uploader=uploader, ugc_mood=mood,
                  ugc_pick=pick, video_genre=vgenre, oracle_pick=oracle, pgc_track=pgc_track, pgc_props=pgc_props,
-                 ugc_seconds=np.round(rng.uniform(lo, hi, cfg.n_ugc), 1), pgc_seconds=np.round(rng.uniform(lo, hi, cfg.n_pgc), 1))
+                 ugc_seconds=ugc_seconds, pgc_seconds=pgc_seconds, gate_props=g_props, gate_uploader=g_up, gate_pick=g_pick,
+                 gate_seconds=np.round(gr.uniform(lo, hi, cfg.n_gate), 1))
 
 
 # --------------------------------------------------------------------------- clips
@@ -378,6 +394,8 @@ def _build(cfg: CorpusConfig, size: str, dest: Path, work: Path, workers: int, o
     specs = [(udir / f"{i:05d}.mp4", w.ugc_props[i], float(w.ugc_seconds[i]), cfg.seed * 100_003 + i) for i in range(cfg.n_ugc)]
     specs += [(pdir / f"{i:05d}.mp4", w.pgc_props[i], float(w.pgc_seconds[i]), cfg.seed * 100_003 + 50_000 + i)
               for i in range(cfg.n_pgc)]
+    specs += [(udir / f"{cfg.n_ugc + i:05d}.mp4", w.gate_props[i], float(w.gate_seconds[i]), cfg.seed * 100_003 + 80_000 + i)
+              for i in range(cfg.n_gate)]
     made = make_clips(cfg, specs, workers)
     tm.encode = time.perf_counter() - t0
 
@@ -412,7 +430,8 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
     n = cfg.n_ugc
     g = len(cfg.genres)
     ugc_ok = np.flatnonzero(good[:n])  # surviving UGC clips, in draw order
-    pgc_ok = np.flatnonzero(good[n:])
+    pgc_ok = np.flatnonzero(good[n:n + cfg.n_pgc])
+    gate_ok = np.flatnonzero(good[n + cfg.n_pgc:])  # gate clips: video ids after every UGC clip
     n_test = int(round(cfg.test_fraction * len(ugc_ok)))
     n_val = int(round(cfg.val_fraction * len(ugc_ok)))
     n_train = len(ugc_ok) - n_val - n_test
@@ -436,6 +455,12 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
         test=rank_rows(te, pick[te]),
         test_oracle=rank_rows(np.repeat(te, cfg.oracle_draws), w.oracle_pick[ugc_ok][te].reshape(-1)),  # clip-major
     )
+    if len(gate_ok):
+        gate_ids = len(ugc_ok) + np.arange(len(gate_ok))
+        ugc = replace(ugc, video_features=np.concatenate([vfeat[ugc_ok], vfeat[n + cfg.n_pgc + gate_ok]]),
+                      gate=protocol.rank_rows(rng, gate_ids, w.gate_pick[gate_ok], train, genre, g,
+                                              uploader=w.gate_uploader[gate_ok], n_uploaders=cfg.n_uploaders,
+                                              alpha=cfg.prior_smoothing))
     n_pval = max(1, int(round(len(pgc_ok) * cfg.pgc_val_fraction)))
     seg = np.arange(len(pgc_ok))
     pgc_music = w.pgc_track[pgc_ok]
@@ -453,6 +478,11 @@ def _assemble(cfg: CorpusConfig, size: str, dest: Path, work: Path, tracks: list
                                    "mood_track": int(w.ugc_mood[k]) if kind == "ugc" else ""}
             row.update({p: round(float(props[k, j]), 4) for j, p in enumerate(relation.VISUAL_PROPERTIES)})
             videos.append(row)
+    for new, k in enumerate(gate_ok, start=len(ugc_ok)):  # the gate split's clips: UGC clips with the ids after the rest
+        row = {"id": new, "kind": "ugc", "path": specs[n + cfg.n_pgc + k][0].relative_to(work).as_posix(),
+               "seconds": float(w.gate_seconds[k]), "uploader": int(w.gate_uploader[k]), "track": "", "mood_track": ""}
+        row.update({p: round(float(w.gate_props[k, j]), 4) for j, p in enumerate(relation.VISUAL_PROPERTIES)})
+        videos.append(row)
     tags = recorded.tags(q, [t.mode for t in tracks]) if cfg.catalog == "recorded" else [""] * len(tracks)
     track_rows = [{"id": t.index, "title": t.title, "artist": t.artist, "genre": t.genre, "source": t.source,
                    "licence": t.licence, "copyright": getattr(t, "copyright", ""), "tags": tag,
@@ -506,7 +536,8 @@ def _manifest(cfg: CorpusConfig, size: str, tracks: list[Any], q: np.ndarray, w:
             "uploader_preference": np.round(w.uploader_pref, 6).tolist(),
             "tracks": {**{k: [getattr(t, k) for t in tracks] for k in keys},
                        "music_vector": np.round(q, 6).tolist()},
-            "videos_csv": "id = row of ugc/video_features (kind ugc) or pgc/segment_features (kind pgc); "
+            "videos_csv": "id = row of ugc/video_features (kind ugc; the gate split's clips have the last ids) or "
+                          "pgc/segment_features (kind pgc); "
                           "brightness..texture = the clip's visual-property vector; uploader (ugc); track = the track a "
                           "PGC clip was made from; mood_track = the track whose look a UGC clip was drawn around (hidden)",
             "media": (f"tracks: media/tracks/NNNN.mp3 (VBR MP3, 22.05 kHz mono, a {cfg.excerpt_seconds:g} s excerpt from a "
