@@ -143,6 +143,28 @@ class Timings:
 # --------------------------------------------------------------------------- music
 
 
+def _in_pool(fn: Any, jobs: list[tuple[int, str, tuple[Any, ...]]], workers: int, initializer: Any,
+             desc: str) -> dict[int, Any]:
+    """``fn(*args)`` for each ``(key, name, args)`` in spawned worker processes, with a progress bar: results by key.
+
+    A job that raises is logged by name and left out (the caller decides what replaces it);
+    a worker that dies takes the build down (``BrokenProcessPool``).
+    """
+    done: dict[int, Any] = {}
+    ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=initializer) as pool, logging_redirect_tqdm():
+        futures = {pool.submit(fn, *args): (key, name) for key, name, args in jobs}
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="track"):
+            key, name = futures[fut]
+            try:
+                done[key] = fut.result()
+            except BrokenProcessPool:
+                raise
+            except Exception as e:
+                log.warning("skipped %s: %s", name, e)
+    return done
+
+
 def render_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[music.Track]:
     """Render each genre group's quota of tracks (spare pieces cover parse failures), ids in catalog order."""
     rng = np.random.default_rng([cfg.seed, 11])
@@ -150,18 +172,9 @@ def render_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[music.Tra
     lo, hi = cfg.track_seconds
     jobs = [music.assign(i, p, rng, float(round(rng.uniform(lo, hi), 1)), cfg.seed) for i, p in enumerate(pieces)]
     log.info("rendering up to %d tracks from %d corpus pieces with %d workers", cfg.n_tracks, len(jobs), workers)
-    done: dict[int, music.Track] = {}
-    ctx = mp.get_context("spawn")  # never fork a process that may hold torch threads
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=music.worker_init) as pool, logging_redirect_tqdm():
-        futures = {pool.submit(music.render_track, job, str(out)): job for job in jobs}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="render tracks", unit="track"):
-            job = futures[fut]
-            try:
-                done[job.index] = fut.result()
-            except BrokenProcessPool:
-                raise
-            except Exception as e:  # a corpus file music21 cannot use: skip it, a spare replaces it
-                log.warning("skipped %s: %s", job.piece.rel, e)
+    # a corpus file music21 cannot use is skipped: a spare replaces it
+    done = _in_pool(music.render_track, [(job.index, job.piece.rel, (job, str(out))) for job in jobs], workers,
+                    music.worker_init, "render tracks")
     kept: list[music.Track] = []
     for genre in catalog.GENRES:
         ok = [done[j.index] for j in jobs if j.piece.genre == genre and j.index in done][: cfg.quotas.get(genre, 0)]
@@ -183,19 +196,9 @@ def excerpt_catalog(cfg: CorpusConfig, out: Path, workers: int) -> list[recorded
         raise RuntimeError("none of the soundtrack packages is installed (" + ", ".join(p.name for p in recorded.PACKAGES)
                            + "). Fix: make music-packages (apt-get install them), then build again.")
     log.info("excerpting up to %d recorded tracks (%.0f s each) with %d workers", len(sources), cfg.excerpt_seconds, workers)
-    done: dict[int, recorded.Track] = {}
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=recorded.worker_init) as pool, \
-            logging_redirect_tqdm():
-        futures = {pool.submit(recorded.excerpt_track, src, str(out), cfg.excerpt_seconds): src for src in sources}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="excerpt tracks", unit="track"):
-            src = futures[fut]
-            try:
-                done[src.index] = fut.result()
-            except BrokenProcessPool:
-                raise
-            except Exception as e:  # a jingle, an unreadable file: skip it
-                log.warning("skipped %s: %s", src.path, e)
+    # a jingle or a file ffmpeg cannot read is skipped
+    done = _in_pool(recorded.excerpt_track, [(s.index, s.path, (s, str(out), cfg.excerpt_seconds)) for s in sources],
+                    workers, recorded.worker_init, "excerpt tracks")
     kept: list[recorded.Track] = []
     for group in recorded.GROUPS:
         ok = [done[s.index] for s in sources if s.package.group == group and s.index in done][: cfg.quotas.get(group, 0)]
