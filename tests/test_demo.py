@@ -8,7 +8,8 @@ promote and roll back use it); one app serves both the API and the browser tests
 
 The browser test drives Debian's chromium (``apt-get install -y --no-install-recommends
 chromium``); it fails, never skips, when it is missing. ``DECCM_SCREENSHOT=1`` saves its
-screenshot as docs/demo.png.
+screenshot (of the tiny rendered corpus) as docs/demo.png; the README's picture is of a first
+``make demo`` on the recorded catalog.
 """
 from __future__ import annotations
 
