@@ -45,9 +45,11 @@ DEFAULT_RETRY = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_expon
                  "max_retry_delay": timedelta(minutes=30), "execution_timeout": timedelta(hours=1)}
 # The defaults mirror deccm.pipeline.DEFAULTS (tests/test_dag.py checks they agree); None = the pipeline's default.
 PARAMS: dict[str, Param] = {
-    "source": Param("demo", type="string", enum=["synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo", "media"],
+    "source": Param("demo", type="string", enum=["synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo",
+                                                     "recorded-tiny", "recorded", "media"],
                     description="synth-* = generated synthetic benchmark; demo-tiny / demo = generated real-media demo corpus; "
-                                "media = your folders and CSVs below"),
+                                "recorded-tiny / recorded = Debian's soundtrack packages (the workers need them installed: "
+                                "make music-packages) with generated clips; media = your folders and CSVs below"),
     "seed": Param(0, type="integer", minimum=0, description="data seed of generated sources, split seed of assembled ones"),
     "videos": Param(None, type=_PATH, description="source media: folder of clips"),
     "tracks": Param(None, type=_PATH, description="source media: folder of tracks"),
