@@ -45,7 +45,7 @@ music-packages:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(MUSIC_PACKAGES); }
 
 # First run: installs the soundtrack packages and builds the recorded corpus (real recordings, generated clips; about
-# 6 min in all on 2 idle cores, docs/benchmarks.md), trains and registers a champion through the pipeline's stages (no
+# 5.5 min in all on 2 idle cores, docs/benchmarks.md), trains and registers a champion through the pipeline's stages (no
 # Airflow needed) and the ridge baseline beside it (alias baseline, seconds), then serves. Later runs serve at once.
 # DEMO_SOURCE=demo serves the rendered-score corpus instead (no packages needed).
 # Safe to interrupt: the corpus build is atomic and cached, training resumes, registering is idempotent.
