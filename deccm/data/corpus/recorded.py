@@ -35,16 +35,19 @@ they stand in for the genre labels that the packages don't have.
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
-import io
 import json
 import logging
 import re
+import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from deccm.data import licences
+from deccm.features import admit
 from deccm.features.audio import best_key
 from deccm.features.runtime import jit_cache_lock, librosa
 
@@ -60,7 +64,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 22_050
 EXCERPT_S = 30.0
 MIN_TRACK_S = 10.0  # shorter files are jingles and stingers, not tracks
-AUDIO_EXTENSIONS = (".ogg", ".oga", ".opus", ".mp3", ".flac", ".wav")
 
 
 @dataclass(frozen=True)
@@ -152,22 +155,28 @@ def find_sources(packages: tuple[Package, ...] = PACKAGES) -> list[Source]:
         rows: list[tuple[str, str, str]] = []
         for f in files:
             low = f.lower()
-            if low.endswith(AUDIO_EXTENSIONS) and Path(f).is_file():
+            if Path(low).suffix in admit.AUDIO_EXTENSIONS and Path(f).is_file():
                 rows.append((f, "", ""))
             elif low.endswith(".pk3") and Path(f).is_file():
                 with zipfile.ZipFile(f) as z:
-                    rows += [(f"{Path(f).parent}/{m}", f, m) for m in z.namelist() if m.lower().endswith(AUDIO_EXTENSIONS)]
+                    rows += [(f"{Path(f).parent}/{m}", f, m) for m in z.namelist() if Path(m.lower()).suffix in admit.AUDIO_EXTENSIONS]
         for path, archive, member in sorted(set(rows)):
             if fnmatch.fnmatchcase(path, pkg.include):
                 found.append(Source(len(found), pkg, path, archive, member))
     return found
 
 
-def _read_bytes(src: Source) -> bytes:
-    if src.archive:
-        with zipfile.ZipFile(src.archive) as z:
-            return z.read(src.member)
-    return Path(src.path).read_bytes()
+@contextlib.contextmanager
+def local_file(src: Source) -> Iterator[Path]:
+    """The music file on disk: the installed one, or a zip member extracted to a temp file, so the media rule admits it."""
+    if not src.archive:
+        yield Path(src.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="deccm-pk3-") as tmp:
+        dest = Path(tmp) / Path(src.member).name
+        with zipfile.ZipFile(src.archive) as z, z.open(src.member) as f, open(dest, "wb") as out:
+            shutil.copyfileobj(f, out)
+        yield dest
 
 
 # --------------------------------------------------------------------------- titles
@@ -255,23 +264,23 @@ def excerpt_window(duration_s: float, excerpt_s: float = EXCERPT_S) -> tuple[flo
     return float(np.floor(min(duration_s / 3.0, duration_s - excerpt_s) * 100) / 100), excerpt_s  # rounded down: fits
 
 
-def decode(src: Source, data: bytes, start_s: float, seconds: float) -> np.ndarray:
-    """Mono float32 samples at :data:`SAMPLE_RATE` of ``seconds`` from ``start_s``.
+def decode(path: Path, start_s: float, seconds: float) -> np.ndarray:
+    """Mono float32 samples at :data:`SAMPLE_RATE` of ``seconds`` from ``start_s``, through the media rule.
 
-    A plain file is opened by path (ffmpeg seeks, and some Ogg headers fail to probe from a
-    pipe); a zip member's bytes go through stdin.
+    ``deccm.features.admit`` admits the file as audio first (allow-listed demuxer from its
+    content, duration capped by ``admit.TRACK``); ffmpeg then opens it with that demuxer and
+    the ``file`` protocol forced, under a timeout.
     """
-    from deccm.data.corpus.video import FFMPEG_TIMEOUT_S, ffmpeg_exe
+    from deccm.data.corpus.video import FFMPEG_TIMEOUT_S
 
-    name = src.path
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-ss", f"{start_s:.2f}", "-t", f"{seconds:.2f}",
-           "-i", "pipe:0" if src.archive else src.path, "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
-    proc = subprocess.run(cmd, input=data if src.archive else None, capture_output=True, timeout=FFMPEG_TIMEOUT_S)
-    if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg could not decode {name}: {proc.stderr.decode(errors='replace').strip()}")
-    y = np.frombuffer(proc.stdout, dtype="<f4")
+    info = admit.check(path, "audio", admit.TRACK)
+    with tempfile.TemporaryDirectory(prefix="deccm-excerpt-") as tmp:
+        raw = Path(tmp) / "excerpt.f32"
+        admit.run_ffmpeg(["-ss", f"{start_s:.2f}", "-t", f"{seconds:.2f}", *info.ffmpeg_input(), "-map", "0:a:0",
+                          "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", str(raw)], timeout=FFMPEG_TIMEOUT_S)
+        y = np.fromfile(raw, dtype="<f4")
     if len(y) < SAMPLE_RATE * min(seconds, MIN_TRACK_S) * 0.9:
-        raise ValueError(f"{name}: only {len(y) / SAMPLE_RATE:.1f} s decoded of the {seconds:.1f} s asked for")
+        raise ValueError(f"{path}: only {len(y) / SAMPLE_RATE:.1f} s decoded of the {seconds:.1f} s asked for")
     return y
 
 
@@ -282,17 +291,17 @@ def excerpt_track(src: Source, out_dir: str, excerpt_s: float = EXCERPT_S) -> Tr
     from deccm.data.corpus.music import encode_mp3
 
     t0 = time.perf_counter()
-    data = _read_bytes(src)
-    info = mutagen.File(io.BytesIO(data), easy=True)
-    if info is None or not getattr(info, "info", None):
-        raise ValueError(f"{src.path}: not an audio file mutagen can read")
-    duration = float(info.info.length)
-    if duration < MIN_TRACK_S:
-        raise ValueError(f"{src.path}: {duration:.1f} s is shorter than a track ({MIN_TRACK_S:.0f} s)")
-    tags = {k: [str(v) for v in vs] for k, vs in (info.tags or {}).items()} if info.tags else {}
+    with local_file(src) as path:
+        info = mutagen.File(path, easy=True)
+        if info is None or not getattr(info, "info", None):
+            raise ValueError(f"{src.path}: not an audio file mutagen can read")
+        duration = float(info.info.length)
+        if duration < MIN_TRACK_S:
+            raise ValueError(f"{src.path}: {duration:.1f} s is shorter than a track ({MIN_TRACK_S:.0f} s)")
+        tags = {k: [str(v) for v in vs] for k, vs in (info.tags or {}).items()} if info.tags else {}
+        start, seconds = excerpt_window(duration, excerpt_s)
+        y = decode(path, start, seconds)
     grant = licences.package_licence(src.package.name, src.path)
-    start, seconds = excerpt_window(duration, excerpt_s)
-    y = decode(src, data, start, seconds)
     props = measure(y)
     render_s = time.perf_counter() - t0
     t1 = time.perf_counter()
