@@ -54,6 +54,8 @@ from deccm.data import licences
 from deccm.data.format import MEDIA_DIR
 from deccm.features import admit
 from deccm.features.admit import DecodeError
+from deccm.moments import MomentError, clock, load_samples, render, write_wav
+from deccm.moments import Moment as _Moment
 from deccm.serve import Recommender, Suggestion
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ REQUEST_BUDGET_S = 4.0  # decoding time of one request once it holds a slot
 PREVIEW_SHORT_SIDE = 480  # previews are scaled down to this (never up): quick to encode and to stream
 PREVIEW_LONG_SIDE = 1280  # and to at most 720p's long side
 PREVIEW_MAX_FPS = 30
-PREVIEW_MAX_S = 30.0
+PREVIEW_MAX_S = MAX_SECONDS  # a preview (and the download) lasts as long as the part of the clip that was ranked
 PREVIEW_TIMEOUT_S = 30.0
 PREVIEW_KEEP_S = 3600.0  # previews older than this are deleted
 DEFAULT_LICENCE = "any"  # every known licence; a track of unknown licence only with the explicit "include-unknown"
@@ -295,7 +297,12 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
         notes += [n for n in decoder_notes if not n.startswith("capped:") and n not in notes]
         x = feats[None, :]
         t2 = time.perf_counter()
-        items = rec.recommend(x, k=k, licence=licence)
+        moment_s = min(up.duration or up.used_seconds, float(max_seconds)) if rec.catalog.has_media() else None
+        try:
+            items = rec.recommend(x, k=k, licence=licence, moment_s=moment_s)
+        except MomentError as e:
+            notes.append(f"no moments for this catalog ({e}): each track plays from its start")
+            items = rec.recommend(x, k=k, licence=licence)
         t3 = time.perf_counter()
     return SuggestResult(clip=up.name, model=model_label(rec), k=k, suggestions=items,
                          timings={"check": t1 - t0, "features": t2 - t1, "rank": t3 - t2, "total": t3 - t0},
@@ -321,6 +328,14 @@ def rank_like(other: Recommender, result: SuggestResult, video_path: str | os.Pa
         return other.recommend(result.features, k=result.k, licence=result.licence)
     return suggest(other, video_path, result.k, licence=result.licence, max_seconds=max_seconds, slot=slot,
                    recent=recent).suggestions
+
+
+def moment_text(m: dict[str, Any] | None) -> str:
+    """A moment as a table cell: "0:42.5 → 0:57.5 · downbeat", "loop 0:00.5–0:03.5 · beat", or "from the start"."""
+    if not m:
+        return "from the start"
+    span = f"{clock(m['start'])} → {clock(m['end'])}" if not m["loop"] else f"loop {clock(m['start'])}–{clock(m['end'])}"
+    return f"{span} · {m['snapped'] if m['snapped'] != 'none' else 'no beat found'}"
 
 
 def licence_text(licence: str) -> str:
@@ -350,10 +365,11 @@ def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None,
 
     Both inputs must pass the media rule (the clip as a video under ``limits``, the track
     as audio); ffmpeg opens them with the admitted demuxers forced, the ``file`` protocol
-    only, and a timeout. As long as the shorter of the clip and the track, at most
-    ``max_seconds`` and :data:`PREVIEW_MAX_S`; at most 30 fps; scaled down so its shorter
-    side is at most 480 px and its longer at most 1280 (720p). Written atomically; the same
-    inputs give the same file name, so a repeated request reuses it.
+    only, and a timeout. As long as the clip, at most ``max_seconds`` and
+    :data:`PREVIEW_MAX_S` (a moment rendered to the clip's length fills it exactly; a
+    shorter track ends it early); at most 30 fps; scaled down so its shorter side is at most
+    480 px and its longer at most 1280 (720p). Written atomically; the same inputs give the
+    same file name, so a repeated request reuses it. It is also what "download" gives.
     """
     if audio_path is None or not Path(audio_path).is_file():
         raise DemoError(f"no audio file for this track ({audio_path or 'the catalog has no media'}): nothing to lay under the clip")
@@ -366,8 +382,8 @@ def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None,
         track = admit.check(audio_path, "audio", admit.TRACK)
     except DecodeError as e:
         raise DemoError(f"the track {audio_path.name} cannot be played: {e}") from None
-    lengths = [d for d in (clip.duration, track.duration) if d]
-    seconds = min([*lengths, float(max_seconds), PREVIEW_MAX_S])
+    seconds = min([d for d in (clip.duration, float(max_seconds), PREVIEW_MAX_S) if d])
+    shortest = ["-shortest"] if track.duration is not None and track.duration < seconds - 0.01 else []
     key = hashlib.sha256(f"{video_path.resolve()}|{video_path.stat().st_size}|{video_path.stat().st_mtime_ns}|"
                          f"{audio_path.resolve()}|{seconds:.3f}".encode()).hexdigest()[:16]
     dest = Path(out_dir) / f"preview-{key}.mp4"
@@ -380,7 +396,7 @@ def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None,
                  "-map_metadata", "-1",
                  "-t", f"{seconds:.3f}",
                  "-vf", scale, "-fpsmax", str(PREVIEW_MAX_FPS), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
-                 "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart", "-shortest", "-f", "mp4", str(tmp)],
+                 "-c:a", "aac", "-b:a", "128k", "-ac", "2", "-movflags", "+faststart", *shortest, "-f", "mp4", str(tmp)],
                 video_path.name, timeout=PREVIEW_TIMEOUT_S)
     return dest
 
@@ -490,7 +506,7 @@ class Page:
         if self.result is None:
             return []
         return [[s.rank, s.title, s.artist, f"{s.genre} ({s.tags})" if s.tags else s.genre, round(s.score, 4),
-                 licence_text(s.licence), s.attribution] for s in self.result.suggestions]
+                 moment_text(s.moment), licence_text(s.licence), s.attribution] for s in self.result.suggestions]
 
     def status(self) -> str:
         if self.error:
@@ -566,6 +582,11 @@ def serve_model(rec: Recommender, comparison: Comparison | None | bool = True, d
     """``rec`` ready to serve: its comparison model (True picks one with :func:`comparison_model`), the checked
     catalog audio of both, and the checked example clips of its dataset."""
     cmp = comparison_model(rec, device=device) if comparison is True else (comparison or None)
+    if rec.catalog.has_media():
+        try:
+            rec.catalog.with_moments()  # a bundle from before moments is analysed here, not in a request
+        except MomentError as e:
+            log.warning("%s: no moments (%s); tracks play from their start", model_label(rec), e)
     audio = _servable_audio([rec] + ([cmp.rec] if cmp else []))
     root = media_root(rec)
     return ServedModel(rec, cmp, audio, [p for p in example_clips(rec) if servable(p, root, "video")])
@@ -600,6 +621,7 @@ class DemoService:
         self.max_bytes, self.max_seconds = max_bytes, max_seconds
         self._served_dir = Path(tempfile.mkdtemp(prefix="deccm-served-"))  # snapshots of checked tracks, made when first played
         self._copies: dict[str, str] = {}  # checked file -> its snapshot
+        self._moments: dict[str, str] = {}  # (checked file, moment) key -> the rendered moment
         self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
         self._slots = threading.BoundedSemaphore(slots)
         self.recent = RecentClips()
@@ -701,9 +723,11 @@ class DemoService:
         """The only files the page serves as they are: the checked example clips (resolved paths), one by one."""
         return sorted(self.examples)
 
-    def playable(self, audio: str | None, served: ServedModel | None = None) -> str | None:
+    def playable(self, audio: str | None, served: ServedModel | None = None,
+                 moment: dict[str, Any] | None = None) -> str | None:
         """A snapshot of the checked file for a catalog ``audio`` path of ``served`` (default: the model served now),
-        or None when it may not be served (what a player and the preview use).
+        or None when it may not be served (what a player and the preview use). With ``moment`` (a suggestion's), the
+        moment rendered from that file instead: cut on the beat to the clip's length, faded, looped if short.
 
         The snapshot lives in the service's own temp folder, so Gradio copies it into its cache like any output
         and the catalog folder is never a static path; a file swapped after the check is never served.
@@ -712,6 +736,8 @@ class DemoService:
         real = served.audio.get(audio) if audio and served else None
         if real is None:
             return None
+        if moment is not None:
+            return self._rendered(real, moment, served)
         with self._lock:
             copy = self._copies.get(real)
         if copy is None:
@@ -723,6 +749,23 @@ class DemoService:
             with self._lock:
                 self._copies[real] = copy
         return copy
+
+    def _rendered(self, real: str, moment: dict[str, Any], served: ServedModel) -> str:
+        """The moment of checked file ``real`` as a WAV in the service's folder (made once per file and moment)."""
+        spec = served.rec.catalog.with_moments().spec
+        m = _Moment(float(moment["start"]), float(moment["length"]),
+                    float(moment["end"]) if moment["loop"] else None)
+        key = hashlib.sha256(f"{real}|{m.start}|{m.length}|{m.loop_end}|{spec.spec_id}".encode()).hexdigest()[:16]
+        with self._lock:
+            done = self._moments.get(key)
+        if done is None:
+            dest = self._served_dir / "moments" / f"{Path(real).stem[:16]}-{key}.wav"
+            y = load_samples(real, spec.render_rate, min(spec.max_track_s, m.end + spec.crossfade_s + 1.0))
+            write_wav(dest, render(y, spec.render_rate, m, spec), spec.render_rate)
+            done = str(dest)
+            with self._lock:
+                self._moments[key] = done
+        return done
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -756,7 +799,8 @@ class DemoService:
             return Page(error=str(e), served=served)
         except Exception as e:  # noqa: BLE001 - whatever an upload triggers reaches the page as one line, never a traceback
             return Page(error=_unexpected(e, video), served=served)
-        result.suggestions = [replace(s, audio=self.playable(s.audio, served)) for s in result.suggestions]
+        result.suggestions = [replace(s, audio=self.playable(s.audio, served, s.moment if i < TOP_AUDIO else None))
+                              for i, s in enumerate(result.suggestions)]
         page = Page(result=result, served=served)
         if served.comparison is None:
             page.comparison_note = served.comparison_note
@@ -779,7 +823,7 @@ class DemoService:
         if not video or not audio:
             return None
         with self._lock:
-            known = str(audio) in self._copies.values()
+            known = str(audio) in self._copies.values() or str(audio) in self._moments.values()
         if not known:
             raise DemoError(f"{Path(str(audio)).name} is not a track of the served catalog: nothing to lay under the clip")
         up = check_upload(video, max_bytes=self.max_bytes, max_seconds=self.max_seconds)

@@ -40,6 +40,7 @@ from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.data.format import MANIFEST, TRACKS_CSV, read_csv
 from deccm.data.licences import FAMILIES, FILTERS, INCLUDE_UNKNOWN, allowed, attribution, check_filter, family
 from deccm.index import INDEXES, ExactIndex, Index, build_index, check_kind
+from deccm.moments import Moments, WindowSpec, clock
 from deccm.runs import BEST, CONFIG, RunConfig, RunError, check_data, load_for_inference, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class Suggestion:
     licence_family: str  # deccm.data.licences.FAMILIES
     attribution: str  # the one-line credit to show with the track
     tags: str = ""  # measured descriptors in words ("fast · minor · energetic · bright"), where the catalog has them
+    moment: dict[str, Any] | None = None  # deccm.moments.Moment.to_dict(): start, end, beats … (track time, s), when asked
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +146,7 @@ class Catalog:
     source: dict[str, Any]  # the dataset it came from: name, manifest_hash, path
     index: str = "exact"  # how queries are answered: deccm.index.INDEXES (ivf is approximate, for large catalogs)
     audio_root: Path | None = None  # the bundle's content-addressed audio folder; None: the dataset's media folder
+    moments: Moments | None = None  # per-track analyses for moments (deccm.moments); built on first need when absent
     _search: Index | None = field(default=None, init=False, repr=False, compare=False)
     _filtered: dict[str, Index] = field(default_factory=dict, init=False, repr=False, compare=False)  # per licence filter
     _servable: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -223,6 +226,20 @@ class Catalog:
         io.save_npy(dest / "vectors.npy", self.vectors.astype(np.float32))
         tracks = [{**t, **self._store_audio(i, t, dest / AUDIO_DIR)} for i, t in enumerate(self.tracks)]
         io.write_json(dest / "catalog.json", {"genres": self.genres, "source": self.source, "tracks": tracks})
+        if self.has_media():
+            self.with_moments().save(dest / MOMENTS_DIR)
+
+    def has_media(self) -> bool:
+        """Whether the tracks have audio files (a synthetic catalog has none, so no moments either)."""
+        return sum(bool(t.get("audio")) for t in self.tracks) >= 2
+
+    def with_moments(self, spec: WindowSpec | None = None) -> Moments:
+        """The catalog's moments under ``spec`` (default: the loaded ones, else :class:`deccm.moments.WindowSpec`'s
+        defaults), analysing each track's audio once (cached by content under ``$DECCM_HOME/cache/moments``)."""
+        if self.moments is None or (spec is not None and spec != self.moments.spec):
+            audio = [(t.get("audio") or "", t.get("sha256") or "") for t in self.tracks]
+            self.moments = Moments.build(audio, self.vectors, spec or WindowSpec())
+        return self.moments
 
     @staticmethod
     def _store_audio(i: int, track: dict[str, str], folder: Path) -> dict[str, str]:
@@ -249,6 +266,7 @@ class Catalog:
         if vectors.shape[0] != len(meta["tracks"]):
             raise RunError(f"{src}: {vectors.shape[0]} track vectors for {len(meta['tracks'])} tracks. Fix: export the bundle again.")
         tracks = meta["tracks"]
+        moments = Moments.load(src / MOMENTS_DIR) if (src / MOMENTS_DIR / "spec.json").is_file() else None
         if any("licence" not in t for t in tracks):
             tracks = _licences_from_source(src, meta["source"], tracks)
         if any("sha256" not in t for t in tracks):
@@ -256,7 +274,7 @@ class Catalog:
                         "holds now, which a later data drop may have replaced. Fix: register the run again.", src)
             return cls(vectors, tracks, meta["genres"], meta["source"])
         return cls(vectors, [_checked_audio(src, i, t) for i, t in enumerate(tracks)], meta["genres"], meta["source"],
-                   audio_root=(src / AUDIO_DIR).resolve())
+                   audio_root=(src / AUDIO_DIR).resolve(), moments=moments)
 
     def genre_mix(self) -> dict[str, float]:
         """Share of each genre in the whole catalog (what a suggestion list is compared with)."""
@@ -346,37 +364,59 @@ class Recommender:
         except DecodeError as e:
             raise DecodeError(f"{video}: {e}") from None
 
-    def rank_features(self, x_v: np.ndarray, k: int = 10, licence: str = "any") -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (ids, scores), each (N, k), for video features (N, D_v) or (D_v,), among the tracks licence filter
-        ``licence`` allows (deccm.data.licences.FILTERS; fewer than k only when fewer are allowed)."""
+    def query(self, x_v: np.ndarray) -> np.ndarray:
+        """(N, D') query vectors for video features (N, D_v) or (D_v,), checked."""
         x = np.atleast_2d(np.asarray(x_v, dtype=np.float32))
         want = self.run.model.video_dim
         if x.shape[1] != want or not np.isfinite(x).all():
             raise ValueError(f"video features must be finite with {want} columns, got shape {x.shape}")
+        return self.ranker.video_vectors(x)
+
+    def rank_features(self, x_v: np.ndarray, k: int = 10, licence: str = "any") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores), each (N, k), for video features (N, D_v) or (D_v,), among the tracks licence filter
+        ``licence`` allows (deccm.data.licences.FILTERS; fewer than k only when fewer are allowed)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        return self.catalog.search(self.ranker.video_vectors(x), k, licence)
+        return self.catalog.search(self.query(x_v), k, licence)
 
-    def recommend(self, video: str | Path | np.ndarray, k: int = 10, licence: str = "any") -> list[Suggestion]:
+    def recommend(self, video: str | Path | np.ndarray, k: int = 10, licence: str = "any",
+                  moment_s: float | None = None) -> list[Suggestion]:
         """The top-k tracks for one clip (a media file path, or its precomputed (D_v,) features) whose licence
-        filter ``licence`` allows (default: every known licence)."""
+        filter ``licence`` allows (default: every known licence).
+
+        With ``moment_s`` (the clip's length in seconds) each suggestion also carries its moment: the
+        part of the track to play under the clip, cut on the beat to that length (deccm.moments).
+        """
         self.catalog.servable(licence)  # a filter that allows nothing fails before the clip is decoded
+        if moment_s is not None and not (np.isfinite(moment_s) and moment_s > 0):
+            raise ValueError(f"a moment needs the clip's length in seconds (> 0), got {moment_s}")
+        moments = self.catalog.with_moments() if moment_s is not None else None
         x = self.video_features(video) if isinstance(video, (str, Path)) else np.asarray(video, dtype=np.float32)
         if x.ndim == 2 and x.shape[0] != 1:
             raise ValueError(f"recommend takes one clip; got {x.shape[0]} feature rows (use rank_features for batches)")
-        ids, scores = self.rank_features(x, k, licence)
-        return [self.suggestion(i + 1, int(t), float(s)) for i, (t, s) in enumerate(zip(ids[0], scores[0]))]
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        q = self.query(x)
+        ids, scores = self.catalog.search(q, k, licence)
+        out = []
+        for i, (t, s) in enumerate(zip(ids[0], scores[0])):
+            m = None
+            if moments is not None and moment_s is not None and moments.analyses[int(t)] is not None:
+                m = moments.moment(int(t), q[0], float(moment_s)).to_dict()
+            out.append(self.suggestion(i + 1, int(t), float(s), m))
+        return out
 
-    def suggestion(self, rank: int, track: int, score: float) -> Suggestion:
+    def suggestion(self, rank: int, track: int, score: float, moment: dict[str, Any] | None = None) -> Suggestion:
         row = self.catalog.tracks[track]
         licence = row.get("licence") or ""
         return Suggestion(rank=rank, track=track, title=row["title"], artist=row["artist"], genre=row["genre"], score=score,
                           audio=row["audio"] or None, licence=licence, licence_family=family(licence),
                           attribution=attribution(row["title"], row["artist"], licence, row.get("copyright") or ""),
-                          tags=row.get("tags") or "")
+                          tags=row.get("tags") or "", moment=moment)
 
 
 AUDIO_DIR = "audio"  # a bundle catalog's audio files, named by content: <sha256>.<ext>
+MOMENTS_DIR = "moments"  # a bundle catalog's moment analyses and window spec (deccm.moments.Moments.save)
 _STORED = re.compile(rf"^{AUDIO_DIR}/([0-9a-f]{{64}})(\.[A-Za-z0-9]{{1,8}})?$")
 
 
@@ -441,15 +481,37 @@ def _extractor(conf: RunConfig, device: str) -> Any | None:
         raise RunError(f"{conf.name}: cannot rebuild the video extractor the run was trained with ({e}).") from e
 
 
+def clip_seconds(clip: str | Path, cap: float | None = None) -> float:
+    """The clip's length as its container states it (after the media rule's checks), capped at ``cap``: the length a
+    moment is cut to."""
+    from deccm.features import DecodeError, admit
+
+    info = admit.check(clip, "video", admit.UPLOAD)
+    if not info.duration:
+        raise DecodeError(f"{Path(clip).name}: its container states no duration, so no moment length. Fix: remux it "
+                          "(ffmpeg -i in -c copy out.mp4).")
+    return min(info.duration, cap) if cap else info.duration
+
+
 def format_suggestions(items: list[Suggestion]) -> str:
     """A plain table: rank, score, genre, title, artist, licence (cut at 40 characters; ``--json`` has it whole), and
     the tags where the catalog has them."""
     tagged = any(s.tags for s in items)
-    head = ("rank", "score", "genre", "title", "artist", "licence") + (("tags",) if tagged else ())
+    timed = any(s.moment for s in items)
+    head = ("rank", "score", "genre", "title", "artist", "licence") + (("tags",) if tagged else ()) \
+        + (("start", "end", "cut") if timed else ())
     rows = [(str(s.rank), f"{s.score:.4f}", s.genre, s.title, s.artist, _cut(s.licence or "unknown", 40))
-            + ((s.tags,) if tagged else ()) for s in items]
+            + ((s.tags,) if tagged else ()) + (_moment_cells(s.moment) if timed else ()) for s in items]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows])
+
+
+def _moment_cells(m: dict[str, Any] | None) -> tuple[str, str, str]:
+    """start, end (m:ss.s, track time) and how the cut was made ("downbeat", "beat", "loop …", "none")."""
+    if not m:
+        return ("", "", "no audio")
+    how = f"loop {m['snapped']}" if m["loop"] else m["snapped"]
+    return (clock(m["start"]), clock(m["end"]), how)
 
 
 def _cut(text: str, n: int) -> str:
@@ -467,6 +529,9 @@ def build_parser(prog: str = "deccm recommend") -> argparse.ArgumentParser:
     p.add_argument("--licence", choices=list(FILTERS), default="any",
                    help="serve only tracks of these licences: " + "; ".join(f"{k}: {v}" for k, v in FILTERS.items())
                    + " (default any)")
+    p.add_argument("--moments", action="store_true",
+                   help="also give each track's moment: the part to play under the clip, cut on the beat to the clip's "
+                        "length (start and end in the table; start, end, beats in --json)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda (default auto)")
     p.add_argument("--index", choices=INDEXES, default="exact",
@@ -482,8 +547,9 @@ def main(argv: list[str] | None = None, prog: str = "deccm recommend") -> int:
 
     try:
         rec = Recommender.from_run(args.run, device=args.device, index=args.index)
-        items = rec.recommend(args.clip, k=args.k, licence=args.licence)
-    except (RunError, DatasetError, DecodeError, ValueError) as e:  # ValueError covers SearchError
+        length = clip_seconds(args.clip) if args.moments else None
+        items = rec.recommend(args.clip, k=args.k, licence=args.licence, moment_s=length)
+    except (RunError, DatasetError, DecodeError, ValueError) as e:  # ValueError covers SearchError and MomentError
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

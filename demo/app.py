@@ -42,7 +42,7 @@ from deccm.watch import ENV_POLL, POLL_S, poll_seconds
 TITLE = "deccm: background music for a short video"
 QUEUE_MAX = 32  # waiting requests; more are refused at once ("queue is full") instead of piling up
 EVENT_THREADS = 8  # /suggest and /preview handlers at once, in one group: cheap checks run here, heavy work in a slot
-RANKING_COLUMNS = ["rank", "title", "composer / artist", "genre", "score", "licence", "attribution"]
+RANKING_COLUMNS = ["rank", "title", "composer / artist", "genre", "score", "moment", "licence", "attribution"]
 
 
 def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | None = None,
@@ -85,12 +85,15 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
                 status = gr.Markdown("Upload a clip and press **Suggest music**.", elem_id="status")
                 # the attribution is the long column (a credit line); the table grows rather than hide rows behind a scroll
                 table = gr.Dataframe(pd.DataFrame(columns=RANKING_COLUMNS), label="Suggested tracks", interactive=False,
-                                     wrap=True, column_widths=["5%", "17%", "13%", "10%", "7%", "12%", "36%"],
+                                     wrap=True, column_widths=["5%", "15%", "12%", "10%", "6%", "12%", "10%", "30%"],
                                      max_height=1000, elem_id="ranking")
                 players = [gr.Audio(label=f"#{i + 1}", visible=False, interactive=False, elem_id=f"track-{i + 1}")
                            for i in range(lib.TOP_AUDIO)]
         with gr.Row():
-            preview = gr.Video(label="Preview: your clip with the top track under it", interactive=False, elem_id="preview")
+            with gr.Column():
+                preview = gr.Video(label="Preview: your clip with the top track's moment under it", interactive=False,
+                                   elem_id="preview")
+                download = gr.DownloadButton("Download clip with this music", visible=False, elem_id="download")
             chart = gr.BarPlot(pd.DataFrame(columns=["bar", "share", "list"]), x="bar", y="share", color="list",
                                title="Genre mix: the suggestions beside the whole catalog", x_title="genre",
                                y_title="share", x_label_angle=-35, sort=None, y_lim=[0, 1], elem_id="genre-mix")
@@ -109,7 +112,8 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
                 gr.Warning(page.error)
             items = page.result.suggestions if page.result else []
             # updates, not new components: a component would have its whole config and schema rebuilt per request
-            audio = [gr.update(value=s.audio, label=f"#{s.rank} {s.title} · {s.artist} ({s.genre})", visible=True)
+            audio = [gr.update(value=s.audio, label=f"#{s.rank} {s.title} · {s.artist} ({s.genre}) · {lib.moment_text(s.moment)}",
+                               visible=True)
                      if s.audio else gr.update(value=None, visible=False) for s in items[:lib.TOP_AUDIO]]
             audio += [gr.update(value=None, visible=False)] * (lib.TOP_AUDIO - len(audio))
             compare_rows = page.side_by_side()
@@ -118,16 +122,17 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
                     gr.update(value=pd.DataFrame(compare_rows, columns=page.columns), label=page.comparison_note or None),
                     page.to_dict(), items[0].audio if items else None]
 
-        def on_preview(clip: str | None, audio: str | None) -> Any:
+        def on_preview(clip: str | None, audio: str | None) -> list[Any]:
             try:
-                return svc.preview(clip, audio)
+                path = svc.preview(clip, audio)
             except lib.DemoError as e:
                 gr.Warning(f"No preview: {e}")
-                return None
+                path = None
+            return [path, gr.update(value=path, visible=path is not None)]
 
         media = {"concurrency_id": "media", "concurrency_limit": EVENT_THREADS}
         go.click(on_suggest, inputs=[video, k, licence], outputs=[status, table, *players, chart, compare, raw, top_audio],
-                 api_name="suggest", **media).then(on_preview, inputs=[video, top_audio], outputs=[preview],
+                 api_name="suggest", **media).then(on_preview, inputs=[video, top_audio], outputs=[preview, download],
                                                    api_name="preview", **media)
 
         def on_refresh() -> list[str]:

@@ -1,0 +1,532 @@
+"""Moments: which part of a track to play under a clip, cut on the beat to the clip's exact length.
+
+docs/method.md §7 says why each rule is what it is. The parts, in the order a request uses them:
+
+* :func:`analyse` (once per track, cached by content under :meth:`WindowSpec.spec_id`): the
+  track decoded mono at 22.05 kHz through the media rule; librosa's beat tracker gives the
+  beats; per :attr:`WindowSpec.block_s` block the frames' power, onset strength, onset
+  count, power-weighted spectral centroid and chroma are summed, so a window of any length
+  is described from block sums in microseconds.
+* :func:`window_descriptors`: per window (the clip's length, every :attr:`WindowSpec.hop_s`)
+  the five descriptors the catalogs are measured by: tempo (median beat interval inside,
+  else the track's), mode (best major − best minor key correlation of the window's chroma),
+  onsets per second, loudness (dB) and brightness (centroid).
+* :class:`Projection`: a ridge map, fitted on the catalog, from a track's standardised
+  descriptors to the model's vector for it. It turns a window into the vector the model
+  would give that part of the track, so the window that scores highest against the clip's
+  query is the model's choice of moment. The ranking itself stays the model's track score
+  (``benchmarks/moments.py`` measures the best-window rule against it).
+* :func:`place`: the chosen window's start snaps to the nearest downbeat (else beat) at or
+  before the last start that still fits; a track shorter than the clip loops a whole
+  number of beats (bars where downbeats were found).
+* :func:`render`: the moment's samples at exactly the clip's length: a 10 ms fade-in, the
+  loop seams crossfaded with equal power, a short fade-out at the clip's end.
+
+Serving only: nothing here imports training code.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deccm import io
+from deccm.features.runtime import jit_cache_lock, librosa
+
+log = logging.getLogger(__name__)
+
+ANALYSIS_VERSION = 1
+HOP = 512  # STFT hop (23 ms at 22.05 kHz): the beat tracker's and the block sums' frame
+N_FFT = 2048
+BLOCK_COLUMNS = ("frames", "power", "onset_strength", "onsets", "centroid_power", *(f"chroma_{i}" for i in range(12)))
+DESCRIPTORS = ("log2_tempo", "mode", "log_onset_rate", "loudness_db", "log_centroid")
+MIN_BEATS = 4  # fewer detected beats: the track has no beat (cuts fall on the window grid)
+BEAT_SALIENCE = 1.3  # and the beats' mean onset strength must exceed the track's by 30 % ...
+MIN_BEAT_STRENGTH = 0.25  # ... and this floor (dB-mel flux; a steady tone's ripples reach about 0.05, music's beats 1+)
+DOWNBEAT_MARGIN = 1.1  # a beat phase counts as the downbeat when its onset strength beats the others' mean by 10 %
+
+
+class MomentError(ValueError):
+    """A track or a request that cannot give a moment; the message names the track and the fix."""
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How tracks are analysed, windows laid and cuts made; stored with every bundle and registered model."""
+
+    hop_s: float = 1.0  # window starts every hop_s seconds (the issue's bound: ≤ 2 s)
+    block_s: float = 0.5  # the analysis's time resolution
+    sample_rate: int = 22_050  # analysis
+    render_rate: int = 44_100  # what is played and muxed
+    fade_in_s: float = 0.01  # no click at the cut
+    fade_out_s: float = 0.3  # the end falls at the clip's end, faded
+    crossfade_s: float = 0.08  # each loop seam
+    snap: str = "downbeat"  # "downbeat" (else beat), "beat", or "none"
+    max_track_s: float = 900.0  # a track is analysed on its first 15 minutes
+    ridge: float = 1.0  # the projection's ridge strength (standardised descriptors)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hop_s <= 2.0:
+            raise ValueError(f"window hop must be in (0, 2] seconds, got {self.hop_s}")
+        if not 0 < self.block_s <= self.hop_s:
+            raise ValueError(f"block must be in (0, hop] seconds, got {self.block_s}")
+        if self.snap not in ("downbeat", "beat", "none"):
+            raise ValueError(f"snap must be downbeat, beat or none, got {self.snap!r}")
+        if min(self.fade_in_s, self.fade_out_s, self.crossfade_s) < 0 or self.ridge <= 0:
+            raise ValueError("fades and crossfade must be ≥ 0 and ridge > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"kind": "moments", "version": ANALYSIS_VERSION, **asdict(self)}
+        return {**d, "spec_id": hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]}
+
+    @property
+    def spec_id(self) -> str:
+        return self.to_dict()["spec_id"]
+
+    @property
+    def analysis_id(self) -> str:
+        """What a cached analysis depends on (not the cut settings)."""
+        key = {"version": ANALYSIS_VERSION, "block_s": self.block_s, "sample_rate": self.sample_rate,
+               "max_track_s": self.max_track_s}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WindowSpec":
+        if d.get("kind") != "moments" or d.get("version") != ANALYSIS_VERSION:
+            raise MomentError(f"not a moments window spec of version {ANALYSIS_VERSION}: {d.get('kind')!r} "
+                              f"v{d.get('version')!r}. Fix: export the bundle again.")
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class Analysis:
+    """One track: block sums (n_blocks, len(BLOCK_COLUMNS)), beat times (s), which beats are downbeats."""
+
+    blocks: np.ndarray
+    beats: np.ndarray
+    downbeat: np.ndarray  # bool per beat; all False when no downbeat phase was found
+    duration: float
+    tempo: float  # the beat tracker's global estimate (BPM), 0 when no beat was found
+
+    @property
+    def has_beat(self) -> bool:
+        return len(self.beats) >= MIN_BEATS
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"blocks": self.blocks.astype(np.float32), "beats": self.beats.astype(np.float64),
+                "downbeat": self.downbeat.astype(bool), "meta": np.array([self.duration, self.tempo], np.float64)}
+
+    @classmethod
+    def from_arrays(cls, a: dict[str, np.ndarray]) -> "Analysis":
+        blocks = np.asarray(a["blocks"], np.float32)
+        if blocks.ndim != 2 or blocks.shape[1] != len(BLOCK_COLUMNS) or not np.isfinite(blocks).all():
+            raise MomentError(f"analysis blocks of shape {blocks.shape}, want (n, {len(BLOCK_COLUMNS)}) finite")
+        beats = np.asarray(a["beats"], np.float64)
+        downbeat = np.asarray(a["downbeat"], bool)
+        if beats.shape != downbeat.shape:
+            raise MomentError("analysis beats and downbeat marks differ in length")
+        duration, tempo = (float(v) for v in np.asarray(a["meta"], np.float64))
+        return cls(blocks, beats, downbeat, duration, tempo)
+
+
+def load_samples(path: str | Path, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """Mono float32 samples of an admitted audio file (the media rule's demuxer allow-list and caps)."""
+    from deccm.features import admit, decode
+
+    try:
+        return decode.read_audio(path, sample_rate=sample_rate, max_seconds=max_seconds, limits=admit.TRACK).samples
+    except admit.DecodeError as e:
+        raise MomentError(f"{Path(path).name}: cannot be read for moments: {e}") from None
+
+
+def analyse(samples: np.ndarray, spec: WindowSpec = WindowSpec()) -> Analysis:
+    """Beats and block sums of one track's mono samples at ``spec.sample_rate``."""
+    _compile_once(spec.sample_rate)
+    return _analyse(np.asarray(samples, np.float32), spec)
+
+
+@functools.cache
+def _compile_once(sr: int) -> None:
+    """Compile librosa's numba kernels under the JIT-cache lock (pool workers share a cold cache on a first run)."""
+    with jit_cache_lock():
+        _analyse(np.random.default_rng(0).standard_normal(2 * sr).astype(np.float32) * 0.1, WindowSpec(sample_rate=sr))
+
+
+def _analyse(y: np.ndarray, spec: WindowSpec) -> Analysis:
+    lr = librosa()
+    sr = spec.sample_rate
+    if y.size < N_FFT:
+        y = np.pad(y, (0, N_FFT - y.size))
+    duration = len(y) / sr
+    mag = np.abs(lr.stft(y, n_fft=N_FFT, hop_length=HOP))  # (1 + N_FFT/2, T)
+    power = mag ** 2
+    env = lr.onset.onset_strength(S=lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sr)), sr=sr)  # (T,)
+    with warnings.catch_warnings():  # librosa warns on tracks without a beat; no beat is an answer here
+        warnings.simplefilter("ignore")
+        tempo, beat_frames = lr.beat.beat_track(onset_envelope=env, sr=sr, hop_length=HOP)
+    onsets = lr.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=HOP)
+    frame_power = power.mean(axis=0)  # (T,)
+    centroid = lr.feature.spectral_centroid(S=mag, sr=sr, n_fft=N_FFT)[0]
+    chroma = lr.feature.chroma_stft(S=power, sr=sr, n_fft=N_FFT, tuning=0.0)  # (12, T)
+    t = lr.frames_to_time(np.arange(power.shape[1]), sr=sr, hop_length=HOP)
+    n_blocks = max(1, int(np.ceil(duration / spec.block_s)))
+    block = np.minimum((t / spec.block_s).astype(np.int64), n_blocks - 1)
+    onset_count = np.bincount(block[np.minimum(onsets, len(block) - 1)], minlength=n_blocks) if len(onsets) else np.zeros(n_blocks)
+    sums = [np.bincount(block, minlength=n_blocks), np.bincount(block, frame_power, n_blocks),
+            np.bincount(block, env[: len(block)], n_blocks), onset_count, np.bincount(block, centroid * frame_power, n_blocks)]
+    sums += [np.bincount(block, chroma[i], n_blocks) for i in range(12)]
+    blocks = np.stack(sums, axis=1).astype(np.float32)
+    beats = lr.frames_to_time(np.asarray(beat_frames, np.int64), sr=sr, hop_length=HOP).astype(np.float64)
+    at_beats = env[np.minimum(np.asarray(beat_frames, np.int64), len(env) - 1)] if len(beat_frames) else np.zeros(0)
+    found = len(beats) >= MIN_BEATS and at_beats.mean() >= max(BEAT_SALIENCE * float(env.mean()), MIN_BEAT_STRENGTH)
+    return Analysis(blocks, beats if found else np.zeros(0), _downbeats(np.asarray(beat_frames), env) if found else np.zeros(0, bool),
+                    duration, float(np.atleast_1d(tempo)[0]) if found else 0.0)
+
+
+def _downbeats(beat_frames: np.ndarray, env: np.ndarray) -> np.ndarray:
+    """Mark every fourth beat from the phase whose beats carry the most onset strength (an estimate: librosa has no
+    downbeat tracker); all False when no phase stands out by :data:`DOWNBEAT_MARGIN` or there are under two bars."""
+    marks = np.zeros(len(beat_frames), bool)
+    if len(beat_frames) < 8:
+        return marks
+    strength = env[np.minimum(np.asarray(beat_frames, np.int64), len(env) - 1)]
+    phase = np.array([strength[p::4].mean() for p in range(4)])
+    best = int(phase.argmax())
+    if phase[best] < DOWNBEAT_MARGIN * np.delete(phase, best).mean():
+        return marks
+    marks[best::4] = True
+    return marks
+
+
+# --------------------------------------------------------------------------- windows and their descriptors
+
+
+def window_starts(duration: float, length: float, hop: float) -> np.ndarray:
+    """Start times (s) of windows of ``length`` every ``hop`` that fit in the track; one at 0 when none fits."""
+    last = duration - length
+    if last <= 0:
+        return np.zeros(1)
+    starts = np.arange(0.0, last + 1e-9, hop)
+    return starts if np.isclose(starts[-1], last) else np.append(starts, last)  # the track's end is a window too
+
+
+def descriptors(a: Analysis, starts: np.ndarray, length: float, spec: WindowSpec) -> np.ndarray:
+    """(W, 5) :data:`DESCRIPTORS` of the windows [start, start + length) from the block sums."""
+    n = len(a.blocks)
+    cum = np.vstack([np.zeros((1, a.blocks.shape[1])), np.cumsum(a.blocks.astype(np.float64), axis=0)])
+    lo = np.clip(np.round(np.asarray(starts) / spec.block_s).astype(np.int64), 0, n - 1)
+    hi = np.clip(lo + max(1, int(round(length / spec.block_s))), 1, n)
+    s = cum[hi] - cum[lo]  # (W, columns)
+    frames = np.maximum(s[:, 0], 1.0)
+    power = np.maximum(s[:, 1], 1e-12)
+    seconds = frames * HOP / spec.sample_rate
+    loud = 10.0 * np.log10(power / frames + 1e-12)
+    rate = np.log(s[:, 3] / seconds + 0.1)
+    centroid = np.log(np.maximum(s[:, 4] / power, 20.0))
+    from deccm.features.audio import key_strengths  # imported here: serving loads this module without the extractors
+
+    mode = np.array([key_strengths(c)[0] for c in s[:, 5:]])
+    tempo = np.full(len(lo), a.tempo if a.tempo > 0 else 120.0)
+    for w, (t0, t1) in enumerate(zip(lo * spec.block_s, hi * spec.block_s)):
+        inside = a.beats[(a.beats >= t0) & (a.beats < t1)]
+        if len(inside) >= 3:
+            tempo[w] = 60.0 / float(np.median(np.diff(inside)))
+    return np.stack([np.log2(tempo), mode, rate, loud, centroid], axis=1)
+
+
+def whole(a: Analysis, spec: WindowSpec) -> np.ndarray:
+    """(5,) descriptors of the whole track (what the model's track vector was computed from)."""
+    return descriptors(a, np.zeros(1), len(a.blocks) * spec.block_s, spec)[0]
+
+
+@dataclass
+class Projection:
+    """Track vector ≈ [1, z(d)] · W with z(d) = (d − mean) / std: the model's vectors as a linear function of the five
+    descriptors, fitted on the catalog by ridge regression (``ridge`` on the standardised columns, not the intercept)."""
+
+    mean: np.ndarray  # (5,)
+    std: np.ndarray  # (5,)
+    weights: np.ndarray  # (6, D')
+    r2: float  # share of the catalog vectors' variance the descriptors explain
+
+    @classmethod
+    def fit(cls, d: np.ndarray, vectors: np.ndarray, ridge: float = 1.0) -> "Projection":
+        d, p = np.asarray(d, np.float64), np.asarray(vectors, np.float64)
+        if d.ndim != 2 or d.shape[0] != p.shape[0] or d.shape[0] < 2:
+            raise MomentError(f"a projection needs descriptors and vectors for the same ≥ 2 tracks, got {d.shape} and {p.shape}")
+        mean, std = d.mean(0), d.std(0)
+        std = np.where(std < 1e-9, 1.0, std)
+        x = np.hstack([np.ones((len(d), 1)), (d - mean) / std])
+        reg = ridge * np.eye(x.shape[1])
+        reg[0, 0] = 0.0
+        w = np.linalg.solve(x.T @ x + reg, x.T @ p)
+        resid = p - x @ w
+        r2 = 1.0 - float((resid ** 2).sum() / max(((p - p.mean(0)) ** 2).sum(), 1e-12))
+        return cls(mean, std, w, r2)
+
+    def vectors(self, d: np.ndarray) -> np.ndarray:
+        """(W, D') the vectors the descriptors ``d`` (W, 5) stand for."""
+        z = (np.asarray(d, np.float64) - self.mean) / self.std
+        return np.hstack([np.ones((len(z), 1)), z]) @ self.weights
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "weights": self.weights.tolist(), "r2": self.r2}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Projection":
+        p = cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64), np.asarray(d["weights"], np.float64),
+                float(d["r2"]))
+        if p.mean.shape != (len(DESCRIPTORS),) or p.weights.shape[0] != len(DESCRIPTORS) + 1:
+            raise MomentError(f"a projection of shape {p.weights.shape} does not fit {len(DESCRIPTORS)} descriptors")
+        return p
+
+
+# --------------------------------------------------------------------------- placing and cutting
+
+
+@dataclass(frozen=True)
+class Moment:
+    """The part of a track played under a clip: track time [start, start + length), looped from loop_end back to
+    start when the track is shorter than the clip. ``beats``: the track's beats inside the moment (track time)."""
+
+    start: float
+    length: float
+    loop_end: float | None = None  # set when the moment loops: [start, loop_end) repeats
+    beats: tuple[float, ...] = ()
+    snapped: str = "none"  # "downbeat", "beat" or "none" (no beat found)
+    window_start: float = 0.0  # the chosen window before snapping
+
+    @property
+    def end(self) -> float:
+        """Where the moment leaves the track (track time); for a loop, the loop's end."""
+        return self.loop_end if self.loop_end is not None else self.start + self.length
+
+    def cut_points(self) -> list[float]:
+        """Track times where the track is cut: the start, and the loop's end when it loops (the fade-out is no cut)."""
+        return [self.start] + ([self.loop_end] if self.loop_end is not None else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(self.start, 3), "end": round(self.end, 3), "length": round(self.length, 3),
+                "loop": self.loop_end is not None, "snapped": self.snapped, "window_start": round(self.window_start, 3),
+                "beats": [round(b, 3) for b in self.beats]}
+
+
+def clock(t: float) -> str:
+    """Track time as m:ss.s (how moments are shown)."""
+    return f"{int(t // 60)}:{t % 60:04.1f}"
+
+
+def choose(scores: np.ndarray, starts: np.ndarray) -> float:
+    """The best-scoring window's start (ties: the earliest)."""
+    return float(starts[int(np.argmax(scores))])
+
+
+def place(a: Analysis, window_start: float, length: float, spec: WindowSpec = WindowSpec()) -> Moment:
+    """Snap the chosen window to the beat and fit it to ``length`` (see the module docstring)."""
+    if length <= 0:
+        raise MomentError(f"a moment needs a positive length, got {length}")
+    grid = a.beats if a.has_beat and spec.snap != "none" else np.zeros(0)
+    down = a.downbeat if len(grid) else np.zeros(0, bool)
+    if a.duration < length + spec.fade_out_s:
+        return _loop(a, grid, down, length, spec, window_start)
+    last = a.duration - length
+    for kind, cands in (("downbeat", grid[down] if spec.snap == "downbeat" else grid[:0]), ("beat", grid)):
+        ok = cands[cands <= last + 1e-6]
+        if len(ok):
+            start = float(ok[np.argmin(np.abs(ok - window_start))])
+            if abs(start - window_start) <= spec.hop_s + _period(grid):  # never far from the window the model chose
+                return Moment(start, length, None, _inside(grid, start, start + length), kind, window_start)
+    start = float(min(max(window_start, 0.0), last))
+    return Moment(start, length, None, _inside(grid, start, start + length), "none", window_start)
+
+
+def _period(grid: np.ndarray) -> float:
+    return float(np.median(np.diff(grid))) * 4 if len(grid) >= 2 else 0.0
+
+
+def _inside(grid: np.ndarray, t0: float, t1: float) -> tuple[float, ...]:
+    return tuple(float(b) for b in grid[(grid >= t0 - 1e-6) & (grid < t1)])
+
+
+def _loop(a: Analysis, grid: np.ndarray, down: np.ndarray, length: float, spec: WindowSpec, window_start: float) -> Moment:
+    """A track shorter than the clip: loop [first downbeat (else beat), a later beat) — whole bars where downbeats were
+    found — leaving room for the seam's crossfade after the loop's end; the whole track when it has no beat."""
+    room = a.duration - spec.crossfade_s
+    if len(grid) >= 2:
+        first = int(np.flatnonzero(down)[0]) if down.any() else 0
+        step = 4 if down.any() else 1
+        ends = [j for j in range(first + step, len(grid), step) if grid[j] <= room]
+        if ends:
+            start, end = float(grid[first]), float(grid[ends[-1]])
+            return Moment(start, length, end, _inside(grid, start, end), "downbeat" if down.any() else "beat", window_start)
+    return Moment(0.0, length, max(room, a.duration / 2), (), "none", window_start)
+
+
+def render(samples: np.ndarray, sr: int, m: Moment, spec: WindowSpec = WindowSpec()) -> np.ndarray:
+    """The moment's mono samples: exactly ``round(m.length · sr)`` of them, faded in and out, loops crossfaded."""
+    y = np.asarray(samples, np.float32)
+    n = int(round(m.length * sr))
+    s0 = int(round(m.start * sr))
+    if m.loop_end is None:
+        out = y[s0:s0 + n].copy()
+        if len(out) < n:  # the decoded track came out a little shorter than stated: hold the end, fade out over it
+            out = np.pad(out, (0, n - len(out)))
+    else:
+        out = _looped(y, s0, int(round(m.loop_end * sr)), n, int(round(spec.crossfade_s * sr)))
+    fi, fo = min(n, int(round(spec.fade_in_s * sr))), min(n, int(round(spec.fade_out_s * sr)))
+    if fi:
+        out[:fi] *= np.linspace(0.0, 1.0, fi, dtype=np.float32)
+    if fo:
+        out[n - fo:] *= np.linspace(1.0, 0.0, fo, dtype=np.float32)
+    return out
+
+
+def _looped(y: np.ndarray, s0: int, s1: int, n: int, xf: int) -> np.ndarray:
+    """Repeat y[s0:s1] to n samples; at each seam the track's own continuation past s1 fades out (equal power) while
+    the loop's start fades in, so the beat grid runs on unbroken and no sample is silent."""
+    unit = s1 - s0
+    if unit <= 0:
+        raise MomentError("a loop needs a positive length")
+    xf = max(0, min(xf, len(y) - s1, unit // 2))
+    ramp = np.sin(np.linspace(0.0, np.pi / 2, xf, dtype=np.float32)) if xf else np.zeros(0, np.float32)
+    out = np.zeros(n + unit + xf, np.float32)
+    pos = 0
+    while pos < n:
+        seg = y[s0:s1 + xf].copy()
+        if pos > 0 and xf:
+            seg[:xf] *= ramp  # the loop's start fades in over the previous pass's tail
+        if xf:
+            seg[unit:] *= ramp[::-1]  # the continuation past the loop end fades out
+        out[pos:pos + len(seg)] += seg
+        pos += unit
+    return out[:n]
+
+
+def write_wav(dest: str | Path, samples: np.ndarray, sr: int) -> Path:
+    """16-bit PCM mono WAV, written atomically (what the players and the mux read)."""
+    import wave
+
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
+    with io.atomic_path(dest) as tmp:
+        with wave.open(str(tmp), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(sr)
+            w.writeframes(pcm.tobytes())
+    return Path(dest)
+
+
+# --------------------------------------------------------------------------- a catalog's moments
+
+
+def cache_dir() -> Path:
+    """``$DECCM_HOME/cache/moments``: analyses by (analysis id, audio sha256)."""
+    from deccm import config
+
+    return config.state_path("cache", "moments")
+
+
+def analyse_file(path: str | Path, sha: str, spec: WindowSpec, cache: Path | None = None) -> Analysis:
+    """A track's analysis, from the cache when its content was analysed under the same settings before."""
+    where = (cache or cache_dir()) / spec.analysis_id / sha[:2] / f"{sha}.npz"
+    if where.is_file():
+        try:
+            with np.load(where, allow_pickle=False) as z:
+                return Analysis.from_arrays(dict(z))
+        except (OSError, ValueError, KeyError):
+            log.warning("%s: unreadable cached analysis; analysing again", where)
+    a = analyse(load_samples(path, spec.sample_rate, spec.max_track_s), spec)
+    with io.atomic_path(where) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **a.arrays())
+    return a
+
+
+@dataclass
+class Moments:
+    """A catalog's analyses (None for a track without audio) and the projection fitted on it."""
+
+    spec: WindowSpec
+    analyses: list[Analysis | None]
+    projection: Projection
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, audio: list[tuple[str, str]], vectors: np.ndarray, spec: WindowSpec = WindowSpec(),
+              cache: Path | None = None) -> "Moments":
+        """Analyse each track's audio ((path, sha256); "" where none) and fit the projection on the analysed ones."""
+        from tqdm import tqdm
+
+        analyses: list[Analysis | None] = []
+        notes = []
+        for i, (path, sha) in enumerate(tqdm(audio, desc="moments: analyse tracks", unit="track", leave=False)):
+            if not path:
+                analyses.append(None)
+                continue
+            try:
+                analyses.append(analyse_file(path, sha or io.sha256_file(path), spec, cache))
+            except MomentError as e:
+                notes.append(f"track {i}: {e}")
+                analyses.append(None)
+        have = [i for i, a in enumerate(analyses) if a is not None]
+        if len(have) < 2:
+            raise MomentError(f"moments need at least two tracks with readable audio, the catalog has {len(have)}. Fix: "
+                              "serve a catalog with media (or turn moments off).")
+        d = np.stack([whole(analyses[i], spec) for i in have])  # type: ignore[arg-type]
+        proj = Projection.fit(d, np.asarray(vectors)[have], spec.ridge)
+        log.info("moments: %d tracks analysed, projection R² %.2f on the catalog", len(have), proj.r2)
+        return cls(spec, analyses, proj, notes)
+
+    def window_scores(self, track: int, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, scores): every window of ``length`` in the track and the model's score for it (query · vector)."""
+        a = self._analysis(track)
+        starts = window_starts(a.duration, length, self.spec.hop_s)
+        return starts, self.projection.vectors(descriptors(a, starts, length, self.spec)) @ np.asarray(query, np.float64)
+
+    def moment(self, track: int, query: np.ndarray, length: float) -> Moment:
+        """The moment of ``track`` for a clip with query vector ``query`` (D',) lasting ``length`` seconds."""
+        starts, scores = self.window_scores(track, query, length)
+        return place(self._analysis(track), choose(scores, starts), length, self.spec)
+
+    def _analysis(self, track: int) -> Analysis:
+        a = self.analyses[track] if 0 <= track < len(self.analyses) else None
+        if a is None:
+            raise MomentError(f"track {track} has no analysed audio, so no moment")
+        return a
+
+    def save(self, dest: Path) -> None:
+        """``dest/spec.json`` (window spec, projection, which tracks) and ``dest/analyses.npz`` (all tracks, concatenated)."""
+        have = [i for i, a in enumerate(self.analyses) if a is not None]
+        arrays: dict[str, np.ndarray] = {"tracks": np.asarray(have, np.int64)}
+        for key in ("blocks", "beats", "downbeat", "meta"):
+            parts = [self.analyses[i].arrays()[key] for i in have]  # type: ignore[union-attr]
+            arrays[key] = np.concatenate(parts) if key != "meta" else np.stack(parts)
+            arrays[f"{key}_offsets"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+        with io.atomic_path(dest / "analyses.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        io.write_json(dest / "spec.json", {"window_spec": self.spec.to_dict(), "projection": self.projection.to_json(),
+                                           "n_tracks": len(self.analyses), "notes": self.notes})
+
+    @classmethod
+    def load(cls, src: Path) -> "Moments":
+        meta = json.loads((src / "spec.json").read_text())
+        with np.load(src / "analyses.npz", allow_pickle=False) as z:
+            arrays = dict(z)
+        analyses: list[Analysis | None] = [None] * int(meta["n_tracks"])
+        for j, i in enumerate(arrays["tracks"]):
+            part = {k: arrays[k][arrays[f"{k}_offsets"][j]:arrays[f"{k}_offsets"][j + 1]] for k in ("blocks", "beats", "downbeat")}
+            analyses[int(i)] = Analysis.from_arrays({**part, "meta": arrays["meta"][j]})
+        return cls(WindowSpec.from_dict(meta["window_spec"]), analyses, Projection.from_json(meta["projection"]),
+                   list(meta.get("notes") or []))

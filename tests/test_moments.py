@@ -1,0 +1,143 @@
+"""Moments: the window the model prefers, cut on the beat to the clip's exact length (deccm.moments)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from deccm import demo, moments
+from deccm.moments import Moments, Projection, WindowSpec
+from tests import media
+
+SR = 22_050
+
+
+def beat_track(seconds: float, bpm: float, loudness: list[tuple[float, float, float]], sr: int = SR) -> np.ndarray:
+    """A click track (accented every fourth beat) over a low hum; ``loudness``: (from s, to s, gain) sections."""
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    y = 0.05 * np.sin(2 * np.pi * 110 * t)
+    click = np.sin(2 * np.pi * 880 * np.arange(int(0.06 * sr)) / sr) * np.exp(-np.arange(int(0.06 * sr)) / (0.015 * sr))
+    for i, b in enumerate(np.arange(0.0, seconds, 60.0 / bpm)):
+        s = int(b * sr)
+        part = click[: n - s] * (1.0 if i % 4 == 0 else 0.6)
+        y[s:s + len(part)] += part
+    gain = np.ones(n)
+    for lo, hi, g in loudness:
+        gain[int(lo * sr):int(hi * sr)] = g
+    return (0.5 * y * gain).astype(np.float32)
+
+
+def loudness_moments(tracks: list[np.ndarray], spec: WindowSpec = WindowSpec()) -> Moments:
+    """Moments over ``tracks`` for a model whose only preference is loudness (a 1-d "track vector" = loudness)."""
+    analyses = [moments.analyse(y, spec) for y in tracks]
+    d = np.stack([moments.whole(a, spec) for a in analyses] + [moments.whole(a, spec) + [0, 0, 0, 6, 0] for a in analyses])
+    proj = Projection.fit(d, d[:, [3]], spec.ridge)  # a vector that is the loudness, fitted on real descriptors
+    return Moments(spec, list(analyses), proj)
+
+
+def near(times: list[float] | np.ndarray, grid: np.ndarray, tol: float = 0.05) -> np.ndarray:
+    return np.array([np.min(np.abs(grid - t)) <= tol for t in times])
+
+
+def test_a_planted_loud_section_is_where_the_cut_goes() -> None:
+    y = beat_track(30.0, 120.0, [(0, 12, 0.15), (12, 20, 1.0), (20, 30, 0.15)])  # loud from 12 s to 20 s
+    m = loudness_moments([y])
+    starts, scores = m.window_scores(0, np.array([1.0]), 8.0)
+    assert starts[0] == 0.0 and np.allclose(np.diff(starts), 1.0) and starts[-1] == 22.0  # every hop, the last that fits
+    got = m.moment(0, np.array([1.0]), 8.0)
+    assert 11.5 <= got.start <= 12.6, got  # the loud 8 s, give or take the snap to the beat
+    assert got.length == 8.0 and got.end == pytest.approx(got.start + 8.0) and got.loop_end is None
+    quiet = m.moment(0, np.array([-1.0]), 8.0)  # a clip that wants it quiet gets a quiet part
+    assert quiet.start + 8.0 <= 12.5 or quiet.start >= 19.5, quiet
+
+
+def test_cut_points_sit_on_the_beat_track() -> None:
+    lr = moments.librosa()
+    for bpm, length in ((120.0, 8.0), (97.0, 6.3)):
+        y = beat_track(24.0, bpm, [(8, 16, 1.0), (0, 8, 0.3), (16, 24, 0.3)])
+        m = loudness_moments([y])
+        got = m.moment(0, np.array([1.0]), length)
+        # the library's beat tracker, run again here on the same audio: the cut sits on one of its beats
+        _, frames = lr.beat.beat_track(y=y, sr=SR, hop_length=moments.HOP)
+        beats = lr.frames_to_time(frames, sr=SR, hop_length=moments.HOP)
+        assert near(got.cut_points(), beats).all(), (bpm, got.cut_points(), beats[:12])
+        assert got.snapped in ("downbeat", "beat") and near(got.beats, beats).all()
+        clicks = np.arange(0.0, 24.0, 60.0 / bpm)
+        assert near([got.start], clicks, 0.06).all()  # and on a click: the beat tracker's beats are the real ones
+
+
+def test_a_short_track_loops_on_the_beat_under_a_long_clip_without_silence() -> None:
+    y = beat_track(4.0, 120.0, [])
+    m = loudness_moments([y])
+    got = m.moment(0, np.array([1.0]), 15.0)
+    assert got.loop_end is not None and got.loop_end <= 4.0 and got.snapped in ("beat", "downbeat")
+    beats = m.analyses[0].beats  # type: ignore[union-attr]
+    assert near(got.cut_points(), beats).all()
+    unit = got.loop_end - got.start
+    assert unit == pytest.approx(round(unit / 0.5) * 0.5, abs=0.05)  # a whole number of beats at 120 BPM
+    out = moments.render(y, SR, got)
+    assert len(out) == 15 * SR  # exactly the clip's length
+    frame = int(0.05 * SR)
+    rms = np.sqrt((out[: len(out) // frame * frame].reshape(-1, frame) ** 2).mean(axis=1))
+    body = rms[1:-int(0.3 / 0.05) - 1]  # all but the 10 ms fade-in's frame and the 0.3 s fade-out
+    assert body.min() > 0.3 * np.median(rms), (body.min(), np.median(rms))  # no silent gap at any seam
+    # the loop keeps time: the clicks of the rendered audio still fall every 0.5 s across the seams
+    onsets = moments.librosa().onset.onset_detect(y=out, sr=SR, units="time", hop_length=256)
+    assert len(onsets) >= 25 and np.abs(np.diff(onsets)[:-1] - 0.5).max() < 0.05, np.diff(onsets)
+
+
+def test_rendering_is_exact_length_with_fades_for_every_kind_of_moment() -> None:
+    y = beat_track(20.0, 110.0, [])
+    m = loudness_moments([y, y[: 3 * SR]])
+    for track, length in ((0, 7.3), (0, 19.0), (1, 7.3), (1, 2.0)):
+        got = m.moment(track, np.array([1.0]), length)
+        out = moments.render(y if track == 0 else y[: 3 * SR], SR, got)
+        assert len(out) == round(length * SR) and np.isfinite(out).all()
+        assert abs(out[0]) < 1e-3 and abs(out[-1]) < 1e-3  # faded in and out: no click at either end
+    no_beat = 0.1 * np.sin(2 * np.pi * 220 * np.arange(10 * SR) / SR).astype(np.float32)  # a steady tone: no beat
+    a = moments.analyse(no_beat)
+    assert not a.has_beat
+    got = moments.place(a, 3.0, 5.0)
+    assert got.snapped == "none" and got.start == 3.0 and got.beats == ()
+
+
+def test_moments_survive_a_round_trip_and_refuse_bad_settings(tmp_path: Path) -> None:
+    m = loudness_moments([beat_track(12.0, 100.0, []), beat_track(9.0, 140.0, [])])
+    m.analyses.append(None)  # a track without audio
+    m.save(tmp_path / "m")
+    back = Moments.load(tmp_path / "m")
+    assert back.spec == m.spec and len(back.analyses) == 3 and back.analyses[2] is None
+    q = np.array([1.0])
+    assert back.moment(1, q, 4.0) == m.moment(1, q, 4.0)
+    meta = json.loads((tmp_path / "m" / "spec.json").read_text())
+    assert meta["window_spec"]["spec_id"] == m.spec.spec_id and meta["window_spec"]["hop_s"] == 1.0
+    with pytest.raises(moments.MomentError, match="track 2 has no analysed audio"):
+        back.moment(2, q, 4.0)
+    for bad in ({"hop_s": 3.0}, {"hop_s": 0.0}, {"snap": "bar"}, {"ridge": 0.0}):
+        with pytest.raises(ValueError):
+            WindowSpec(**bad)
+    assert WindowSpec(hop_s=0.5).spec_id != WindowSpec().spec_id
+
+
+def test_the_download_is_the_clip_with_its_moment_at_the_clip_exact_length(tmp_path: Path) -> None:
+    for seconds, rate in ((10.0, 25), (7.4, 30)):
+        clip = media.make_clip(tmp_path / f"clip-{seconds}.mp4", duration=seconds, size="320x240", rate=rate, audio=440.0)
+        y = beat_track(4.0, 120.0, [])  # shorter than the clip: the moment loops
+        m = loudness_moments([y])
+        got = m.moment(0, np.array([1.0]), seconds)
+        wav = moments.write_wav(tmp_path / f"moment-{seconds}.wav", moments.render(y, SR, got), SR)
+        out = demo.preview(clip, wav, tmp_path / "previews")
+        with av.open(str(out)) as c:
+            v, a = c.streams.video[0], c.streams.audio[0]
+            video_s = float(v.duration * v.time_base)
+            audio = np.concatenate([f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)])
+            audio_s = len(audio) / a.rate
+        assert abs(video_s - seconds) <= 1.0 / rate + 1e-6, (seconds, video_s)  # ± one video frame
+        assert abs(audio_s - seconds) <= 1.0 / rate + 0.05, (seconds, audio_s)  # the AAC encoder pads a frame at most
+        frame = a.rate // 20
+        rms = np.sqrt((audio[: len(audio) // frame * frame].reshape(-1, frame) ** 2).mean(axis=1))
+        assert rms[1:int((seconds - 0.5) * 20)].min() > 0.01  # music under the whole clip, no silent tail
