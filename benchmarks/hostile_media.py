@@ -62,6 +62,8 @@ def secret_frames(path: str) -> int:
 
 
 def returned_path(out: object) -> str | None:
+    """The preview's file from ``/preview``'s (preview, download) answer."""
+    out = out[0] if isinstance(out, (list, tuple)) else out
     video = out.get("video", out) if isinstance(out, dict) else out
     if isinstance(video, dict):
         return video.get("path")

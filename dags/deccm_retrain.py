@@ -80,6 +80,8 @@ PARAMS: dict[str, Param] = {
     "gate_floor": Param(0.15, type="number", minimum=0, maximum=1, description="gate: absolute floor of the primary metric"),
     "bias_tolerance": Param(0.05, type="number", minimum=0, maximum=1, description="gate: how much worse the bias metrics may get"),
     "shards": Param(4, type="integer", minimum=1, description="extraction shards per media kind (parallel mapped tasks)"),
+    "window_hop_s": Param(1.0, type="number", exclusiveMinimum=0, maximum=2,
+                          description="moments: a window starts every this many seconds; registered with the model"),
     "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
 }
 

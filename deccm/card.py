@@ -83,6 +83,17 @@ def _evaluation_md(evaluation: dict[str, Any]) -> list[str]:
 LICENCES_SHOWN = 5  # licences named on the card, most common first (card.json has them all)
 
 
+def _moment_rows(moments: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """How the card's model places each track under a clip (docs/method.md §7), or that it plays tracks from the start."""
+    if not moments:
+        return [("moments", "none: tracks play from their start (no catalog audio, or registered before moments)")]
+    w = moments["window_spec"]
+    return [("moments", f"a window at the clip's length every {w['hop_s']:g} s, chosen by the model through a descriptor "
+                        f"projection (R² {moments['projection_r2']:.2f}); cut on the {w['snap']} "
+                        f"({moments['tracks_with_beat']} of {moments['tracks_analysed']} tracks have a beat), "
+                        f"{w['fade_out_s']:g} s fade-out, short tracks loop; window spec {w['spec_id']}")]
+
+
 def _licence_rows(counts: dict[str, dict[str, int]] | None) -> list[tuple[str, str]]:
     """The catalog's tracks per licence family and per licence, for the card's table."""
     if not counts:
@@ -147,6 +158,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         ("confounder (uploader genre taste)", f"{confounder.get('handling', '—')}; in the data: {in_data}"),
         ("catalog", f"{catalog.get('tracks', '—')} tracks in {len(catalog.get('genres') or [])} genres"),
         *_licence_rows(catalog.get("licences")),
+        *_moment_rows(card.get("moments")),
     ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows] + ["", "#### Evaluation", ""]
     lines += _evaluation_md(card.get("evaluation") or {})

@@ -34,6 +34,7 @@ from typing import Any
 from deccm import config, gate as gating, locks, registry, tracking
 from deccm import log as _log
 from deccm.data import DatasetError, load_dataset
+from deccm.moments import WindowSpec
 from deccm.runs import RunError, TrainConfig, check_data, pgc_hash, read_config
 from deccm.train import RECOMMENDED, VARIANTS, configs_from_dict, default_variant, train
 
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "mode": "fixed",
     "gate_metric": "HR_w@10", "gate_split": "gate", "gate_margin": 0.005, "gate_floor": 0.15, "bias_tolerance": 0.05,
     "shards": 4,  # extraction shards (parallel mapped tasks)
+    "window_hop_s": 1.0,  # moments: a window starts every this many seconds (deccm.moments.WindowSpec, registered with the model)
     "device": "auto",
 }
 # Student variant and loop settings per source. By default the best model measured on the
@@ -73,7 +75,7 @@ BASELINE_PURPOSE = ("The baseline beside the champion: the closed-form ridge map
                     "demo's side by side shows what the trained champion changes over a linear map. Registering it never "
                     "promotes it: it holds the alias baseline, not challenger.")
 _INT = ("seed", "epochs", "batch_size", "train_seed", "shards")
-_FLOAT = ("gate_margin", "gate_floor", "bias_tolerance")
+_FLOAT = ("gate_margin", "gate_floor", "bias_tolerance", "window_hop_s")
 
 
 def _flag(v: Any) -> bool:
@@ -138,6 +140,7 @@ def make_config(params: dict[str, Any] | None = None) -> dict[str, Any]:
     if cfg["epochs"] < 1 or cfg["shards"] < 1 or cfg["batch_size"] < 2:
         raise ValueError("epochs and shards must be at least 1, batch_size at least 2")
     gate_config(cfg)  # the gate's bounds, checked before any stage runs (deccm.gate.GateConfig)
+    window_spec(cfg)  # and the moments' window
     if cfg["source"] == "media":
         missing = [k for k in ("videos", "tracks", "logs", "tracks_meta") if not cfg.get(k)]
         if missing:
@@ -398,6 +401,14 @@ def gate(cfg: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
     return decision
 
 
+def window_spec(cfg: dict[str, Any]) -> WindowSpec:
+    """The moments' window spec the registered model carries (deccm.moments.WindowSpec checks its bounds)."""
+    try:
+        return WindowSpec(hop_s=float(cfg.get("window_hop_s", DEFAULTS["window_hop_s"])))
+    except ValueError as e:
+        raise ValueError(f"pipeline settings: window_hop_s: {e}") from None
+
+
 def register(cfg: dict[str, Any], run: str, decision: dict[str, Any]) -> dict[str, Any]:
     """Register the student (alias challenger); promote it to champion when the gate said so and the registry allows.
 
@@ -407,7 +418,7 @@ def register(cfg: dict[str, Any], run: str, decision: dict[str, Any]) -> dict[st
     the evaluation (compare-and-swap). Each is logged and returned in ``held``.
     """
     with locks.pipeline_lock():
-        version = registry.register(run, decision.get("evaluation"))
+        version = registry.register(run, decision.get("evaluation"), window=window_spec(cfg))
         evaluation = decision.get("evaluation") or {}
         seen = decision.get("champion_version", evaluation.get("champion_version"))
         held = None

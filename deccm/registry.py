@@ -44,6 +44,7 @@ from deccm import config, io, locks, tracking
 from deccm import log as _log
 from deccm.card import card_markdown
 from deccm.models import ModelConfig
+from deccm.moments import WindowSpec
 from deccm.runs import BEST, RunError, read_config, run_dir_of
 from deccm.serve import Recommender
 
@@ -58,6 +59,7 @@ TAG_WEIGHTS = "deccm.best_sha256"
 TAG_RUN_ID = "deccm.mlflow_run"
 TAG_BLOCK = "deccm.no_auto_promote"  # why this version must not be promoted automatically (rolled back, rejected)
 TAG_ABORTED = "deccm.promotion_aborted"
+TAG_WINDOW = "deccm.window_spec"  # spec id of the moments' window spec the bundle carries (deccm.moments.WindowSpec)
 CARD = "card.json"
 UNCHECKED: Any = object()  # promote(expected_champion=UNCHECKED): a person's promote, no compare-and-swap
 _MISSING = ("RESOURCE_DOES_NOT_EXIST",)
@@ -163,7 +165,18 @@ def model_card(rec: Recommender, evaluation: dict[str, Any] | None = None) -> di
         "evaluation": evaluation or {},
         "catalog": {"tracks": len(rec.catalog.tracks), "genres": rec.catalog.genres, "genre_mix": rec.catalog.genre_mix(),
                     "licences": rec.catalog.licence_counts()},
+        "moments": _moments_card(rec),
     }
+
+
+def _moments_card(rec: Recommender) -> dict[str, Any] | None:
+    """The window spec and how well the projection reads the model's track vectors from the descriptors (None: no audio)."""
+    m = rec.catalog.moments
+    if m is None:
+        return None
+    return {"window_spec": m.spec.to_dict(), "tracks_analysed": sum(a is not None for a in m.analyses),
+            "tracks_with_beat": sum(a is not None and a.has_beat for a in m.analyses),
+            "projection_r2": round(m.projection.r2, 3), "rule": "docs/method.md §7 (Moments)"}
 
 
 def _taste_handling(model: ModelConfig) -> str:
@@ -244,7 +257,7 @@ def _identity(run_dir: Path, conf: Any, run_id: str | None, purpose: str | None 
 
 @_guarded
 def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None, alias: str = CHALLENGER,
-             purpose: str | None = None) -> str:
+             purpose: str | None = None, window: WindowSpec | None = None) -> str:
     """Register a trained student as a new version of ``deccm-student`` with alias ``alias``; returns the version.
 
     ``alias`` is ``challenger`` for the pipeline's candidates; a reference model (``baseline``)
@@ -253,7 +266,9 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None, alia
     version that is no candidate exists; it goes on the version (tag and description), its
     model card and its MLflow run (tag and description). The same weights registered before
     return their version (and it takes ``alias`` again); an untagged version of the same
-    MLflow run is adopted, never duplicated.
+    MLflow run is adopted, never duplicated. A catalog with audio is registered with its
+    moments under ``window`` (default :class:`deccm.moments.WindowSpec`): the bundle holds the
+    analyses, the card and the tag ``deccm.window_spec`` the spec, like the extractor spec.
     """
     import mlflow
     import pandas as pd
@@ -287,6 +302,8 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None, alia
     ds = load_dataset(conf.data_path)
     example = pd.DataFrame({"features": [np.asarray(ds.ugc.video_features[i], dtype=np.float32).tolist()
                                          for i in ds.ugc.val.video[:2]]})
+    if rec.catalog.has_media():
+        rec.catalog.with_moments(window or WindowSpec())
     card = model_card(rec, evaluation)
     if purpose:
         card["purpose"] = {"alias": alias, "why": purpose}
@@ -310,12 +327,18 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None, alia
             raise
     # the version and its identity in one call: a crash leaves either nothing or a whole, findable version
     mv = client.create_model_version(MODEL_NAME, source=info.model_uri, run_id=info.run_id, model_id=info.model_id,
-                                     tags=_identity(run_dir, conf, info.run_id, purpose))
+                                     tags={**_identity(run_dir, conf, info.run_id, purpose), **_window_tags(rec)})
     version = str(mv.version)
     _describe(client, version, card)
     client.set_registered_model_alias(MODEL_NAME, alias, version)
     log.info("registered %s as %s version %s (alias %s)", run_dir, MODEL_NAME, version, alias)
     return version
+
+
+def _window_tags(rec: Recommender) -> dict[str, str]:
+    """``deccm.window_spec``: the spec id of the moments a version's bundle carries (none for a catalog without audio)."""
+    m = rec.catalog.moments
+    return {TAG_WINDOW: m.spec.spec_id} if m is not None else {}
 
 
 def _log_model_metrics(model_id: str, evaluation: dict[str, Any] | None) -> None:

@@ -351,6 +351,11 @@ def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(ser
     for g, r in mix.items():
         assert r["suggestions"] == sum(s.genre == g for s in want) / 10
     assert all(s.audio and Path(s.audio).is_file() for s in got.suggestions)
+    # every suggestion carries its moment at the clip's length: the tiny corpus's 3-4 s tracks loop under the 10 s clip
+    timed = rec.recommend(clip, k=10, moment_s=10.0)
+    assert [s.moment for s in got.suggestions] == [s.moment for s in timed] and all(s.moment for s in timed)
+    assert all(s.moment["loop"] and s.moment["length"] == 10.0 and 0 <= s.moment["start"] < s.moment["end"] for s in timed)
+    assert rec.card["moments"]["window_spec"]["spec_id"] == rec.catalog.moments.spec.spec_id
 
     # longer than the limit: ranked on its first seconds, and the result says so
     capped = demo.suggest(rec, clip, 5, max_seconds=4)
@@ -360,6 +365,29 @@ def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(ser
     assert demo.suggest(rec, clip, 10_000).k == len(rec.catalog.tracks)  # k is capped at the catalog
     with pytest.raises(demo.DemoError, match="k must be at least 1"):
         demo.suggest(rec, clip, 0)
+
+
+@pytest.mark.slow
+def test_recommend_moments_cli_and_the_registered_window_spec(models: dict[str, Any], clip: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from mlflow import MlflowClient
+
+    from deccm import moments, registry, serve
+
+    assert serve.main([str(models["run3"]), str(clip), "--k", "3", "--moments"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[-3:] == ["start", "end", "cut"] and len(table) == 4
+    assert all(row.split()[-1] in ("beat", "downbeat", "none") for row in table[1:])  # "loop beat": the tracks are short
+    assert serve.main([str(models["run3"]), str(clip), "--k", "3", "--moments", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for s in out["suggestions"]:
+        m = s["moment"]
+        assert m["length"] == 10.0 and m["loop"] and m["start"] < m["end"] and all(m["start"] <= b < m["end"] for b in m["beats"])
+    # the registry carries the window spec with the model, like the extractor spec
+    tags = MlflowClient().get_model_version(registry.MODEL_NAME, "1").tags
+    assert tags[registry.TAG_WINDOW] == moments.WindowSpec().spec_id
 
 
 @pytest.mark.slow
@@ -534,13 +562,17 @@ def test_api_suggest_matches_the_recommender_and_reports_bad_uploads(app_url: st
     assert [s["track"] for s in raw["suggestions"]] == [s.track for s in want] and raw["error"] is None
     assert [row[1] for row in table["data"]] == [s.title for s in want]
     assert [row[0] for row in table["data"]] == list(range(1, 8)) and table["headers"][2] == "composer / artist"
-    assert table["headers"][5:] == ["licence", "attribution"]
-    assert [row[5:] for row in table["data"]] == [[demo.licence_text(s.licence), s.attribution] for s in want]
+    assert table["headers"][5:] == ["moment", "licence", "attribution"]
+    timed = service.rec.recommend(clip, k=7, moment_s=10.0)
+    assert [row[5:] for row in table["data"]] == \
+        [[demo.moment_text(s.moment), demo.licence_text(s.licence), s.attribution] for s in timed]
+    assert [s["moment"] for s in raw["suggestions"]] == [s.moment for s in timed]  # start, end, beats in the JSON
     assert [(s["licence"], s["licence_family"], s["attribution"]) for s in raw["suggestions"]] == \
         [(s.licence, s.licence_family, s.attribution) for s in want] and raw["licence_filter"] == "any"
     assert status.startswith("Top 7 for **holiday.mp4** from deccm-student v1")
-    assert [p["value"]["orig_name"] if isinstance(p["value"], dict) else Path(p["value"]).name for p in players] == \
-        [Path(s.audio).name for s in want[:5]]
+    names = [p["value"]["orig_name"] if isinstance(p["value"], dict) else Path(p["value"]).name for p in players]
+    assert [n.split("-")[0] for n in names] == [Path(s.audio).stem[:16] for s in want[:5]]  # each player: its track's moment
+    assert all(n.endswith(".wav") for n in names)
     assert len(chart["data"]) == 2 * len(service.rec.catalog.genres)
     assert compare["value"]["headers"][2] == "v2 (alias baseline)" and len(compare["value"]["data"]) == 7
     assert all(row[2].endswith(f" · {demo.licence_text(s['licence'])}")
@@ -606,12 +638,15 @@ def test_browser_upload_suggest_listen_and_preview(app_url: str, service: demo.D
             audio.wait_for(state="attached", timeout=30_000)
             page.wait_for_function("a => a.readyState >= 1 && a.duration > 0", arg=audio.element_handle(), polling=250,
                                    timeout=30_000)  # the browser fetched and decoded the track
-            assert page.locator("#track-1 a[download]").first.get_attribute("href").endswith(Path(top.audio).name)
+            assert page.locator("#track-1 a[download]").first.get_attribute("href").endswith(".wav")  # the moment
+            assert Path(top.audio).stem[:16] in page.locator("#track-1 a[download]").first.get_attribute("href")
             video = page.locator("#preview video[src]").first
             video.wait_for(state="attached", timeout=60_000)
             page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=video.element_handle(), polling=250,
                                    timeout=30_000)
             assert "Cannot suggest music" not in page.locator("#status").inner_text()
+            expect(page.locator("#download")).to_be_visible()  # "download clip with this music": the preview's mp4
+            expect(page.locator("#ranking")).to_contain_text(demo.moment_text(service.rec.recommend(clip, 1, moment_s=10.0)[0].moment))
             page.wait_for_timeout(1000)  # let the waveforms and the chart finish drawing
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -648,7 +683,7 @@ def test_hostile_uploads_through_suggest_and_preview_are_refused_by_name_or_serv
     for case in hostile_corpus["cases"]:
         # a good clip first, so the session holds a top track: /preview then gets the hostile file as its clip
         assert client.predict(handle_file(str(clip)), 5, api_name="/suggest")[9]["error"] is None
-        shown = client.predict(handle_file(str(case.path)), api_name="/preview")
+        shown = client.predict(handle_file(str(case.path)), api_name="/preview")[0]  # (preview, download)
         video = shown.get("video", shown) if isinstance(shown, dict) else shown
         if case.expect == "refused":
             assert not video, (case.name, shown)
