@@ -84,7 +84,7 @@ LICENCES_SHOWN = 5  # licences named on the card, most common first (card.json h
 
 
 def _moment_rows(moments: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """How the card's model places each track under a clip (docs/method.md §7), or that it plays tracks from the start."""
+    """How the card's model places each track under a clip (docs/method.md §11), or that it plays tracks from the start."""
     if not moments:
         return [("moments", "none: tracks play from their start (no catalog audio, or registered before moments)")]
     w = moments["window_spec"]

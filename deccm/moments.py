@@ -1,6 +1,6 @@
 """Moments: which part of a track to play under a clip, cut on the beat to the clip's exact length.
 
-docs/method.md §7 says why each rule is what it is. The parts, in the order a request uses them:
+docs/method.md §11 says why each rule is what it is. The parts, in the order a request uses them:
 
 * :func:`analyse` (once per track, cached by content under :meth:`WindowSpec.spec_id`): the
   track decoded mono at 22.05 kHz through the media rule; librosa's beat tracker gives the
@@ -42,7 +42,7 @@ from deccm.features.runtime import jit_cache_lock, librosa
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 HOP = 512  # STFT hop (23 ms at 22.05 kHz): the beat tracker's and the block sums' frame
 N_FFT = 2048
 BLOCK_COLUMNS = ("frames", "power", "onset_strength", "onsets", "centroid_power", *(f"chroma_{i}" for i in range(12)))
@@ -171,10 +171,12 @@ def _analyse(y: np.ndarray, spec: WindowSpec) -> Analysis:
     duration = len(y) / sr
     mag = np.abs(lr.stft(y, n_fft=N_FFT, hop_length=HOP))  # (1 + N_FFT/2, T)
     power = mag ** 2
-    env = lr.onset.onset_strength(S=lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sr)), sr=sr)  # (T,)
+    mel_db = lr.power_to_db(lr.feature.melspectrogram(S=power, sr=sr))
+    env = lr.onset.onset_strength(S=mel_db, sr=sr)  # (T,) mean over bands: onset counts and the descriptors
+    pulse = lr.onset.onset_strength(S=mel_db, sr=sr, aggregate=np.median)  # what librosa's beat tracker itself uses
     with warnings.catch_warnings():  # librosa warns on tracks without a beat; no beat is an answer here
         warnings.simplefilter("ignore")
-        tempo, beat_frames = lr.beat.beat_track(onset_envelope=env, sr=sr, hop_length=HOP)
+        tempo, beat_frames = lr.beat.beat_track(onset_envelope=pulse, sr=sr, hop_length=HOP)
     onsets = lr.onset.onset_detect(onset_envelope=env, sr=sr, hop_length=HOP)
     frame_power = power.mean(axis=0)  # (T,)
     centroid = lr.feature.spectral_centroid(S=mag, sr=sr, n_fft=N_FFT)[0]
@@ -188,9 +190,9 @@ def _analyse(y: np.ndarray, spec: WindowSpec) -> Analysis:
     sums += [np.bincount(block, chroma[i], n_blocks) for i in range(12)]
     blocks = np.stack(sums, axis=1).astype(np.float32)
     beats = lr.frames_to_time(np.asarray(beat_frames, np.int64), sr=sr, hop_length=HOP).astype(np.float64)
-    at_beats = env[np.minimum(np.asarray(beat_frames, np.int64), len(env) - 1)] if len(beat_frames) else np.zeros(0)
-    found = len(beats) >= MIN_BEATS and at_beats.mean() >= max(BEAT_SALIENCE * float(env.mean()), MIN_BEAT_STRENGTH)
-    return Analysis(blocks, beats if found else np.zeros(0), _downbeats(np.asarray(beat_frames), env) if found else np.zeros(0, bool),
+    at_beats = pulse[np.minimum(np.asarray(beat_frames, np.int64), len(pulse) - 1)] if len(beat_frames) else np.zeros(0)
+    found = len(beats) >= MIN_BEATS and at_beats.mean() >= max(BEAT_SALIENCE * float(pulse.mean()), MIN_BEAT_STRENGTH)
+    return Analysis(blocks, beats if found else np.zeros(0), _downbeats(np.asarray(beat_frames), pulse) if found else np.zeros(0, bool),
                     duration, float(np.atleast_1d(tempo)[0]) if found else 0.0)
 
 

@@ -176,7 +176,7 @@ def _moments_card(rec: Recommender) -> dict[str, Any] | None:
         return None
     return {"window_spec": m.spec.to_dict(), "tracks_analysed": sum(a is not None for a in m.analyses),
             "tracks_with_beat": sum(a is not None and a.has_beat for a in m.analyses),
-            "projection_r2": round(m.projection.r2, 3), "rule": "docs/method.md §7 (Moments)"}
+            "projection_r2": round(m.projection.r2, 3), "rule": "docs/method.md §11 (Moments)"}
 
 
 def _taste_handling(model: ModelConfig) -> str:

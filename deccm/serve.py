@@ -40,7 +40,7 @@ from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.data.format import MANIFEST, TRACKS_CSV, read_csv
 from deccm.data.licences import FAMILIES, FILTERS, INCLUDE_UNKNOWN, allowed, attribution, check_filter, family
 from deccm.index import INDEXES, ExactIndex, Index, build_index, check_kind
-from deccm.moments import Moments, WindowSpec, clock
+from deccm.moments import MomentError, Moments, WindowSpec, clock
 from deccm.runs import BEST, CONFIG, RunConfig, RunError, check_data, load_for_inference, run_dir_of
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,7 @@ class Catalog:
         if vectors.shape[0] != len(meta["tracks"]):
             raise RunError(f"{src}: {vectors.shape[0]} track vectors for {len(meta['tracks'])} tracks. Fix: export the bundle again.")
         tracks = meta["tracks"]
-        moments = Moments.load(src / MOMENTS_DIR) if (src / MOMENTS_DIR / "spec.json").is_file() else None
+        moments = _moments_of(src / MOMENTS_DIR)
         if any("licence" not in t for t in tracks):
             tracks = _licences_from_source(src, meta["source"], tracks)
         if any("sha256" not in t for t in tracks):
@@ -418,6 +418,18 @@ class Recommender:
 AUDIO_DIR = "audio"  # a bundle catalog's audio files, named by content: <sha256>.<ext>
 MOMENTS_DIR = "moments"  # a bundle catalog's moment analyses and window spec (deccm.moments.Moments.save)
 _STORED = re.compile(rf"^{AUDIO_DIR}/([0-9a-f]{{64}})(\.[A-Za-z0-9]{{1,8}})?$")
+
+
+def _moments_of(src: Path) -> Moments | None:
+    """A bundle's moments, or None when it has none or they were made by another version of the analysis (they are
+    then analysed again when first needed, from the bundle's own audio)."""
+    if not (src / "spec.json").is_file():
+        return None
+    try:
+        return Moments.load(src)
+    except (MomentError, OSError, ValueError, KeyError) as e:
+        log.warning("%s: moments not used (%s); the tracks are analysed again when first needed", src, e)
+        return None
 
 
 def _rows_by_id(rows: list[dict[str, str]]) -> dict[int, dict[str, str]]:

@@ -10,7 +10,7 @@ import pytest
 
 from deccm import demo, moments
 from deccm.moments import Moments, Projection, WindowSpec
-from tests import media
+import media
 
 SR = 22_050
 
