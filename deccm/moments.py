@@ -7,7 +7,8 @@ docs/method.md §11 says why each rule is what it is. The parts, in the order a 
   beats; per :attr:`WindowSpec.block_s` block the frames' power, onset strength, onset
   count, power-weighted spectral centroid and chroma are summed, so a window of any length
   is described from block sums in microseconds.
-* :func:`window_descriptors`: per window (the clip's length, every :attr:`WindowSpec.hop_s`)
+* :func:`descriptors`: per window (the clip's length, starting on every beat, or every
+  :attr:`WindowSpec.hop_s` where there is none: :func:`candidate_starts`)
   the five descriptors the catalogs are measured by: tempo (median beat interval inside,
   else the track's), mode (best major − best minor key correlation of the window's chroma),
   onsets per second, loudness (dB) and brightness (centroid).
@@ -16,9 +17,9 @@ docs/method.md §11 says why each rule is what it is. The parts, in the order a 
   would give that part of the track, so the window that scores highest against the clip's
   query is the model's choice of moment. The ranking itself stays the model's track score
   (``benchmarks/moments.py`` measures the best-window rule against it).
-* :func:`place`: the chosen window's start snaps to the nearest downbeat (else beat) at or
-  before the last start that still fits; a track shorter than the clip loops a whole
-  number of beats (bars where downbeats were found).
+* :func:`place`: the chosen window's start moves to a downbeat within one beat of it (else
+  stays on its beat); a track shorter than the clip loops a whole number of beats (bars
+  where downbeats were found).
 * :func:`render`: the moment's samples at exactly the clip's length: a 10 ms fade-in, the
   loop seams crossfaded with equal power, a short fade-out at the clip's end.
 
@@ -340,21 +341,31 @@ def place(a: Analysis, window_start: float, length: float, spec: WindowSpec = Wi
         raise MomentError(f"a moment needs a positive length, got {length}")
     grid = a.beats if a.has_beat and spec.snap != "none" else np.zeros(0)
     down = a.downbeat if len(grid) else np.zeros(0, bool)
-    if a.duration < length + spec.fade_out_s:
-        return _loop(a, grid, down, length, spec, window_start)
     last = a.duration - length
-    for kind, cands in (("downbeat", grid[down] if spec.snap == "downbeat" else grid[:0]), ("beat", grid)):
+    if a.duration < length + spec.fade_out_s or (len(grid) and not (grid <= last + 1e-6).any()):
+        return _loop(a, grid, down, length, spec, window_start)  # too short, or no beat leaves room: loop on the beat
+    beat = float(np.median(np.diff(grid))) if len(grid) >= 2 else 0.0
+    # a downbeat within one beat of the chosen start, else a beat within one hop: never far from the model's window
+    for kind, cands, reach in (("downbeat", grid[down] if spec.snap == "downbeat" else grid[:0], beat),
+                               ("beat", grid, spec.hop_s)):
         ok = cands[cands <= last + 1e-6]
         if len(ok):
             start = float(ok[np.argmin(np.abs(ok - window_start))])
-            if abs(start - window_start) <= spec.hop_s + _period(grid):  # never far from the window the model chose
-                return Moment(start, length, None, _inside(grid, start, start + length), kind, window_start)
+            if abs(start - window_start) <= reach + 1e-6:
+                return Moment(start, length, None, _inside(grid, start, start + length), kind, float(window_start))
     start = float(min(max(window_start, 0.0), last))
-    return Moment(start, length, None, _inside(grid, start, start + length), "none", window_start)
+    return Moment(start, length, None, _inside(grid, start, start + length), "none", float(window_start))
 
 
-def _period(grid: np.ndarray) -> float:
-    return float(np.median(np.diff(grid))) * 4 if len(grid) >= 2 else 0.0
+def candidate_starts(a: Analysis, length: float, spec: WindowSpec = WindowSpec()) -> np.ndarray:
+    """Where the windows start: on every beat that leaves room for the window, plus the ``hop_s`` grid's starts where
+    no beat is within a hop (an intro, a quiet passage); the ``hop_s`` grid alone for a track without a beat."""
+    grid = window_starts(a.duration, length, spec.hop_s)
+    on = a.beats[a.beats <= a.duration - length + 1e-6]
+    if spec.snap == "none" or not a.has_beat or a.duration < length + spec.fade_out_s or len(on) == 0:
+        return grid  # no beat to start on (a loop's placement does not use the window)
+    fill = grid[np.min(np.abs(grid[:, None] - on[None, :]), axis=1) > spec.hop_s]
+    return np.sort(np.concatenate([on, fill]))
 
 
 def _inside(grid: np.ndarray, t0: float, t1: float) -> tuple[float, ...]:
@@ -490,16 +501,20 @@ class Moments:
         log.info("moments: %d tracks analysed, projection R² %.2f on the catalog", len(have), proj.r2)
         return cls(spec, analyses, proj, notes)
 
-    def window_scores(self, track: int, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, scores): every window of ``length`` in the track and the model's score for it (query · vector)."""
-        a = self._analysis(track)
-        starts = window_starts(a.duration, length, self.spec.hop_s)
+    def window_scores(self, a: Analysis, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, scores): the windows of ``length`` in a track (:func:`candidate_starts`) and the model's score for
+        each (query · projected vector)."""
+        starts = candidate_starts(a, length, self.spec)
         return starts, self.projection.vectors(descriptors(a, starts, length, self.spec)) @ np.asarray(query, np.float64)
 
     def moment(self, track: int, query: np.ndarray, length: float) -> Moment:
-        """The moment of ``track`` for a clip with query vector ``query`` (D',) lasting ``length`` seconds."""
-        starts, scores = self.window_scores(track, query, length)
-        return place(self._analysis(track), choose(scores, starts), length, self.spec)
+        """The moment of catalog ``track`` for a clip with query vector ``query`` (D',) lasting ``length`` seconds."""
+        return self.moment_in(self._analysis(track), query, length)
+
+    def moment_in(self, a: Analysis, query: np.ndarray, length: float) -> Moment:
+        """The moment of any analysed track (e.g. one outside the catalog) for the query and length."""
+        starts, scores = self.window_scores(a, query, length)
+        return place(a, choose(scores, starts), length, self.spec)
 
     def _analysis(self, track: int) -> Analysis:
         a = self.analyses[track] if 0 <= track < len(self.analyses) else None

@@ -46,8 +46,12 @@ def near(times: list[float] | np.ndarray, grid: np.ndarray, tol: float = 0.05) -
 def test_a_planted_loud_section_is_where_the_cut_goes() -> None:
     y = beat_track(30.0, 120.0, [(0, 12, 0.15), (12, 20, 1.0), (20, 30, 0.15)])  # loud from 12 s to 20 s
     m = loudness_moments([y])
-    starts, scores = m.window_scores(0, np.array([1.0]), 8.0)
-    assert starts[0] == 0.0 and np.allclose(np.diff(starts), 1.0) and starts[-1] == 22.0  # every hop, the last that fits
+    starts, _ = m.window_scores(m.analyses[0], np.array([1.0]), 8.0)  # type: ignore[arg-type]
+    beats = m.analyses[0].beats  # type: ignore[union-attr]
+    grid = moments.window_starts(30.0, 8.0, 1.0)
+    assert starts.max() <= 22.0 and np.abs(grid[:, None] - starts[None, :]).min(axis=1).max() <= 1.0  # none past the
+    # end, and no part of the track farther than a hop from a window start (the quiet intro has no beat: grid starts)
+    assert set(beats[beats <= 22.0]) <= set(starts)  # and a window on every beat that leaves room
     got = m.moment(0, np.array([1.0]), 8.0)
     assert 11.5 <= got.start <= 12.6, got  # the loud 8 s, give or take the snap to the beat
     assert got.length == 8.0 and got.end == pytest.approx(got.start + 8.0) and got.loop_end is None
@@ -98,6 +102,11 @@ def test_rendering_is_exact_length_with_fades_for_every_kind_of_moment() -> None
         out = moments.render(y if track == 0 else y[: 3 * SR], SR, got)
         assert len(out) == round(length * SR) and np.isfinite(out).all()
         assert abs(out[0]) < 1e-3 and abs(out[-1]) < 1e-3  # faded in and out: no click at either end
+    late = np.concatenate([np.zeros(2 * SR, np.float32) + 0.02 * np.sin(np.arange(2 * SR) / 8.0).astype(np.float32),
+                           beat_track(10.0, 120.0, [])])  # 2 s of hum, then the beat: no beat leaves room for an 11 s window
+    got = loudness_moments([late]).moment(0, np.array([1.0]), 11.0)
+    assert got.loop_end is not None and got.start >= 1.9 and got.snapped in ("beat", "downbeat")  # it loops on the beat
+    assert len(moments.render(late, SR, got)) == 11 * SR
     no_beat = 0.1 * np.sin(2 * np.pi * 220 * np.arange(10 * SR) / SR).astype(np.float32)  # a steady tone: no beat
     a = moments.analyse(no_beat)
     assert not a.has_beat
