@@ -7,16 +7,20 @@ downloaded (a browser streams the audio when it is played). After 2 warm-up requ
 ``--requests`` sequential requests (p50 / p95 / max), then ``--clients`` clients at once,
 each with its own connection, sending ``--requests`` in all (throughput and latency under
 load). The server's own time (checks + features + ranking, from the result's timings) is
-shown beside the client's. The preview mux (``deccm.demo.preview``, chained after
-``/suggest`` on the page) is timed once on its own.
+shown beside the client's. Then the **full answer** as the page gets it for ``--answers``
+clips the server has never seen: ``/suggest`` (ranking, each track's moment, the top five
+moments rendered for the players) and then ``/preview`` (the top moment muxed under the
+clip: what "download" gives), one client, p50 / p90 / max.
 
 Without ``--url`` the app is started here (``python demo/app.py --device cpu``) on the
-champion of ``--home`` (default ``$DECCM_HOME/bench/demo``); if that state dir has no
-champion, ``deccm.pipeline.ensure_champion`` builds the tiny demo corpus and trains and
-registers one first (minutes, once). Load average before and after is printed: other work on the machine
+champion of ``--home`` (default ``$DECCM_HOME/bench/demo``, or ``bench/<source>``); if that
+state dir has no champion, ``deccm.pipeline.ensure_champion`` builds ``--source`` (default the
+tiny demo corpus; ``recorded`` is ``make demo``'s catalog) and trains and registers one first
+(minutes, once). Load average before and after is printed: other work on the machine
 shows up in the figures.
 
-Usage: python benchmarks/demo_latency.py [--url URL | --home DIR] [--requests 20] [--clients 4] [--seconds 10]
+Usage: python benchmarks/demo_latency.py [--url URL | --home DIR] [--source demo-tiny|recorded] [--requests 20]
+       [--clients 4] [--seconds 10] [--answers 12]
 """
 from __future__ import annotations
 
@@ -39,14 +43,18 @@ sys.path.insert(0, str(ROOT / "tests"))
 import media  # noqa: E402  (tests/media.py: ffmpeg clip generation)
 
 
-def ensure_champion(home: Path) -> None:
-    """A registered champion in ``home`` (``deccm.pipeline.ensure_champion`` on the tiny demo corpus if there is none)."""
+def ensure_champion(home: Path, source: str) -> None:
+    """A registered champion in ``home`` (``deccm.pipeline.ensure_champion`` on ``source`` if there is none: the tiny
+    demo corpus with a short loop, or a full corpus as ``make demo`` builds it)."""
     os.environ["DECCM_HOME"] = str(home)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from deccm import pipeline
 
     t = time.perf_counter()
-    version = pipeline.ensure_champion({"source": "demo-tiny", "epochs": 20, "device": "cpu", "batch_size": 64, "gate_floor": 0.0})
+    params = {"source": source, "device": "cpu"}
+    if source == "demo-tiny":
+        params.update(epochs=20, batch_size=64, gate_floor=0.0)
+    version = pipeline.ensure_champion(params)
     print(f"champion: version {version} in {home} ({time.perf_counter() - t:.0f} s to make sure)", flush=True)
 
 
@@ -86,6 +94,20 @@ def one(client: object, clip: str) -> tuple[float, float]:
     return took, float(raw["timings"]["total"])
 
 
+def full_answer(client: object, clip: str) -> float:
+    """Seconds for ``/suggest`` then ``/preview`` of one clip (the page chains them), checking both answered."""
+    from gradio_client import handle_file
+
+    t = time.perf_counter()
+    raw = client.predict(handle_file(clip), 10, api_name="/suggest")[9]  # type: ignore[attr-defined]
+    if raw.get("error") or not all(s.get("moment") for s in raw["suggestions"]):
+        raise SystemExit(f"no ranking with moments for {clip}: {raw.get('error')}")
+    shown = client.predict(handle_file(clip), api_name="/preview")[0]  # type: ignore[attr-defined]
+    if not shown:
+        raise SystemExit(f"no preview for {clip}")
+    return time.perf_counter() - t
+
+
 def run_threads(worker: Callable[[int], None], args: list[int]) -> float:
     """``worker(a)`` for each ``a`` at once, one thread each; the wall seconds until all are done."""
     threads = [threading.Thread(target=worker, args=(a,)) for a in args]
@@ -111,6 +133,9 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--seconds", type=float, default=10.0, help="clip length")
     p.add_argument("--size", default="640x360")
+    p.add_argument("--source", default="demo-tiny",
+                   help="corpus of the champion built when --home has none (demo-tiny: minutes; recorded: make demo's)")
+    p.add_argument("--answers", type=int, default=12, help="never-seen clips timed through the full answer")
     args = p.parse_args()
     from gradio_client import Client
 
@@ -120,8 +145,8 @@ def main() -> None:
     if url is None:
         from deccm import config
 
-        home = (args.home or config.state_path("bench", "demo")).resolve()
-        ensure_champion(home)
+        home = (args.home or config.state_path("bench", "demo" if args.source == "demo-tiny" else args.source)).resolve()
+        ensure_champion(home, args.source)
         proc, url = start_app(home)
     load_before = os.getloadavg()
     try:
@@ -146,15 +171,10 @@ def main() -> None:
 
         wall = run_threads(worker, per)
 
-        preview_s = None
-        if home is not None:
-            from deccm import demo, registry
-
-            rec = registry.load_champion(device="cpu", extractor=True)
-            top = rec.recommend(clip, k=1)[0]
-            t = time.perf_counter()
-            demo.preview(clip, top.audio, tmp / "previews")
-            preview_s = time.perf_counter() - t
+        sources = list(media.VIDEO_SOURCES)[:3]
+        answers = [full_answer(client, str(media.make_clip(
+            tmp / f"new{i}.mp4", duration=args.seconds, source=sources[i % 3], size=args.size, rate=30, audio=200.0 + 37 * i)))
+            for i in range(args.answers)]
     finally:
         if proc is not None:
             proc.terminate()
@@ -176,8 +196,8 @@ def main() -> None:
     server_s = [s for _, s in par]
     print(f"{f'concurrent, {args.clients} clients':<34}{len(par):>9}{pct(client_s, 50):>8.2f}{pct(client_s, 95):>8.2f}"
           f"{max(client_s):>8.2f}{pct(server_s, 50):>14.2f}{len(par) / wall:>8.2f}")
-    if preview_s is not None:
-        print(f"preview mux (H.264 + AAC, once): {preview_s:.2f} s")
+    print(f"{'full answer, never-seen clips':<34}{len(answers):>9}{pct(answers, 50):>8.2f}{pct(answers, 90):>8.2f}"
+          f"{max(answers):>8.2f}{'':>14}{len(answers) / sum(answers):>8.2f}   (p90 in the p95 column)")
 
 
 if __name__ == "__main__":

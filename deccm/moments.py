@@ -342,12 +342,13 @@ def place(a: Analysis, window_start: float, length: float, spec: WindowSpec = Wi
     grid = a.beats if a.has_beat and spec.snap != "none" else np.zeros(0)
     down = a.downbeat if len(grid) else np.zeros(0, bool)
     last = a.duration - length
-    if a.duration < length + spec.fade_out_s or (len(grid) and not (grid <= last + 1e-6).any()):
-        return _loop(a, grid, down, length, spec, window_start)  # too short, or no beat leaves room: loop on the beat
     beat = float(np.median(np.diff(grid))) if len(grid) >= 2 else 0.0
-    # a downbeat within one beat of the chosen start, else a beat within one hop: never far from the model's window
+    if a.duration < length + spec.fade_out_s or (len(grid) and not (grid <= last + 1e-6).any() and last < 4 * beat):
+        return _loop(a, grid, down, length, spec, window_start)  # too short, or about the clip's length with no beat
+        # that leaves room: loop on the beat
+    # a downbeat within one beat of the chosen start, else a beat within one bar: never far from the model's window
     for kind, cands, reach in (("downbeat", grid[down] if spec.snap == "downbeat" else grid[:0], beat),
-                               ("beat", grid, spec.hop_s)):
+                               ("beat", grid, 4 * beat)):
         ok = cands[cands <= last + 1e-6]
         if len(ok):
             start = float(ok[np.argmin(np.abs(ok - window_start))])
