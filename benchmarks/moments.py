@@ -37,6 +37,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,7 @@ def main() -> None:
     beta = float(ds.manifest["generator"]["beta"])
     res: dict[str, list[float]] = {"model": [], "start": [], "random": [], "oracle": []}
     aligned = [0, 0]
+    missed: list[str] = []  # how the cuts off the beat were made
     moved = []
     for n, c in enumerate(clips):
         j = int(rng.integers(len(sections)))
@@ -145,6 +147,8 @@ def main() -> None:
             if got:
                 aligned[0] += got[0]
                 aligned[1] += got[1]
+                if got[0] < got[1]:
+                    missed.append("loop " + m.snapped if m.loop_end is not None else m.snapped)
         out = moments.render(ys[j], sr, m, spec)
         assert len(out) == round(SECTION_S * sr), "a moment of the wrong length"
     print(f"\nmoment recall (IoU ≥ 0.5 with the drawn section), {len(clips)} test clips, {len(sections)} sectioned tracks:")
@@ -174,7 +178,8 @@ def main() -> None:
             cat[1] += got[1]
     found = sum(a is not None and a.has_beat for a in mom.analyses)
     print(f"\nbeat alignment (cut points within ±{BEAT_TOL_S * 1000:.0f} ms of librosa's beats run afresh): sectioned "
-          f"{aligned[0]}/{aligned[1]} = {aligned[0] / max(aligned[1], 1):.3f}; catalog tracks under a 10 s clip "
+          f"{aligned[0]}/{aligned[1]} = {aligned[0] / max(aligned[1], 1):.3f} (moments with a cut off the beat, by how "
+          f"they were cut: {dict(Counter(missed))}); catalog tracks under a 10 s clip "
           f"{cat[0]}/{cat[1]} = {cat[0] / max(cat[1], 1):.3f} (a beat found in {found} of {len(mom.analyses)} catalog tracks)")
     summary["beat_alignment"] = {"sectioned": [aligned[0], aligned[1]], "catalog": [cat[0], cat[1]],
                                  "catalog_with_beat": found, "catalog_tracks": len(mom.analyses)}
