@@ -2,7 +2,7 @@
 
 docs/method.md §11 says why each rule is what it is. The parts, in the order a request uses them:
 
-* :func:`analyse` (once per track, cached by content under :meth:`WindowSpec.spec_id`): the
+* :func:`analyse` (once per track, cached by content under :attr:`WindowSpec.analysis_id`): the
   track decoded mono at 22.05 kHz through the media rule; librosa's beat tracker gives the
   beats; per :attr:`WindowSpec.block_s` block the frames' power, onset strength, onset
   count, power-weighted spectral centroid and chroma are summed, so a window of any length

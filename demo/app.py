@@ -13,8 +13,10 @@ provenance, and answers 503 while no model is served (compose's healthcheck uses
 Events (stable API names for ``gradio_client``): ``/suggest`` (clip, k, licence filter →
 status, ranking with each track's licence and attribution, players, genre chart, side-by-side
 table, JSON; the licence filter is optional, default ``any``: every known licence, no track of
-unknown licence) and ``/preview`` (the clip with the top track under it; chained after
-``/suggest`` on the page). The side by side shows the champion beside the ``baseline`` that
+unknown licence; each track with its moment, the part of it that plays under the clip, cut
+on the beat to the clip's length, in the table, the JSON and the players) and ``/preview``
+(the clip with the top track's moment under it, and the same mp4 as the "Download clip with
+this music" button; chained after ``/suggest`` on the page). The side by side shows the champion beside the ``baseline`` that
 ``make demo`` registers with it (``--ensure``), else beside an earlier version.
 
 Hostile uploads (docs/architecture.md, "Media admission"): the upload size is capped by
