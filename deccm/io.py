@@ -3,32 +3,89 @@
 A crash mid-write must never leave a half-written file where a good one was, so every
 output goes to a temporary sibling first and is moved into place with ``os.replace``.
 Loads never unpickle: ``np.load(..., allow_pickle=False)`` only.
+
+An output gets the mode a plain ``open`` would give it (0666 / 0777 less the umask), not
+``tempfile``'s private 0600 / 0700, so another service reading the state dir can read it.
+Temp siblings carry their writer's PID (``.NAME.<pid>.….tmp``, ``.NAME.old-<pid>``); what a
+killed writer left is swept by the next write of the same output once that PID is gone and
+the leftover is older than :data:`STALE_S`.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+STALE_S = 6 * 3600.0  # a leftover this old whose writer is gone is swept (a live writer on another host keeps its PID's
+#                       files fresh: temp files are written to as they grow)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once: os.umask can only be read by setting it
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep(dest: str | os.PathLike, max_age_s: float = STALE_S) -> list[Path]:
+    """Remove the temp siblings of ``dest`` that a killed writer left (its PID gone, older than ``max_age_s``)."""
+    dest = Path(dest)
+    gone = []
+    if not dest.parent.is_dir():
+        return gone
+    now = time.time()
+    for p in dest.parent.glob(f".{glob.escape(dest.name)}.*"):
+        m = _LEFTOVER.fullmatch(p.name[len(dest.name) + 2:])
+        if m is None:
+            continue
+        try:
+            if now - p.lstat().st_mtime < max_age_s or _alive(int(m.group("pid") or m.group("old"))):
+                continue
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            gone.append(p)
+        except (OSError, ValueError):
+            continue  # another writer swept it first, or it is not ours to remove
+    return gone
+
+
+_LEFTOVER = re.compile(r"(?P<pid>\d+)\..*\.tmp|old-(?P<old>\d+)")
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside ``dest``; on success move it onto ``dest``, else delete it."""
+    """Yield a temp path beside ``dest``; on success move it onto ``dest`` (mode 0666 less the umask), else delete it."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    sweep(dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
@@ -95,9 +152,11 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} already exists; pass --overwrite to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    sweep(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
