@@ -28,8 +28,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -44,7 +47,7 @@ from deccm import config, io, locks, tracking
 from deccm import log as _log
 from deccm.card import card_markdown
 from deccm.models import ModelConfig
-from deccm.moments import WindowSpec
+from deccm.moments import MomentError, WindowSpec
 from deccm.runs import BEST, RunError, read_config, run_dir_of
 from deccm.serve import Recommender
 
@@ -303,7 +306,10 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None, alia
     example = pd.DataFrame({"features": [np.asarray(ds.ugc.video_features[i], dtype=np.float32).tolist()
                                          for i in ds.ugc.val.video[:2]]})
     if rec.catalog.has_media():
-        rec.catalog.with_moments(window or WindowSpec())
+        try:
+            rec.catalog.with_moments(window or WindowSpec())
+        except MomentError as e:  # registered without moments, and the card says so
+            log.warning("%s: no moments (%s)", run_dir, e)
     card = model_card(rec, evaluation)
     if purpose:
         card["purpose"] = {"alias": alias, "why": purpose}
@@ -550,7 +556,7 @@ def load(ref: str = CHAMPION, device: str = "auto", extractor: bool = True) -> R
         raise RegistryError(f"no {what} is registered in "
                             f"{tracking.tracking_uri()}. Fix: train and register one with `make pipeline` "
                             "(or `python -m deccm.pipeline run`).") from None
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{mv.version}"))
+    local = _downloaded(mv)
     bundle = next(local.rglob(CARD), None)
     if bundle is None:
         raise RegistryError(f"{MODEL_NAME} version {mv.version}: no serving bundle in its artifacts. Fix: register the run again.")
@@ -559,6 +565,39 @@ def load(ref: str = CHAMPION, device: str = "auto", extractor: bool = True) -> R
     rec.card = {**json.loads(bundle.read_text()), "registry": {"name": MODEL_NAME, "version": str(mv.version), "aliases": aliases,
                                                                "previous_champion": mv.tags.get(TAG_PREVIOUS)}}
     return rec
+
+
+BUNDLE_CACHE_KEEP = 8  # downloaded versions kept under $DECCM_HOME/cache/models (the most recently loaded)
+
+
+def _downloaded(mv: Any) -> Path:
+    """A version's artifacts on local disk, downloaded once: a version's artifacts never change, so the copy under
+    ``$DECCM_HOME/cache/models/<source hash>`` is reused by every later evaluation and demo start (and checked there:
+    a bundle's audio against its recorded sha256, ``Catalog.load``)."""
+    import mlflow
+
+    key = hashlib.sha256(f"{tracking.tracking_uri()}|{mv.source}".encode()).hexdigest()[:16]
+    root = config.state_path("cache", "models")
+    dest = root / f"{MODEL_NAME}-v{mv.version}-{key}"
+    if not (dest / ".complete").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=root))
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{mv.version}", dst_path=str(tmp))
+            (tmp / ".complete").write_text(f"{mv.source}\n")
+            if dest.exists() and not (dest / ".complete").is_file():
+                shutil.rmtree(dest, ignore_errors=True)  # an interrupted copy from before
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                pass  # another process finished the same download first: use its copy, never swap one in use
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    os.utime(dest)  # most recently loaded
+    for old in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: p.stat().st_mtime, reverse=True)[BUNDLE_CACHE_KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def load_champion(device: str = "auto", extractor: bool = True) -> Recommender:

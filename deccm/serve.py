@@ -227,7 +227,10 @@ class Catalog:
         tracks = [{**t, **self._store_audio(i, t, dest / AUDIO_DIR)} for i, t in enumerate(self.tracks)]
         io.write_json(dest / "catalog.json", {"genres": self.genres, "source": self.source, "tracks": tracks})
         if self.has_media():
-            self.with_moments().save(dest / MOMENTS_DIR)
+            try:
+                self.with_moments().save(dest / MOMENTS_DIR)
+            except MomentError as e:  # moments are an extra: a catalog whose audio cannot be analysed still serves
+                log.warning("%s: saved without moments (%s); its tracks play from their start", dest, e)
 
     def has_media(self) -> bool:
         """Whether the tracks have audio files (a synthetic catalog has none, so no moments either)."""

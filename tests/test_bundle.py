@@ -115,13 +115,15 @@ SERVE = textwrap.dedent("""
 
     service = demo.DemoService(device="cpu", comparison=False)  # the champion, loaded from the registry as the app does
     print(json.dumps({"version": service.rec.card["registry"]["version"]}), flush=True)
-    for line in sys.stdin:  # one clip per line: the top track and the sha256 of the bytes its player gets
+    for line in sys.stdin:  # one clip per line: the top track and the sha256 of the bytes its player's moment is cut from
         page = service.respond(line.strip(), 3)
         if page.error:
             print(json.dumps({"error": page.error}), flush=True)
             continue
         top = page.result.suggestions[0]
-        with open(top.audio, "rb") as f:
+        source = service.served.audio[service.rec.catalog.tracks[top.track]["audio"]]  # the checked file it was cut from
+        assert top.moment and top.audio.endswith(".wav"), top  # the player plays the moment rendered from it
+        with open(source, "rb") as f:
             print(json.dumps({"track": top.track, "title": top.title, "sha256": hashlib.sha256(f.read()).hexdigest()}),
                   flush=True)
 """)

@@ -94,6 +94,13 @@ def test_registered_champion_loads_in_a_fresh_process_and_ranks_like_its_checkpo
     assert rec.card["trained_on"]["synthetic"] is True
     assert "SYNTHETIC" in rec.card["trained_on"]["note"] and rec.card["evaluation"]["challenger"]["val"]["HR_w@10"] == 0.3
     np.testing.assert_array_equal(rec.rank_features(feats, k=7)[0], want)
+    # downloaded once: the next load (an evaluation, a demo start) reads the same copy under the state dir
+    cached = sorted((home / "cache" / "models").iterdir())
+    assert len(cached) == 1 and (cached[0] / ".complete").is_file()
+    stamp = (cached[0] / ".complete").stat().st_mtime_ns
+    again = registry.load(v, device="cpu")
+    assert sorted((home / "cache" / "models").iterdir()) == cached and (cached[0] / ".complete").stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.rank_features(feats, k=7)[0], want)
 
 
 def test_aliases_promote_and_rollback(home: Path, tiny_dataset: Path) -> None:

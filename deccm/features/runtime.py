@@ -52,11 +52,8 @@ def jit_cache_lock() -> Iterator[None]:
     worker that loads a half-written entry dies with a segfault); under the lock the first
     compiles and writes, the others wait and then only read.
     """
-    librosa()  # sets NUMBA_CACHE_DIR
-    cache = Path(os.environ["NUMBA_CACHE_DIR"])
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / ".compile.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    librosa()  # sets NUMBA_CACHE_DIR, imports librosa under the lock
+    with _cache_lock():
         yield
 
 
@@ -64,9 +61,32 @@ def librosa() -> ModuleType:
     """Import librosa with numba's JIT cache in the state dir (site-packages may be read-only).
 
     The first feature call compiles with numba (10–20 s cold); the cache makes later
-    processes start fast.
+    processes start fast. Some kernels are compiled (or read from the cache) when their
+    module is *imported*: ``librosa.util.utils`` declares ``__peak_pick`` with explicit
+    signatures and ``cache=True``. The first import in a process therefore happens under
+    the JIT-cache lock too: two pool workers importing it into a cold cache at once wrote the
+    same entry, and a later process that read it crashed in ``onset_detect`` (a segfault in
+    the clean-clone CI).
     """
     os.environ.setdefault("NUMBA_CACHE_DIR", str(config.state_path("cache", "numba")))
+    if not _IMPORTED:
+        with _cache_lock():
+            import librosa.beat  # noqa: F401  - kernels compiled (or read from the cache) at import
+            import librosa.onset  # noqa: F401
+            import librosa.util.utils  # noqa: F401
+        _IMPORTED.append(True)
     import librosa as _librosa
 
     return _librosa
+
+
+_IMPORTED: list[bool] = []  # this process imported librosa under the lock
+
+
+@contextmanager
+def _cache_lock() -> Iterator[None]:
+    cache = Path(os.environ["NUMBA_CACHE_DIR"])
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".compile.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
