@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import io
+from deccm import safeio
 from deccm.index import ExactIndex, IVFIndex
 
 
@@ -100,7 +100,7 @@ def main() -> None:
           f"{args.queries} single queries, k = {args.k}, {args.dim} dims\n")
     print(to_markdown(rows))
     if args.out:
-        io.write_json(args.out, {"rows": rows, "machine": platform.machine(), "cores": os.cpu_count()})
+        safeio.write_json(args.out, {"rows": rows, "machine": platform.machine(), "cores": os.cpu_count()})
 
 
 if __name__ == "__main__":

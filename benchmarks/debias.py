@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deccm import config, io, metrics
+from deccm import config, safeio, metrics
 from deccm.data import Dataset, load_dataset
 from deccm.data.synth import CONFOUNDING, MEDIATED, synth
 from deccm.evaluate import SplitResult, evaluate_split, taste_probe
@@ -265,7 +265,7 @@ def write_section(out: Path, key: str, text: str) -> None:
         new = old[:old.index(begin)] + section + old[old.index(end) + len(end):]
     else:
         new = old.rstrip() + "\n\n" + section + "\n"
-    io.write_text(out, new)
+    safeio.write_text(out, new)
 
 
 def main() -> None:
@@ -314,7 +314,7 @@ def main() -> None:
                       f"interval over the pooled test rows] ±seed sd; recovered: share of plain matching's confounding cost "
                       f"won back on oracle HR_w@10._\n\n{md}")
         everything["strengths"][key] = {"meta": meta, "table": table}
-        io.write_json(args.out.with_suffix(".json"), everything)
+        safeio.write_json(args.out.with_suffix(".json"), everything)
         print(json.dumps(meta))
         print(md)
     if any(m != "none" for _, m in grid_cells(args)):

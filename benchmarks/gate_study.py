@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import debias  # noqa: E402 - the benchmark's worlds and runs, shared rather than copied
 
-from deccm import config, gate, io  # noqa: E402
+from deccm import config, gate, safeio  # noqa: E402
 from deccm.data import load_dataset  # noqa: E402
 from deccm.data.synth import CONFOUNDING, synth  # noqa: E402
 from deccm.evaluate import evaluate_split  # noqa: E402
@@ -107,7 +107,7 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
                      "taste_R2": scored["taste_R2"], "reasons": decision["reasons"]})
         log.info("%s s%d %s -> %s: oracle %+.4f, gate %s (SNIPS %+.4f [%+.4f, %+.4f]), plain %s", strength, seed, champ, chal,
                  diff, decision["promote"], rows[-1]["snips"]["diff"], *rows[-1]["snips"]["ci95"], plain["promote"])
-    io.write_json(cache, {"gate": asdict(cfg), "rows": rows})
+    safeio.write_json(cache, {"gate": asdict(cfg), "rows": rows})
     return rows
 
 
@@ -156,7 +156,7 @@ def write_section(out: Path, text: str, begin: str, end: str) -> None:
     old = out.read_text() if out.exists() else "# Results\n"
     new = (old[:old.index(begin)] + section + old[old.index(end) + len(end):] if begin in old and end in old
            else old.rstrip() + "\n\n" + section + "\n")
-    io.write_text(out, new)
+    safeio.write_text(out, new)
 
 
 def main() -> None:
@@ -186,7 +186,7 @@ def main() -> None:
             f"{hw}, {(time.perf_counter() - t0) / 60:.1f} min (runs reused from --work are not retrained)._\n\n")
     begin, end = markers(cfg.metric)
     write_section(args.out, head + to_markdown(rows, summ, cfg.metric), begin, end)
-    io.write_json(args.out.with_name(f"gate_study-{cfg.metric}.json"), {"rows": rows, "summary": summ, "gate": asdict(cfg), "epochs": args.epochs})
+    safeio.write_json(args.out.with_name(f"gate_study-{cfg.metric}.json"), {"rows": rows, "summary": summ, "gate": asdict(cfg), "epochs": args.epochs})
     print(to_markdown(rows, summ, cfg.metric))
 
 

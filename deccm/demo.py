@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import io
+from deccm import safeio
 from deccm.card import card_markdown, data_warning
 from deccm.data import licences
 from deccm.data.format import MEDIA_DIR
@@ -278,7 +278,7 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
     limit = min(float(max_seconds), float(rec.extractor.max_seconds))
     up = check_upload(video_path, max_bytes=max_bytes, max_seconds=limit)
     notes = list(up.notes) + ([licence_note] if licence_note else [])
-    key = f"{rec.extractor.spec['spec_id']}:{io.sha256_file(up.path)}:{limit:g}" if recent is not None else ""
+    key = f"{rec.extractor.spec['spec_id']}:{safeio.sha256_file(up.path)}:{limit:g}" if recent is not None else ""
     known = recent.get(key) if recent is not None else None
     with contextlib.nullcontext() if known else slot():
         t1 = time.perf_counter()
@@ -391,7 +391,7 @@ def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None,
         return dest
     s = f"min(1,min({PREVIEW_SHORT_SIDE}/min(iw,ih),{PREVIEW_LONG_SIDE}/max(iw,ih)))"
     scale = f"scale=w='2*trunc(iw*{s}/2)':h='2*trunc(ih*{s}/2)'"
-    with io.atomic_path(dest) as tmp:
+    with safeio.atomic_path(dest) as tmp:
         _ffmpeg([*clip.ffmpeg_input(), *track.ffmpeg_input(), "-map", f"0:{clip.video_stream}", "-map", "1:a:0",
                  "-map_metadata", "-1",
                  "-t", f"{seconds:.3f}",
@@ -743,7 +743,7 @@ class DemoService:
         if copy is None:
             dest = self._served_dir / hashlib.sha256(real.encode()).hexdigest()[:16] / Path(real).name
             dest.parent.mkdir(exist_ok=True)
-            with io.atomic_path(dest) as tmp:
+            with safeio.atomic_path(dest) as tmp:
                 shutil.copyfile(real, tmp)
             copy = str(dest)
             with self._lock:

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from deccm import config, io, metrics
-from deccm import log as _log
+from deccm import config, safeio, metrics
+from deccm import logsetup as _log
 from deccm.data import Dataset, DatasetError, RankRows, load_dataset
 from deccm.runs import RunError, check_data, read_config
 from deccm.serve import Ranker, load_ranker, popularity_ranker
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm evaluate") -> int:
         print(f"[data {payload['data']['name']} is SYNTHETIC]")
     print(format_table(results))
     out = args.out or config.state_path("eval", "-".join(Path(m).name for m in models)[:120] + ".json")
-    io.write_json(out, payload)
+    safeio.write_json(out, payload)
     print(f"\nwrote {out}")
     if not args.no_track:
         _log_to_mlflow(models, results)

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import io
+from deccm import safeio
 from deccm.features.runtime import jit_cache_lock, librosa
 
 log = logging.getLogger(__name__)
@@ -432,7 +432,7 @@ def write_wav(dest: str | Path, samples: np.ndarray, sr: int) -> Path:
     import wave
 
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with io.atomic_path(dest) as tmp:
+    with safeio.atomic_path(dest) as tmp:
         with wave.open(str(tmp), "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
@@ -461,7 +461,7 @@ def analyse_file(path: str | Path, sha: str, spec: WindowSpec, cache: Path | Non
         except (OSError, ValueError, KeyError):
             log.warning("%s: unreadable cached analysis; analysing again", where)
     a = analyse(load_samples(path, spec.sample_rate, spec.max_track_s), spec)
-    with io.atomic_path(where) as tmp:
+    with safeio.atomic_path(where) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **a.arrays())
     return a
@@ -489,7 +489,7 @@ class Moments:
                 analyses.append(None)
                 continue
             try:
-                analyses.append(analyse_file(path, sha or io.sha256_file(path), spec, cache))
+                analyses.append(analyse_file(path, sha or safeio.sha256_file(path), spec, cache))
             except MomentError as e:
                 notes.append(f"track {i}: {e}")
                 analyses.append(None)
@@ -531,10 +531,10 @@ class Moments:
             parts = [self.analyses[i].arrays()[key] for i in have]  # type: ignore[union-attr]
             arrays[key] = np.concatenate(parts) if key != "meta" else np.stack(parts)
             arrays[f"{key}_offsets"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
-        with io.atomic_path(dest / "analyses.npz") as tmp:
+        with safeio.atomic_path(dest / "analyses.npz") as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-        io.write_json(dest / "spec.json", {"window_spec": self.spec.to_dict(), "projection": self.projection.to_json(),
+        safeio.write_json(dest / "spec.json", {"window_spec": self.spec.to_dict(), "projection": self.projection.to_json(),
                                            "n_tracks": len(self.analyses), "notes": self.notes})
 
     @classmethod

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from deccm import config, gate as gating, locks, registry, tracking
-from deccm import log as _log
+from deccm import logsetup as _log
 from deccm.data import DatasetError, load_dataset
 from deccm.moments import WindowSpec
 from deccm.runs import RunError, TrainConfig, check_data, pgc_hash, read_config

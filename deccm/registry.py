@@ -43,8 +43,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from deccm import config, io, locks, tracking
-from deccm import log as _log
+from deccm import config, safeio, locks, tracking
+from deccm import logsetup as _log
 from deccm.card import card_markdown
 from deccm.models import ModelConfig
 from deccm.moments import MomentError, WindowSpec
@@ -228,7 +228,7 @@ def _code_path() -> str:
 @_guarded
 def find_version(run_dir: str | Path) -> Any | None:
     """The registered version holding exactly this run's best weights, if any."""
-    sha = io.sha256_file(run_dir_of(Path(run_dir)) / BEST)
+    sha = safeio.sha256_file(run_dir_of(Path(run_dir)) / BEST)
     for mv in _client().search_model_versions(f"name = '{MODEL_NAME}'"):
         if mv.tags.get(TAG_WEIGHTS) == sha:
             return mv
@@ -248,7 +248,7 @@ def _orphan(client: Any, run_id: str | None) -> Any | None:
 def _identity(run_dir: Path, conf: Any, run_id: str | None, purpose: str | None = None) -> dict[str, str]:
     """The tags that say which weights, run dir and MLflow run a version is, and why it is registered when it is no
     pipeline candidate (set when it is created)."""
-    tags = {TAG_WEIGHTS: io.sha256_file(run_dir / BEST), "deccm.run_dir": str(run_dir), "deccm.run": conf.name,
+    tags = {TAG_WEIGHTS: safeio.sha256_file(run_dir / BEST), "deccm.run_dir": str(run_dir), "deccm.run": conf.name,
             "deccm.provenance": tracking.provenance(conf), "deccm.synthetic": str(conf.synthetic).lower(),
             "deccm.variant": conf.variant, "deccm.mode": conf.mode}
     if run_id:
@@ -315,7 +315,7 @@ def register(run_dir: str | Path, evaluation: dict[str, Any] | None = None, alia
         card["purpose"] = {"alias": alias, "why": purpose}
     with tempfile.TemporaryDirectory(prefix="deccm-bundle-") as tmp:
         bundle = rec.save_bundle(Path(tmp) / "bundle")
-        io.write_json(bundle / CARD, card)
+        safeio.write_json(bundle / CARD, card)
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else conf.name,
                               tags=None if run_id else {tracking.TAG_RUN_DIR: str(run_dir)}):
             mlflow.log_dict(card, "model_card.json")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from deccm import config, io
+from deccm import config, safeio
 from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig, RidgeMatcher
 
 if TYPE_CHECKING:
@@ -214,7 +214,7 @@ def read_config(path: str | Path) -> RunConfig:
 
 
 def write_config(run: Path, conf: RunConfig) -> None:
-    io.write_json(run / CONFIG, conf.to_dict())
+    safeio.write_json(run / CONFIG, conf.to_dict())
 
 
 def has_run(path: Path) -> bool:
@@ -242,10 +242,10 @@ def save_epoch(run: Path, conf: RunConfig, state: dict[str, Any], best_model: di
     best-so-far and the best weights go in beside them. A crash after ``state.pt`` leaves
     stale copies that :func:`restore` rewrites when the run is reopened.
     """
-    with io.atomic_path(run / STATE) as tmp:
+    with safeio.atomic_path(run / STATE) as tmp:
         torch.save({**state, "run": conf.to_dict(), "best_model": best_model}, tmp)
     if improved or not (run / BEST).is_file():
-        with io.atomic_path(run / BEST) as tmp:
+        with safeio.atomic_path(run / BEST) as tmp:
             torch.save({"model": best_model, "epoch": conf.best_epoch}, tmp)
     write_config(run, conf)
 
@@ -272,7 +272,7 @@ def sync_copies(run: Path, conf: RunConfig, state: dict[str, Any]) -> None:
     except RunError:
         current = None  # unreadable copy: rewrite it
     if current is None or current.get("epoch") != conf.best_epoch:
-        with io.atomic_path(best) as tmp:
+        with safeio.atomic_path(best) as tmp:
             torch.save({"model": state["best_model"], "epoch": conf.best_epoch}, tmp)
     try:
         on_disk = json.loads((run / CONFIG).read_text())

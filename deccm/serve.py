@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deccm import config, io
-from deccm import log as _log
+from deccm import config, safeio
+from deccm import logsetup as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.data.format import MANIFEST, TRACKS_CSV, read_csv
 from deccm.data.licences import FAMILIES, FILTERS, INCLUDE_UNKNOWN, allowed, attribution, check_filter, family
@@ -223,9 +223,9 @@ class Catalog:
         A bundle must keep playing the bytes it was trained with after a data drop rewrites the
         dataset's media folder under the same names (docs/architecture.md, "Serving bundles").
         """
-        io.save_npy(dest / "vectors.npy", self.vectors.astype(np.float32))
+        safeio.save_npy(dest / "vectors.npy", self.vectors.astype(np.float32))
         tracks = [{**t, **self._store_audio(i, t, dest / AUDIO_DIR)} for i, t in enumerate(self.tracks)]
-        io.write_json(dest / "catalog.json", {"genres": self.genres, "source": self.source, "tracks": tracks})
+        safeio.write_json(dest / "catalog.json", {"genres": self.genres, "source": self.source, "tracks": tracks})
         if self.has_media():
             try:
                 self.with_moments().save(dest / MOMENTS_DIR)
@@ -258,14 +258,14 @@ class Catalog:
         sha = hashlib.sha256(data).hexdigest()
         name = f"{sha}{_audio_suffix(src)}"
         if not (folder / name).is_file():  # tracks that share bytes share one file
-            io.write_bytes(folder / name, data)
+            safeio.write_bytes(folder / name, data)
         return {"audio": f"{AUDIO_DIR}/{name}", "sha256": sha}
 
     @classmethod
     def load(cls, src: Path) -> "Catalog":
         """The catalog of a bundle, its audio checked against the recorded sha256 (a damaged bundle never plays)."""
         meta = json.loads((src / "catalog.json").read_text())
-        vectors = io.load_npy(src / "vectors.npy")
+        vectors = safeio.load_npy(src / "vectors.npy")
         if vectors.shape[0] != len(meta["tracks"]):
             raise RunError(f"{src}: {vectors.shape[0]} track vectors for {len(meta['tracks'])} tracks. Fix: export the bundle again.")
         tracks = meta["tracks"]
@@ -321,7 +321,7 @@ class Recommender:
         """
         run_dir = self.ranker.run_dir
         assert run_dir is not None
-        with io.atomic_dir(dest, overwrite=True) as tmp:
+        with safeio.atomic_dir(dest, overwrite=True) as tmp:
             (tmp / "run").mkdir()
             for name in (CONFIG, BEST):
                 shutil.copy2(run_dir / name, tmp / "run" / name)
@@ -474,7 +474,7 @@ def _checked_audio(src: Path, i: int, track: dict[str, str]) -> dict[str, str]:
                        f"{AUDIO_DIR}/<its sha256>.<ext>. {fix}")
     path = src / track["audio"]
     try:
-        got = io.sha256_file(path)
+        got = safeio.sha256_file(path)
     except OSError:
         raise RunError(f"{src}: track {i} ({track.get('title')!r}): its audio {path} is missing. {fix}") from None
     if got != track["sha256"]:

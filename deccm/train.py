@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deccm import config, distributed, io, locks, metrics
-from deccm import log as _log
+from deccm import config, distributed, safeio, locks, metrics
+from deccm import logsetup as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.evaluate import sampled_hit_rate
 from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig, RidgeMatcher
@@ -223,7 +223,7 @@ def _fresh_config(kind: Kind, name: str, variant: str, model_cfg: ModelConfig, t
                   tconf: RunConfig | None, tpath: Path | None) -> RunConfig:
     teacher = None
     if tconf is not None and tpath is not None:
-        teacher = {**record_path(tpath), "name": tconf.name, "best_sha256": io.sha256_file(tpath / BEST)}
+        teacher = {**record_path(tpath), "name": tconf.name, "best_sha256": safeio.sha256_file(tpath / BEST)}
     return RunConfig(name=name, kind=kind, variant=variant if kind == "student" else "teacher", model=model_cfg,
                      train=train_cfg, data=data_record(ds), prior_mean=np.asarray(ds.ugc.prior_mean, dtype=float).tolist(),
                      teacher=teacher, teacher_model=tconf.model.to_dict() if tconf else None, code_version=code_version())

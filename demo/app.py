@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--poll-seconds must be positive, got {poll_s:g}")
     import torch
 
-    from deccm import log as deccm_log
+    from deccm import logsetup as deccm_log
 
     deccm_log.setup()  # the watcher's swaps and refusals reach the server log
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise

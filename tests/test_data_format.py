@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deccm import io
+from deccm import safeio
 from deccm.data import DatasetError, load_dataset, write_dataset
 from deccm.data.format import MANIFEST
 
@@ -60,7 +60,7 @@ def test_pickled_array_is_never_loaded(tiny_dataset: Path, tmp_path: Path) -> No
     with pytest.raises(DatasetError, match="without pickle"):
         load_dataset(dst)
     with pytest.raises(TypeError, match="object array"):
-        io.save_npy(tmp_path / "x.npy", np.array([{}], dtype=object))
+        safeio.save_npy(tmp_path / "x.npy", np.array([{}], dtype=object))
 
 
 def test_missing_dir_and_manifest_errors_name_the_fix(tmp_path: Path) -> None:

@@ -226,8 +226,8 @@ def test_a_second_writer_waits_or_fails_with_the_holder_and_a_killed_holder_free
 PIPELINE = """
     import json, sys, time
     from pathlib import Path
-    from deccm import log, pipeline
-    log.setup()
+    from deccm import logsetup, pipeline
+    logsetup.setup()
     go = Path(sys.argv[1])
     while not go.exists():  # imported and ready: start together with the other pipeline
         time.sleep(0.05)

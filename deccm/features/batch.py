@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deccm import io
+from deccm import safeio
 from deccm.features import audio, decode, runtime
 from deccm.features.store import FeatureCache, FeatureStore, default_cache_dir, store_dir
 
@@ -126,7 +126,7 @@ def make_extractor(kind: str, device: str = "auto", **options: Any):
 def _lookup(path: Path, cache: FeatureCache | None) -> tuple[Result | None, str | None]:
     """Hash the file and answer from the cache when possible: (result or None, sha256 or None)."""
     try:
-        sha = io.sha256_file(path)
+        sha = safeio.sha256_file(path)
     except FileNotFoundError:
         return Result("failed", None, None, "missing file"), None
     except IsADirectoryError:

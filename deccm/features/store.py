@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import config, io
+from deccm import config, safeio
 from deccm.features.spec import spec_id
 
 FORMAT = "deccm-features"
@@ -78,18 +78,18 @@ class FeatureStore:
         n, d = self.features.shape
         if not (len(self.ids) == len(self.paths) == len(self.sha256) == n) or d != self.spec["dims"]:
             raise StoreError(f"inconsistent store: {n}x{d} features, {len(self.ids)} ids, spec dims {self.spec['dims']}")
-        with io.atomic_dir(dest, overwrite=True) as tmp:
-            io.save_npy(tmp / "features.npy", self.features.astype(np.float32, copy=False))
-            io.write_text(tmp / "items.csv", _csv(ITEMS_COLUMNS, [(i, a, p, s) for i, (a, p, s) in
+        with safeio.atomic_dir(dest, overwrite=True) as tmp:
+            safeio.save_npy(tmp / "features.npy", self.features.astype(np.float32, copy=False))
+            safeio.write_text(tmp / "items.csv", _csv(ITEMS_COLUMNS, [(i, a, p, s) for i, (a, p, s) in
                                                                    enumerate(zip(self.ids, self.paths, self.sha256))]))
-            io.write_text(tmp / "failures.csv", _csv(FAILURES_COLUMNS, [(i, p, r) for i, (p, r) in
+            safeio.write_text(tmp / "failures.csv", _csv(FAILURES_COLUMNS, [(i, p, r) for i, (p, r) in
                                                                          zip(self.failed_ids, self.failures)]))
             if self.raw is not None:
-                io.save_npy(tmp / "raw.npy", self.raw.astype(np.float32, copy=False))
+                safeio.save_npy(tmp / "raw.npy", self.raw.astype(np.float32, copy=False))
             if self.norm_mean is not None and self.norm_std is not None:
-                io.save_npy(tmp / "norm_mean.npy", self.norm_mean.astype(np.float32, copy=False))
-                io.save_npy(tmp / "norm_std.npy", self.norm_std.astype(np.float32, copy=False))
-            io.write_json(tmp / "spec.json", {
+                safeio.save_npy(tmp / "norm_mean.npy", self.norm_mean.astype(np.float32, copy=False))
+                safeio.save_npy(tmp / "norm_std.npy", self.norm_std.astype(np.float32, copy=False))
+            safeio.write_json(tmp / "spec.json", {
                 "format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, "count": n, "dims": d,
                 "failed": len(self.failures), "spec": self.spec, "normalisation": self.normalisation, "run": self.run,
             })
@@ -164,13 +164,13 @@ def load_store(path: str | os.PathLike, kind: str | None = None) -> FeatureStore
     spec = meta["spec"]
     if spec_id(spec) != spec.get("spec_id"):
         raise StoreError(f"{path}/spec.json: spec_id does not match the spec (edited by hand?)")
-    features = io.load_npy(path / "features.npy")
+    features = safeio.load_npy(path / "features.npy")
     items = _read_csv(path / "items.csv", ITEMS_COLUMNS)
     failures = _read_csv(path / "failures.csv", FAILURES_COLUMNS)
     if features.shape != (len(items), spec["dims"]):
         raise StoreError(f"{path}: features.npy is {features.shape}, expected ({len(items)}, {spec['dims']}) "
                          "from items.csv and the spec")
-    opt = {name: io.load_npy(path / f"{name}.npy") if (path / f"{name}.npy").exists() else None
+    opt = {name: safeio.load_npy(path / f"{name}.npy") if (path / f"{name}.npy").exists() else None
            for name in ("raw", "norm_mean", "norm_std")}
     return FeatureStore(kind=meta["kind"], ids=[r["id"] for r in items], paths=[r["path"] for r in items],
                         sha256=[r["sha256"] for r in items], features=features, spec=spec,
@@ -190,7 +190,7 @@ class FeatureCache:
         self.dir = Path(root) / spec["kind"] / spec["spec_id"]
         self.dims = int(spec["dims"])
         if not (self.dir / "spec.json").exists():
-            io.write_json(self.dir / "spec.json", spec)  # so a human can tell cache dirs apart
+            safeio.write_json(self.dir / "spec.json", spec)  # so a human can tell cache dirs apart
 
     def _path(self, sha: str, suffix: str) -> Path:
         return self.dir / sha[:2] / f"{sha}{suffix}"
@@ -200,17 +200,17 @@ class FeatureCache:
         if not p.exists():
             return None
         try:
-            vec = io.load_npy(p)
+            vec = safeio.load_npy(p)
         except (OSError, ValueError):
             return None  # unreadable entry: recompute and overwrite
         return vec if vec.shape == (self.dims,) and np.isfinite(vec).all() else None
 
     def put(self, sha: str, vec: np.ndarray) -> None:
-        io.save_npy(self._path(sha, ".npy"), np.asarray(vec, dtype=np.float32))
+        safeio.save_npy(self._path(sha, ".npy"), np.asarray(vec, dtype=np.float32))
 
     def get_failure(self, sha: str) -> str | None:
         p = self._path(sha, ".failed.txt")
         return p.read_text(encoding="utf-8").strip() if p.exists() else None
 
     def put_failure(self, sha: str, reason: str) -> None:
-        io.write_text(self._path(sha, ".failed.txt"), reason + "\n")
+        safeio.write_text(self._path(sha, ".failed.txt"), reason + "\n")

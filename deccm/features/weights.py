@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from deccm import io
+from deccm import safeio
 
 
 class WeightsError(ValueError):
@@ -19,7 +19,7 @@ class WeightsError(ValueError):
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    return io.sha256_file(path)
+    return safeio.sha256_file(path)
 
 
 def weights_info(path: Path, source: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Atomic outputs: readable modes, nothing half-written, and what a killed writer left is swept (deccm.io)."""
+"""Atomic outputs: readable modes, nothing half-written, and what a killed writer left is swept (deccm.safeio)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deccm import io
+from deccm import safeio
 
 
 def _mode(p: Path) -> int:
@@ -20,9 +20,9 @@ def _mode(p: Path) -> int:
 def test_outputs_get_the_mode_a_plain_open_gives_not_tempfiles_private_one(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
-        io.write_json(tmp_path / "a.json", {"x": 1})
-        io.save_npy(tmp_path / "a.npy", np.arange(3))
-        with io.atomic_dir(tmp_path / "store") as tmp:
+        safeio.write_json(tmp_path / "a.json", {"x": 1})
+        safeio.save_npy(tmp_path / "a.npy", np.arange(3))
+        with safeio.atomic_dir(tmp_path / "store") as tmp:
             (tmp / "f.txt").write_text("y")
     finally:
         os.umask(old)
@@ -31,9 +31,9 @@ def test_outputs_get_the_mode_a_plain_open_gives_not_tempfiles_private_one(tmp_p
 
 
 def test_a_failed_write_leaves_the_previous_output_and_no_temp_file(tmp_path: Path) -> None:
-    io.write_text(tmp_path / "out.txt", "good\n")
+    safeio.write_text(tmp_path / "out.txt", "good\n")
     with pytest.raises(RuntimeError):
-        with io.atomic_path(tmp_path / "out.txt") as tmp:
+        with safeio.atomic_path(tmp_path / "out.txt") as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash mid-write")
     assert (tmp_path / "out.txt").read_text() == "good\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
@@ -51,11 +51,11 @@ def test_leftovers_of_a_killed_writer_are_swept_and_a_live_writers_are_kept(tmp_
     fresh = tmp_path / f".store.{dead}.w4.tmp"  # its writer is gone, but only just: left for now
     live.write_text("busy")
     fresh.mkdir()
-    then = time.time() - io.STALE_S - 60
+    then = time.time() - safeio.STALE_S - 60
     for p in [*stale, live]:
         os.utime(p, (then, then))
-    io.write_text(tmp_path / "out.txt", "new\n")
-    with io.atomic_dir(tmp_path / "store", overwrite=True) as tmp:
+    safeio.write_text(tmp_path / "out.txt", "new\n")
+    with safeio.atomic_dir(tmp_path / "store", overwrite=True) as tmp:
         (tmp / "f").write_text("y")
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([live.name, fresh.name, "out.txt", "store"]), left
