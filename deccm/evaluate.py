@@ -289,7 +289,7 @@ def _log_to_mlflow(models: list[str], results: list[SplitResult]) -> None:
             name = conf.name if conf.name in names else None
             if run_id is None or name is None:
                 continue
-            tracking.log_metrics(run_id, {f"eval.{r.split}.{m}": v for r in results if r.model == name for m, v in r.values.items()})
+            tracking.log_evaluation(run_id, {r.split: r.values for r in results if r.model == name})
             print(f"logged {name}'s figures to MLflow run {run_id}")
         except Exception as e:  # noqa: BLE001 - tracking is a side channel: never fail the evaluation for it
             log.warning("could not log %s to MLflow: %s", spec, e)

@@ -383,7 +383,7 @@ def evaluate_candidates(cfg: dict[str, Any], run: str) -> dict[str, Any]:
     out["gate"] = gating.score(ds, split, challenger, champ_ranker, gcfg)
     run_id = tracking.find_run(run, conf)
     if run_id is not None:
-        tracking.log_metrics(run_id, {f"eval.{s}.{m}": v for s, vals in out["challenger"].items() for m, v in vals.items()})
+        tracking.log_evaluation(run_id, out["challenger"])
     return out
 
 

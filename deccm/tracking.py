@@ -201,6 +201,12 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
                                                      for k, v in metrics.items()])
 
 
+def log_evaluation(run_id: str, by_split: dict[str, dict[str, float]]) -> None:
+    """A run's evaluation figures as MLflow metrics ``eval.<split>.<metric>``: the one place that names them
+    (``deccm.evaluate`` and the pipeline's evaluation both log through it)."""
+    log_metrics(run_id, {f"eval.{split}.{name}": value for split, values in by_split.items() for name, value in values.items()})
+
+
 def log_decision(run_id: str, decision: dict[str, Any]) -> None:
     """The gate's decision on the challenger's run: a tag, its reasons, and the whole record as JSON."""
     import mlflow
