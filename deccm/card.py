@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from deccm.metrics import METRICS
+
 
 def data_warning(card: dict[str, Any]) -> str:
     """One loud line when the model was trained on synthetic features or generated media; '' otherwise."""
@@ -29,20 +31,7 @@ def data_warning(card: dict[str, Any]) -> str:
     return ""
 
 
-RANKING_METRICS = ("HR_w@10", "NDCG_w@10", "HR@10", "NDCG@10", "Recall@10", "MRR", "MedR")
-BIAS_METRICS = ("genre_KL@10", "C_KL@10", "top_genre_share@10", "coverage@10", "Gini@10", "tail_share@10")
-METRIC_HELP = {
-    "HR_w@10": "hit rate in the top 10 of 101 candidates, inverse-popularity weighted",
-    "NDCG_w@10": "NDCG@10 of 101 candidates, inverse-popularity weighted",
-    "HR@10": "hit rate in the top 10 of 101 candidates", "NDCG@10": "NDCG@10 of 101 candidates",
-    "Recall@10": "the used track in the top 10 of the whole catalog", "MRR": "mean reciprocal rank in the whole catalog",
-    "MedR": "median rank in the whole catalog (lower is better)",
-    "genre_KL@10": "KL(genre mix of the used tracks ‖ of the top-10 lists), lower = better calibrated",
-    "C_KL@10": "KL(uploader's genre history ‖ top-10 genre mix), lower = better calibrated",
-    "top_genre_share@10": "share of top-10 slots in the most popular genre (lower = less popularity bias)",
-    "coverage@10": "share of the catalog that appears in some top-10 list", "Gini@10": "inequality of exposure (lower = fairer)",
-    "tail_share@10": "share of top-10 slots given to long-tail tracks",
-}
+CARD_GROUPS = (("Ranking", "ranking"), ("Bias (popularity and genre calibration)", "bias"))  # the card's tables, in order
 
 
 def _fmt(v: Any) -> str:
@@ -60,13 +49,13 @@ def _evaluation_md(evaluation: dict[str, Any]) -> list[str]:
         return ["No evaluation figures were recorded with this version (it was registered without an evaluation)."]
     splits = list(figures)
     out = []
-    for title, names in (("Ranking", RANKING_METRICS), ("Bias (popularity and genre calibration)", BIAS_METRICS)):
-        rows = [m for m in names if any(m in figures[s] for s in splits)]
+    for title, group in CARD_GROUPS:  # the metrics, their order and their words: deccm.metrics.METRICS
+        rows = [m.name for m in METRICS.values() if m.card and m.group == group and any(m.name in figures[s] for s in splits)]
         if not rows:
             continue
         out += [f"**{title}**", "", "| metric | " + " | ".join(splits) + " | what it measures |",
                 "|---|" + "---:|" * len(splits) + "---|"]
-        out += [f"| {m} | " + " | ".join(_fmt(figures[s].get(m)) for s in splits) + f" | {METRIC_HELP.get(m, '')} |" for m in rows]
+        out += [f"| {m} | " + " | ".join(_fmt(figures[s].get(m)) for s in splits) + f" | {METRICS[m].words} |" for m in rows]
         out.append("")
     if "test_oracle" in splits:
         out.append("`test_oracle` re-draws the test clips' tracks from the planted relation alone, without the uploaders' "

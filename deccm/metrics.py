@@ -390,7 +390,8 @@ class Metric:
     ``direction`` is +1 (higher is better), −1 (lower is better) or 0 (a reference value
     of the data, not of the model). ``per_row``: ``deccm.evaluate.evaluate_split`` gives
     per-row values (a weighted mean), so it has bootstrap intervals and can be compared
-    row by row by the gate (docs/method.md §7).
+    row by row by the gate (docs/method.md §7). ``card``: the model card's table shows it,
+    under ``group`` ("ranking" or "bias"), explained by ``words``.
     """
 
     name: str
@@ -399,6 +400,9 @@ class Metric:
     high: float
     formula: str
     per_row: bool
+    group: str = ""  # "ranking", "bias" or "" (neither: a reference or a synthetic-only figure)
+    words: str = ""  # what it measures, in a reader's words (the card's last column)
+    card: bool = False
 
     @property
     def bounded(self) -> bool:
@@ -409,20 +413,35 @@ def _table() -> dict[str, Metric]:
     inf = float("inf")
     rows = []
     for k in (10, 15, 20, 25):
-        rows += [Metric(f"HR_w@{k}", 1, 0.0, 1.0, "hit_rate with inverse-popularity weights (§7)", True),
-                 Metric(f"NDCG_w@{k}", 1, 0.0, 1.0, "ndcg with inverse-popularity weights (§7)", True),
-                 Metric(f"HR@{k}", 1, 0.0, 1.0, "hit_rate, unweighted (§7)", True),
-                 Metric(f"NDCG@{k}", 1, 0.0, 1.0, "ndcg, unweighted (§7)", True)]
-    rows += [Metric("Recall@10", 1, 0.0, 1.0, "recall_at_k over the full catalog", True),
-             Metric("Recall@25", 1, 0.0, 1.0, "recall_at_k over the full catalog", True),
-             Metric("MRR", 1, 0.0, 1.0, "mrr over the full catalog", True),
-             Metric("MedR", -1, 1.0, inf, "median_rank over the full catalog (1-based)", False),
-             Metric("coverage@10", 1, 0.0, 1.0, "catalog_coverage of the top-10 lists", False),
-             Metric("Gini@10", -1, 0.0, 1.0, "gini of top-10 exposure", False),
-             Metric("tail_share@10", 1, 0.0, 1.0, "tail_share of the top-10 slots", True),
-             Metric("C_KL@10", -1, 0.0, inf, "calibration_kl against each row's uploader prior", False),
-             Metric("genre_KL@10", -1, 0.0, inf, "calibration_kl of all top-10 slots against the split's positives", False),
-             Metric("top_genre_share@10", -1, 0.0, 1.0, "genre_share of the most-picked training genre", True),
+        shown = k == 10
+        rows += [Metric(f"HR_w@{k}", 1, 0.0, 1.0, "hit_rate with inverse-popularity weights (§7)", True, "ranking",
+                        f"hit rate in the top {k} of 101 candidates, inverse-popularity weighted", shown),
+                 Metric(f"NDCG_w@{k}", 1, 0.0, 1.0, "ndcg with inverse-popularity weights (§7)", True, "ranking",
+                        f"NDCG@{k} of 101 candidates, inverse-popularity weighted", shown),
+                 Metric(f"HR@{k}", 1, 0.0, 1.0, "hit_rate, unweighted (§7)", True, "ranking",
+                        f"hit rate in the top {k} of 101 candidates", shown),
+                 Metric(f"NDCG@{k}", 1, 0.0, 1.0, "ndcg, unweighted (§7)", True, "ranking", f"NDCG@{k} of 101 candidates",
+                        shown)]
+    rows += [Metric("Recall@10", 1, 0.0, 1.0, "recall_at_k over the full catalog", True, "ranking",
+                    "the used track in the top 10 of the whole catalog", True),
+             Metric("Recall@25", 1, 0.0, 1.0, "recall_at_k over the full catalog", True, "ranking",
+                    "the used track in the top 25 of the whole catalog"),
+             Metric("MRR", 1, 0.0, 1.0, "mrr over the full catalog", True, "ranking", "mean reciprocal rank in the whole catalog",
+                    True),
+             Metric("MedR", -1, 1.0, inf, "median_rank over the full catalog (1-based)", False, "ranking",
+                    "median rank in the whole catalog (lower is better)", True),
+             Metric("genre_KL@10", -1, 0.0, inf, "calibration_kl of all top-10 slots against the split's positives", False,
+                    "bias", "KL(genre mix of the used tracks ‖ of the top-10 lists), lower = better calibrated", True),
+             Metric("C_KL@10", -1, 0.0, inf, "calibration_kl against each row's uploader prior", False, "bias",
+                    "KL(uploader's genre history ‖ top-10 genre mix), lower = better calibrated", True),
+             Metric("top_genre_share@10", -1, 0.0, 1.0, "genre_share of the most-picked training genre", True, "bias",
+                    "share of top-10 slots in the most popular genre (lower = less popularity bias)", True),
+             Metric("coverage@10", 1, 0.0, 1.0, "catalog_coverage of the top-10 lists", False, "bias",
+                    "share of the catalog that appears in some top-10 list", True),
+             Metric("Gini@10", -1, 0.0, 1.0, "gini of top-10 exposure", False, "bias", "inequality of exposure (lower = fairer)",
+                    True),
+             Metric("tail_share@10", 1, 0.0, 1.0, "tail_share of the top-10 slots", True, "bias",
+                    "share of top-10 slots given to long-tail tracks", True),
              Metric("top_genre_catalog_share", 0, 0.0, 1.0, "the catalog's share of that genre (reference)", False),
              Metric("spearman_truth", 1, -1.0, 1.0, "rowwise_spearman against the true affinity (synthetic)", False),
              Metric("taste_R2", -1, -inf, 1.0, "probe_r2 of the uploader's taste from video vectors", False)]

@@ -69,6 +69,13 @@ def test_every_metric_the_evaluation_reports_is_in_the_table(tiny_dataset: Path)
     assert {n for n, m in metrics.METRICS.items() if m.per_row and n in res.values} == set(res.per_row)
     assert metrics.worse_by("genre_KL@10", 0.3, 0.1) == pytest.approx(0.2)  # lower is better: higher is worse
     assert metrics.worse_by("HR_w@10", 0.3, 0.1) == pytest.approx(-0.2)
+    # the model card reads its tables from the same table: every card metric is reported, grouped and explained
+    from deccm.card import card_markdown
+
+    shown = [m for m in metrics.METRICS.values() if m.card]
+    assert {m.name for m in shown} <= set(res.values) and all(m.group in ("ranking", "bias") and m.words for m in shown)
+    text = card_markdown({"evaluation": {"challenger": {"gate": res.values}}})
+    assert all(f"| {m.name} | " in text and m.words in text for m in shown)
 
 
 # --------------------------------------------------------------------------- statistics
