@@ -1,30 +1,111 @@
-"""The model card in words: the markdown a person reads in the demo and as the registered version's description.
+"""The model card: what a person needs to judge a model, as a dict and in words.
 
-``deccm.registry.model_card`` builds the card (a dict recorded with every registered
-version); :func:`card_markdown` renders it, calling SYNTHETIC and GENERATED training data
-out loudly (docs/architecture.md, "The registry and the gate").
+:func:`model_card` builds the card (a dict recorded with every registered version, its
+``trained_on.kind`` saying what the data is); :func:`card_markdown` renders it as the
+markdown a person reads in the demo and as the registered version's description, calling
+SYNTHETIC and GENERATED training data out loudly (docs/architecture.md, "The registry and
+the gate").
 """
 from __future__ import annotations
 
 from typing import Any
 
+from deccm import tracking
 from deccm.metrics import METRICS
+from deccm.models import ModelConfig
+from deccm.serve import Recommender
+
+MODEL_NAME = "deccm-student"  # the registered model's name (deccm.registry.MODEL_NAME)
+
+
+def model_card(rec: Recommender, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a person needs to judge the model: data and provenance, extractors, figures, confounder handling."""
+    conf = rec.run
+    confounder = conf.data.get("confounder") or {}
+    ext = tracking.extractor_summary(conf)
+    return {
+        "model": MODEL_NAME, "run": conf.name, "kind": conf.kind, "variant": conf.variant, "mode": conf.mode,
+        "trained_on": {
+            "dataset": conf.data.get("name"), "manifest_hash": conf.data.get("manifest_hash"),
+            "provenance": tracking.provenance(conf), "synthetic": conf.synthetic, "kind": tracking.data_kind(conf),
+            "note": ("SYNTHETIC features: no media was seen; rankings show the method, not real taste" if conf.synthetic else
+                     "the demo corpus is GENERATED: rendered public-domain scores and ffmpeg-drawn clips with a planted relation"
+                     if str(conf.data.get("name", "")).startswith("demo-corpus") else "features extracted from the user's media"),
+        },
+        "extractors": ext,
+        "pretrained_extractors": {k: ("pretrained" in v) for k, v in ext.items()},
+        "training": {"epochs": conf.train.epochs, "best_epoch": (conf.best_epoch or 0) + 1, "best_val": conf.best_val,
+                     "teacher": (conf.teacher or {}).get("name"), "code_version": conf.code_version},
+        "confounder": {
+            "uploader_taste_in_data": confounder.get("available", conf.synthetic or None),
+            "handling": _taste_handling(conf.model),
+        },
+        "evaluation": evaluation or {},
+        "catalog": {"tracks": len(rec.catalog.tracks), "genres": rec.catalog.genres, "genre_mix": rec.catalog.genre_mix(),
+                    "licences": rec.catalog.licence_counts()},
+        "moments": _moments_card(rec),
+    }
+
+
+def _moments_card(rec: Recommender) -> dict[str, Any] | None:
+    """The window spec and how well the projection reads the model's track vectors from the descriptors (None: no audio)."""
+    m = rec.catalog.moments
+    if m is None:
+        return None
+    return {"window_spec": m.spec.to_dict(), "tracks_analysed": sum(a is not None for a in m.analyses),
+            "tracks_with_beat": sum(a is not None and a.has_beat for a in m.analyses),
+            "projection_r2": round(m.projection.r2, 3), "rule": "docs/method.md §11 (Moments)"}
+
+
+
+
+def _taste_handling(model: ModelConfig) -> str:
+    """What the model does about the uploader's genre taste, in words for the model card."""
+    if model.ridge_blend > 0:
+        return (_taste_handling(model.replace(ridge_blend=0.0)) + f"; a closed-form ridge map with the same erasure rides "
+                f"along, and each score adds its cosine times {model.ridge_blend:g}")
+    if model.erase_taste and model.erase_residual:
+        return ("erased beyond content: only the part of the uploader's genre taste that the video's content (the "
+                "directions that predict the music's genre on PGC pairs) does not explain is linearly removed from the video "
+                "vectors (LEACE), so taste that is real content stays")
+    if model.erase_taste:
+        return ("erased: the uploader's genre taste is linearly removed from the video vectors (LEACE, fitted on the "
+                "training rows' uploader priors), so scores cannot follow it")
+    if model.adversary > 0:
+        return "adversary: the video encoder is trained against a head that reads the uploader's taste (gradient reversal)"
+    return {"none": "not modelled: content-only matching (the uploader's genre taste is left out of scoring)",
+            "per-sample": "backdoor adjustment: training conditions on each row's uploader prior; scores average it out",
+            "batch-mean": "the authors' batch-mean prior (faithful mode)"}[model.confounder]
+
+
+def data_kind(card: dict[str, Any]) -> str:
+    """The card's ``trained_on.kind`` (:func:`deccm.tracking.data_kind`); a card from before the field says it in
+    its dataset name and provenance."""
+    trained = card.get("trained_on") or {}
+    if trained.get("kind"):
+        return str(trained["kind"])
+    dataset, provenance = str(trained.get("dataset", "")), str(trained.get("provenance", ""))
+    if trained.get("synthetic"):
+        return "synthetic"
+    if dataset.startswith("recorded-corpus") or provenance.startswith("recorded corpus"):
+        return "recorded"
+    if dataset.startswith("demo-corpus") or "generated" in provenance.lower():
+        return "generated"
+    return "real"
 
 
 def data_warning(card: dict[str, Any]) -> str:
     """One loud line when the model was trained on synthetic features or generated media; '' otherwise."""
-    trained = card.get("trained_on") or {}
-    if trained.get("synthetic"):
+    kind = data_kind(card)
+    if kind == "synthetic":
         return ("**⚠ SYNTHETIC DATA.** This model was trained on SYNTHETIC feature vectors: it never saw a video or heard "
                 "a track. Its rankings show the method, not real musical taste.")
-    provenance = str(trained.get("provenance", ""))
-    if str(trained.get("dataset", "")).startswith("recorded-corpus") or provenance.startswith("recorded corpus"):
+    if kind == "recorded":
         return ("**⚠ GENERATED CLIPS AND PICKS.** This model was trained on the recorded corpus: REAL recordings (30 s "
                 "excerpts of Debian's free game soundtracks, each with its licence), but clips drawn by ffmpeg and uploads "
                 "and picks simulated from a planted relation between the clips' looks and the tracks' measured tempo, "
                 "mode, energy and brightness. Its rankings show the method on real music, not real taste.")
-    if "generated" in provenance.lower() or str(trained.get("dataset", "")).startswith("demo-corpus") \
-            or "GENERATED" in str(trained.get("note", "")):
+    if kind == "generated":
         return ("**⚠ GENERATED DATA.** This model was trained on the demo corpus, which is GENERATED: music rendered from "
                 "public-domain scores and clips drawn by ffmpeg, with a planted relation between them. Its rankings show "
                 "the method on generated media, not real taste.")

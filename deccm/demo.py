@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from deccm import safeio
-from deccm.card import card_markdown, data_warning
+from deccm.card import card_markdown, data_kind, data_warning
 from deccm.data import licences
 from deccm.data.format import MEDIA_DIR
 from deccm.features import admit
@@ -594,8 +594,8 @@ def serve_model(rec: Recommender, comparison: Comparison | None | bool = True, d
 
 def provenance_kind(card: dict[str, Any]) -> str:
     """``synthetic``, ``generated`` (the demo corpus) or ``real``: what the model was trained on, for the health check."""
-    warning = data_warning(card)
-    return "synthetic" if "SYNTHETIC" in warning else "generated" if "GENERATED" in warning else "real"
+    kind = data_kind(card)
+    return "generated" if kind == "recorded" else kind  # a recorded corpus's clips and picks are generated
 
 
 NO_MODEL = ("No model yet: no deccm-student@champion is registered. The page serves the champion as soon as one is "
@@ -684,7 +684,8 @@ class DemoService:
 
     @property
     def examples_label(self) -> str:
-        generated = "GENERATED" in self.warning or "SYNTHETIC" in self.warning
+        served = self.served
+        generated = served is not None and data_kind(served.rec.card) != "real"
         return "Example clips from the model's own dataset" + (" (GENERATED clips, drawn by ffmpeg)" if generated else "")
 
     @property

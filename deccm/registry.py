@@ -45,15 +45,13 @@ import numpy as np
 
 from deccm import config, safeio, locks, tracking
 from deccm import logsetup as _log
-from deccm.card import card_markdown
-from deccm.models import ModelConfig
+from deccm.card import MODEL_NAME, card_markdown, model_card
 from deccm.moments import MomentError, WindowSpec
 from deccm.runs import BEST, RunError, read_config, run_dir_of
 from deccm.serve import Recommender
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "deccm-student"
 CHAMPION, CHALLENGER = "champion", "challenger"
 BASELINE = "baseline"  # the reference model beside the champion (the demo's side by side); registering it never promotes it
 TAG_PURPOSE = "deccm.purpose"  # why a version that is no pipeline candidate (e.g. the baseline) is registered
@@ -141,64 +139,6 @@ def _now() -> str:
 
 
 # --------------------------------------------------------------------------- registering
-
-
-def model_card(rec: Recommender, evaluation: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a person needs to judge the model: data and provenance, extractors, figures, confounder handling."""
-    conf = rec.run
-    confounder = conf.data.get("confounder") or {}
-    ext = tracking.extractor_summary(conf)
-    return {
-        "model": MODEL_NAME, "run": conf.name, "kind": conf.kind, "variant": conf.variant, "mode": conf.mode,
-        "trained_on": {
-            "dataset": conf.data.get("name"), "manifest_hash": conf.data.get("manifest_hash"),
-            "provenance": tracking.provenance(conf), "synthetic": conf.synthetic,
-            "note": ("SYNTHETIC features: no media was seen; rankings show the method, not real taste" if conf.synthetic else
-                     "the demo corpus is GENERATED: rendered public-domain scores and ffmpeg-drawn clips with a planted relation"
-                     if str(conf.data.get("name", "")).startswith("demo-corpus") else "features extracted from the user's media"),
-        },
-        "extractors": ext,
-        "pretrained_extractors": {k: ("pretrained" in v) for k, v in ext.items()},
-        "training": {"epochs": conf.train.epochs, "best_epoch": (conf.best_epoch or 0) + 1, "best_val": conf.best_val,
-                     "teacher": (conf.teacher or {}).get("name"), "code_version": conf.code_version},
-        "confounder": {
-            "uploader_taste_in_data": confounder.get("available", conf.synthetic or None),
-            "handling": _taste_handling(conf.model),
-        },
-        "evaluation": evaluation or {},
-        "catalog": {"tracks": len(rec.catalog.tracks), "genres": rec.catalog.genres, "genre_mix": rec.catalog.genre_mix(),
-                    "licences": rec.catalog.licence_counts()},
-        "moments": _moments_card(rec),
-    }
-
-
-def _moments_card(rec: Recommender) -> dict[str, Any] | None:
-    """The window spec and how well the projection reads the model's track vectors from the descriptors (None: no audio)."""
-    m = rec.catalog.moments
-    if m is None:
-        return None
-    return {"window_spec": m.spec.to_dict(), "tracks_analysed": sum(a is not None for a in m.analyses),
-            "tracks_with_beat": sum(a is not None and a.has_beat for a in m.analyses),
-            "projection_r2": round(m.projection.r2, 3), "rule": "docs/method.md §11 (Moments)"}
-
-
-def _taste_handling(model: ModelConfig) -> str:
-    """What the model does about the uploader's genre taste, in words for the model card."""
-    if model.ridge_blend > 0:
-        return (_taste_handling(model.replace(ridge_blend=0.0)) + f"; a closed-form ridge map with the same erasure rides "
-                f"along, and each score adds its cosine times {model.ridge_blend:g}")
-    if model.erase_taste and model.erase_residual:
-        return ("erased beyond content: only the part of the uploader's genre taste that the video's content (the "
-                "directions that predict the music's genre on PGC pairs) does not explain is linearly removed from the video "
-                "vectors (LEACE), so taste that is real content stays")
-    if model.erase_taste:
-        return ("erased: the uploader's genre taste is linearly removed from the video vectors (LEACE, fitted on the "
-                "training rows' uploader priors), so scores cannot follow it")
-    if model.adversary > 0:
-        return "adversary: the video encoder is trained against a head that reads the uploader's taste (gradient reversal)"
-    return {"none": "not modelled: content-only matching (the uploader's genre taste is left out of scoring)",
-            "per-sample": "backdoor adjustment: training conditions on each row's uploader prior; scores average it out",
-            "batch-mean": "the authors' batch-mean prior (faithful mode)"}[model.confounder]
 
 
 def _signature(video_dim: int) -> Any:

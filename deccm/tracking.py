@@ -72,6 +72,15 @@ def provenance(conf: RunConfig) -> str:
     return "user data"
 
 
+def data_kind(conf: RunConfig) -> str:
+    """What the training data is, as a field the card, the demo and the health check switch on: ``synthetic``
+    (feature vectors), ``generated`` (the demo corpus: rendered music, drawn clips), ``recorded`` (real recordings,
+    drawn clips and simulated picks) or ``real`` (the user's media, imported data)."""
+    name = str(conf.data.get("name") or "")
+    return ("synthetic" if conf.synthetic else "generated" if name.startswith("demo-corpus")
+            else "recorded" if name.startswith("recorded-corpus") else "real")
+
+
 def extractor_summary(conf: RunConfig) -> dict[str, str]:
     """``{"video": "efficientnet-lite0 (pretrained)", "music": "vggish+... (UNTRAINED)"}`` or 'none (synthetic features)'."""
     feats = conf.data.get("features") or {}

@@ -153,11 +153,14 @@ def test_card_markdown_says_synthetic_loudly_and_shows_the_figures(synthetic_rec
     assert "none (synthetic features)" in md and card["confounder"]["handling"] in md
     assert demo.data_warning(card).startswith("**⚠ SYNTHETIC DATA.**")
     # the same card for real user media: no warning, and no evaluation is said plainly
+    assert card["trained_on"]["kind"] == "synthetic" and demo.provenance_kind(card) == "synthetic"  # a field, not text
     user = {**card, "trained_on": {**card["trained_on"], "synthetic": False, "provenance": "user data", "dataset": "mine",
-                                   "note": "features extracted from the user's media"}, "evaluation": {}}
+                                   "kind": "real", "note": "features extracted from the user's media"}, "evaluation": {}}
     md = demo.card_markdown(user)
     assert "SYNTHETIC" not in md and "GENERATED" not in md and demo.data_warning(user) == ""
     assert "real media" in md and "No evaluation figures were recorded" in md
+    old = {**user, "trained_on": {k: v for k, v in card["trained_on"].items() if k != "kind"}}  # a card from before the field
+    assert demo.provenance_kind(old) == "synthetic" and demo.data_warning(old).startswith("**⚠ SYNTHETIC DATA.**")
 
 
 def test_the_card_says_how_the_model_handles_the_uploaders_taste(synthetic_rec: Any) -> None:
