@@ -32,7 +32,6 @@ everything a person sees is computed (and tested) here:
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import logging
 import os
@@ -51,7 +50,7 @@ import numpy as np
 from deccm import safeio
 from deccm.card import card_markdown, data_kind, data_warning
 from deccm.data import licences
-from deccm.data.format import MEDIA_DIR
+from deccm.data.format import MEDIA_DIR, VIDEOS_CSV, read_csv
 from deccm.features import admit
 from deccm.features.admit import DecodeError
 from deccm.moments import MomentError, clock, load_samples, render, write_wav
@@ -461,11 +460,9 @@ def comparison_model(champion: Recommender, device: str = "auto") -> Comparison 
 def example_clips(rec: Recommender, n: int = 3) -> list[str]:
     """A few clips from the champion's own dataset (``videos.csv`` of ``rec.catalog.source['path']``), if it has media."""
     root = Path(str((rec.catalog.source or {}).get("path") or ""))
-    table = root / "videos.csv"
-    if not root.is_dir() or not table.is_file():
+    if not root.is_dir():
         return []
-    with open(table, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("kind", "ugc") == "ugc"]
+    rows = [r for r in read_csv(root / VIDEOS_CSV) if r.get("kind", "ugc") == "ugc"]  # the data layer's reader
     found = []
     for r in rows:
         for cand in (r.get("path"), r.get("source")):
