@@ -294,8 +294,8 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
     if main:
         _recover_swap(out)
     distributed.barrier()
-    if not resume and not overwrite and out.exists() and has_run(out):
-        raise TrainingError(f"{out} already holds a run. Fix: --resume to continue it, --overwrite to replace it, or --out elsewhere.")
+    if not resume:
+        _refuse_to_replace(out, overwrite)  # before the teacher is loaded: a new run never silently replaces one
     if teacher is None and kind == "student" and model_cfg.distill != "off":
         teacher = default_teacher(model_cfg.mode, train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
@@ -316,8 +316,8 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
             restore(out)  # the copies may lag a crash that came after the last epoch's record
         log.info("%s: already finished (best epoch %d, val %.4f); nothing to do", out, stored.best_epoch + 1, stored.best_val)
         return out
-    if not resuming and out.exists() and has_run(out) and not overwrite:
-        raise TrainingError(f"{out} already holds a run. Fix: --resume to continue it, --overwrite to replace it, or --out elsewhere.")
+    if not resuming:
+        _refuse_to_replace(out, overwrite)  # "auto" with no resumable run
     run_dir = out
     if not resuming and out.exists() and any(out.iterdir()):
         run_dir = out.with_name(f".{out.name}.overwrite")  # the old run stays whole until the new one has an epoch
@@ -355,42 +355,13 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
              " [SYNTHETIC data]" if ds.is_synthetic else "")
     stale = conf.history[-1]["epoch"] - conf.best_epoch if conf.history else 0  # epochs since the best
     loss_of = distributed.loss_fn(model)  # model.loss, or through DDP under torchrun
-    ranks = distributed.world()
+    n_batches = math.ceil(n / train_cfg.batch_size)
     for epoch in range(start, train_cfg.epochs):
-        model.train()
-        if ranks > 1:  # the sampling noise differs per process, and an epoch's stream does not depend on resumes
-            torch.manual_seed(train_cfg.seed * 1_000_003 + epoch * 1009 + distributed.rank())
-        gen = torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch)  # epoch order independent of resumes
-        perm = torch.randperm(n, generator=gen).to(device)
-        sums: dict[str, float] = {}
         t0 = time.perf_counter()
-        n_batches = math.ceil(n / train_cfg.batch_size)
-        with tqdm(total=n, desc=f"{kind} epoch {epoch + 1}/{train_cfg.epochs}", unit="rows", unit_scale=True, leave=False,
-                  disable=None if main else True) as bar:
-            for step in range(n_batches):
-                batch = perm[step * train_cfg.batch_size:(step + 1) * train_cfg.batch_size]
-                if len(batch) < 2 * ranks:
-                    continue  # a final single row (per process) has no in-batch negative
-                idx = distributed.shard(batch)
-                x_v, x_m, music = rows.x_v[rows.video[idx]], rows.x_m[rows.music[idx]], rows.music[idx]
-                w = rows.weight[idx] if rows.weight is not None else None
-                if kind == "teacher":
-                    loss, parts = loss_of(x_v, x_m, music, w)
-                else:
-                    loss, parts = loss_of(x_v, x_m, rows.prior[idx], music, w)
-                if not torch.isfinite(loss):
-                    kept = f"the last good epoch ({epoch}) is kept in {out}" if epoch > start or resuming else "no epoch was recorded"
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}/{n_batches} ({parts}); "
-                                        f"{kept}. Fix: lower --lr or check the features for extreme values.")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for key, val in {"loss": loss.item(), **parts}.items():
-                    sums[key] = sums.get(key, 0.0) + val
-                bar.update(len(batch))
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+        kept = f"the last good epoch ({epoch}) is kept in {out}" if epoch > start or resuming else "no epoch was recorded"
+        sums = _train_epoch(loss_of, model, opt, rows, epoch, train_cfg, f"{kind} epoch {epoch + 1}/{train_cfg.epochs}",
+                            kept, quiet=not main)
         train_s = time.perf_counter() - t0
-        sums = distributed.mean(sums)
         if model_cfg.erase_taste and kind == "student":  # refit on this epoch's encoder, so val scores what serving will
             model.fit_eraser(rows.x_v, rows.video, rows.prior, pgc_genre)
         val = distributed.broadcast(validate(model, ds, kind, train_cfg.eval_k, device))
@@ -412,6 +383,48 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
             break
     distributed.barrier()  # every process returns once rank 0 has written the last epoch
     return out
+
+
+def _refuse_to_replace(out: Path, overwrite: bool) -> None:
+    """A run in ``out`` is replaced only with ``overwrite``."""
+    if not overwrite and out.exists() and has_run(out):
+        raise TrainingError(f"{out} already holds a run. Fix: --resume to continue it, --overwrite to replace it, or --out elsewhere.")
+
+
+def _train_epoch(loss_of: Callable[..., tuple[torch.Tensor, dict[str, float]]], model: torch.nn.Module,
+                 opt: torch.optim.Optimizer, rows: _Batches, epoch: int, train_cfg: TrainConfig, desc: str, kept: str,
+                 quiet: bool) -> dict[str, float]:
+    """One pass over the rows in an order fixed by (seed, epoch), so a resumed run sees the same stream; the loss parts
+    summed over the batches and averaged over the processes. ``kept`` says what survives a non-finite loss."""
+    model.train()
+    ranks = distributed.world()
+    if ranks > 1:  # the sampling noise differs per process, and an epoch's stream does not depend on resumes
+        torch.manual_seed(train_cfg.seed * 1_000_003 + epoch * 1009 + distributed.rank())
+    n = len(rows.video)
+    gen = torch.Generator().manual_seed(train_cfg.seed * 100_003 + epoch)  # epoch order independent of resumes
+    perm = torch.randperm(n, generator=gen).to(rows.video.device)
+    n_batches = math.ceil(n / train_cfg.batch_size)
+    sums: dict[str, float] = {}
+    with tqdm(total=n, desc=desc, unit="rows", unit_scale=True, leave=False, disable=True if quiet else None) as bar:
+        for step in range(n_batches):
+            batch = perm[step * train_cfg.batch_size:(step + 1) * train_cfg.batch_size]
+            if len(batch) < 2 * ranks:
+                continue  # a final single row (per process) has no in-batch negative
+            idx = distributed.shard(batch)
+            prior = rows.prior[idx] if rows.prior is not None else None  # None for the teacher: PGC has no uploader
+            w = rows.weight[idx] if rows.weight is not None else None
+            loss, parts = loss_of(rows.x_v[rows.video[idx]], rows.x_m[rows.music[idx]], prior, rows.music[idx], w)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}/{n_batches} ({parts}); "
+                                    f"{kept}. Fix: lower --lr or check the features for extreme values.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for key, val in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + val
+            bar.update(len(batch))
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return distributed.mean(sums)
 
 
 def _record(conf: RunConfig, entry: dict[str, Any], model: torch.nn.Module,

@@ -57,9 +57,13 @@ class CrossModalVAE(nn.Module):
         mu_m, lv_m = self.enc_m(x_m)
         return Posteriors(mu_v, lv_v, mu_m, lv_m)
 
-    def loss(self, x_v: torch.Tensor, x_m: torch.Tensor, music_ids: torch.Tensor | None = None,
-             row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_T = matching + KL_prior(m) + KL_prior(v) + w_rec·L_rec (§4)."""
+    def loss(self, x_v: torch.Tensor, x_m: torch.Tensor, prior: torch.Tensor | None = None,
+             music_ids: torch.Tensor | None = None, row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_T = matching + KL_prior(m) + KL_prior(v) + w_rec·L_rec (§4).
+
+        The student's signature: ``prior`` (the uploader's genre prior) is ignored, since PGC
+        pairs have no uploader; one signature keeps the training loop free of a teacher branch.
+        """
         p = self.posteriors(x_v, x_m)
         z_v = reparameterize(p.mu_v, p.logvar_v, self.training)
         z_m = reparameterize(p.mu_m, p.logvar_m, self.training)
