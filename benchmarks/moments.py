@@ -25,7 +25,13 @@ Measured, with 95 % bootstrap intervals over clips:
   * the full answer for a 10 s clip (``DemoService.respond`` with k = 10, then the preview of the
     top track), p50 and p90 over distinct clips, on this machine.
 
-Usage: python benchmarks/moments.py [--seed 0] [--sectioned 120] [--answers 12]
+``--source recorded`` does the same on the recorded catalog's champion (``make demo``'s), with
+real music the model never heard: each sectioned track joins 10 s sections of three recordings
+of three different soundtracks, each cut from outside the 30 s excerpt the catalog holds,
+measured as the excerpts are and placed against the catalog's descriptor percentiles (the
+planted relation ``relation.RECORDED_MAP`` reads them).
+
+Usage: python benchmarks/moments.py [--source demo|recorded] [--seed 0] [--sectioned 120] [--answers 12]
 """
 from __future__ import annotations
 
@@ -79,6 +85,39 @@ def fresh_tracks(cfg: build.CorpusConfig, out: Path, n: int, seed: int) -> list[
     return build.render_catalog(small, out, workers=2)
 
 
+def unheard_sections(ds: Any, rng: np.random.Generator, per_recording: int = 1) -> tuple[list[np.ndarray], np.ndarray,
+                                                                                          list[str]]:
+    """A ``SECTION_S`` s section of each catalog recording, taken outside the excerpt the model was trained and served on
+    (before it when there is room, else after), measured like the excerpts and placed against the catalog's own
+    descriptor distribution: (samples, music vectors (n, 4) as ``relation.RECORDED_MAP`` reads them, packages)."""
+    from deccm.data.corpus import recorded
+
+    meta = ds.manifest["corpus"]["tracks"]
+    ref = {k: np.asarray(meta[k], np.float64) for k in ("tempo_bpm", "mode_strength", "onsets_per_s", "rms_db", "centroid_hz")}
+    audio, props, packages = [], [], []
+    for row in ds.tracks:
+        t = int(row["id"])
+        path = Path(row.get("source", "").split(": ", 1)[-1])
+        start, dur = float(meta["start_s"][t]), float(meta["duration_s"][t])
+        spans = [s for s in (start - SECTION_S - 1.0, start + float(meta["excerpt_s"][t]) + 1.0)
+                 if s >= 1.0 and s + SECTION_S <= dur - 1.0]
+        if not path.is_file() or not spans:
+            continue  # a .pk3 member, or a recording with no unheard 10 s
+        y = recorded.decode(path, float(spans[int(rng.integers(len(spans)))]), SECTION_S)
+        y = np.pad(y, (0, max(0, int(SECTION_S * recorded.SAMPLE_RATE) - len(y))))[: int(SECTION_S * recorded.SAMPLE_RATE)]
+        m = recorded.measure(y)
+        audio.append(y)
+        props.append(m)
+        packages.append(meta["package"][t])
+    def place(key: str) -> np.ndarray:  # each value's percentile in the catalog, in [-1, 1] as recorded.percentiles gives
+        x = np.array([p[key] for p in props], np.float64)
+        below = (ref[key][None, :] < x[:, None]).sum(1) + 0.5 * (ref[key][None, :] == x[:, None]).sum(1)
+        return 2.0 * below / len(ref[key]) - 1.0
+    energy = 0.5 * place("onsets_per_s") + 0.5 * place("rms_db")
+    q = np.stack([place("tempo_bpm"), place("mode_strength"), energy, place("centroid_hz")], axis=1)
+    return audio, q, packages
+
+
 def beat_alignment(y: np.ndarray, sr: int, cuts: list[float]) -> tuple[int, int] | None:
     """(cut points within ±50 ms of librosa's beats run afresh on ``y``, cut points); None when no beat is found."""
     lr = moments.librosa()
@@ -95,11 +134,14 @@ def main() -> None:
     p.add_argument("--sectioned", type=int, default=120, help="sectioned tracks")
     p.add_argument("--answers", type=int, default=12, help="10 s clips timed through the full answer")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--source", default="demo", choices=["demo", "recorded"],
+                   help="demo: sections are fresh renders; recorded: sections are the parts of the catalog's recordings "
+                        "outside their excerpts (real music the model never heard)")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rng = np.random.default_rng([args.seed, 23])
     t0 = time.perf_counter()
-    params = {"source": "demo", "seed": args.seed, "device": args.device}
+    params = {"source": args.source, "seed": args.seed, "device": args.device}
     pipeline.ensure_champion(params)
     rec = registry.load_champion(device=args.device)
     ds = load_dataset(rec.run.data_path)
@@ -108,18 +150,25 @@ def main() -> None:
     print(f"champion {demo.model_label(rec)} on {ds.manifest.get('name')} (seed {args.seed}); projection R² "
           f"{mom.projection.r2:.2f}; ready in {time.perf_counter() - t0:.0f} s", flush=True)
 
-    # ---- sectioned tracks from fresh renders
-    cfg = build.SIZES["default"]
-    with tempfile.TemporaryDirectory(prefix="deccm-moments-") as tmp:
-        tracks = fresh_tracks(cfg, Path(tmp), 30, seed=10_000 + args.seed)
-        sr = spec.sample_rate
-        audio = [moments.load_samples(Path(tmp) / t.audio, sr, SECTION_S)[: int(SECTION_S * sr)] for t in tracks]
-        audio = [np.pad(y, (0, int(SECTION_S * sr) - len(y))) for y in audio]
-        q = relation.music_vector(np.array([t.tempo_bpm for t in tracks]), np.array([t.mode for t in tracks]),
-                                  np.array([t.onsets_per_s for t in tracks]), np.array([t.rms_db for t in tracks]),
-                                  np.array([t.voices for t in tracks]))
-    print(f"{len(tracks)} fresh tracks rendered (seed {10_000 + args.seed}), {time.perf_counter() - t0:.0f} s", flush=True)
-    sections = [rng.choice(len(tracks), 3, replace=False) for _ in range(args.sectioned)]
+    sr = spec.sample_rate
+    if args.source == "recorded":  # ---- sections from the unheard parts of the catalog's recordings
+        audio, q, packages = unheard_sections(ds, np.random.default_rng([args.seed, 29]))
+        print(f"{len(audio)} sections of recordings outside their excerpts, {time.perf_counter() - t0:.0f} s", flush=True)
+        sections = []
+        while len(sections) < args.sectioned:  # three recordings of three different soundtracks
+            pick = rng.choice(len(audio), 3, replace=False)
+            if len({packages[i] for i in pick}) == 3:
+                sections.append(pick)
+    else:  # ---- sectioned tracks from fresh renders
+        with tempfile.TemporaryDirectory(prefix="deccm-moments-") as tmp:
+            tracks = fresh_tracks(build.SIZES["default"], Path(tmp), 30, seed=10_000 + args.seed)
+            audio = [moments.load_samples(Path(tmp) / t.audio, sr, SECTION_S)[: int(SECTION_S * sr)] for t in tracks]
+            audio = [np.pad(y, (0, int(SECTION_S * sr) - len(y))) for y in audio]
+            q = relation.music_vector(np.array([t.tempo_bpm for t in tracks]), np.array([t.mode for t in tracks]),
+                                      np.array([t.onsets_per_s for t in tracks]), np.array([t.rms_db for t in tracks]),
+                                      np.array([t.voices for t in tracks]))
+        print(f"{len(tracks)} fresh tracks rendered (seed {10_000 + args.seed}), {time.perf_counter() - t0:.0f} s", flush=True)
+        sections = [rng.choice(len(tracks), 3, replace=False) for _ in range(args.sectioned)]
     ys = [np.concatenate([audio[i] for i in s]) for s in sections]
     analyses = [moments.analyse(y, spec) for y in ys]
 
@@ -229,7 +278,7 @@ def main() -> None:
           f"p50 {p50:.2f} s, p90 {p90:.2f} s (goal p50 < 1.5 s)")
     summary.update(preview_error_frames_max=max(errs), answer_p50_s=p50, answer_p90_s=p90, machine=platform.platform(),
                    cpus=os.cpu_count(), seed=args.seed, clips=len(clips), sectioned=len(sections), seconds=time.perf_counter() - t0)
-    out = config.state_path("benchmarks", f"moments-s{args.seed}.json")
+    out = config.state_path("benchmarks", f"moments-{args.source}-s{args.seed}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, default=float))
     print(f"\n{json.dumps({k: summary[k] for k in ('model', 'random', 'start', 'oracle')}, default=float)}\nwritten {out}; "

@@ -8,7 +8,7 @@ docs/method.md §11 says why each rule is what it is. The parts, in the order a 
   count, power-weighted spectral centroid and chroma are summed, so a window of any length
   is described from block sums in microseconds.
 * :func:`descriptors`: per window (the clip's length, starting on every beat, or every
-  :attr:`WindowSpec.hop_s` where there is none: :func:`candidate_starts`)
+  :attr:`WindowSpec.hop_s` on a track without one: :func:`candidate_starts`)
   the five descriptors the catalogs are measured by: tempo (median beat interval inside,
   else the track's), mode (best major − best minor key correlation of the window's chroma),
   onsets per second, loudness (dB) and brightness (centroid).
@@ -359,14 +359,13 @@ def place(a: Analysis, window_start: float, length: float, spec: WindowSpec = Wi
 
 
 def candidate_starts(a: Analysis, length: float, spec: WindowSpec = WindowSpec()) -> np.ndarray:
-    """Where the windows start: on every beat that leaves room for the window, plus the ``hop_s`` grid's starts where
-    no beat is within a hop (an intro, a quiet passage); the ``hop_s`` grid alone for a track without a beat."""
+    """Where the windows start: on every beat that leaves room for the window (a cut always starts on the beat); the
+    ``hop_s`` grid for a track without a beat, or when no beat leaves room."""
     grid = window_starts(a.duration, length, spec.hop_s)
     on = a.beats[a.beats <= a.duration - length + 1e-6]
     if spec.snap == "none" or not a.has_beat or a.duration < length + spec.fade_out_s or len(on) == 0:
         return grid  # no beat to start on (a loop's placement does not use the window)
-    fill = grid[np.min(np.abs(grid[:, None] - on[None, :]), axis=1) > spec.hop_s]
-    return np.sort(np.concatenate([on, fill]))
+    return on
 
 
 def _inside(grid: np.ndarray, t0: float, t1: float) -> tuple[float, ...]:
