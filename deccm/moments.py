@@ -455,15 +455,15 @@ def analyse_file(path: str | Path, sha: str, spec: WindowSpec, cache: Path | Non
     where = (cache or cache_dir()) / spec.analysis_id / sha[:2] / f"{sha}.npz"
     if where.is_file():
         try:
-            with np.load(where, allow_pickle=False) as z:
-                return Analysis.from_arrays(dict(z))
+            return Analysis.from_arrays(safeio.load_npz(where))
         except (OSError, ValueError, KeyError):
             log.warning("%s: unreadable cached analysis; analysing again", where)
     a = analyse(load_samples(path, spec.sample_rate, spec.max_track_s), spec)
-    with safeio.atomic_path(where) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **a.arrays())
+    safeio.save_npz(where, **a.arrays())
     return a
+
+
+VARIABLE = ("blocks", "beats", "downbeat")  # an analysis's arrays whose length differs per track (saved with offsets)
 
 
 @dataclass
@@ -525,25 +525,24 @@ class Moments:
     def save(self, dest: Path) -> None:
         """``dest/spec.json`` (window spec, projection, which tracks) and ``dest/analyses.npz`` (all tracks, concatenated)."""
         have = [i for i, a in enumerate(self.analyses) if a is not None]
-        arrays: dict[str, np.ndarray] = {"tracks": np.asarray(have, np.int64)}
-        for key in ("blocks", "beats", "downbeat", "meta"):
-            parts = [self.analyses[i].arrays()[key] for i in have]  # type: ignore[union-attr]
-            arrays[key] = np.concatenate(parts) if key != "meta" else np.stack(parts)
+        per_track = [self.analyses[i].arrays() for i in have]  # type: ignore[union-attr]
+        arrays: dict[str, np.ndarray] = {"tracks": np.asarray(have, np.int64),
+                                         "meta": np.stack([a["meta"] for a in per_track])}
+        for key in VARIABLE:
+            parts = [a[key] for a in per_track]
+            arrays[key] = np.concatenate(parts)
             arrays[f"{key}_offsets"] = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
-        with safeio.atomic_path(dest / "analyses.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
+        safeio.save_npz(dest / "analyses.npz", **arrays)
         safeio.write_json(dest / "spec.json", {"window_spec": self.spec.to_dict(), "projection": self.projection.to_json(),
                                            "n_tracks": len(self.analyses), "notes": self.notes})
 
     @classmethod
     def load(cls, src: Path) -> "Moments":
         meta = json.loads((src / "spec.json").read_text())
-        with np.load(src / "analyses.npz", allow_pickle=False) as z:
-            arrays = dict(z)
+        arrays = safeio.load_npz(src / "analyses.npz")
         analyses: list[Analysis | None] = [None] * int(meta["n_tracks"])
         for j, i in enumerate(arrays["tracks"]):
-            part = {k: arrays[k][arrays[f"{k}_offsets"][j]:arrays[f"{k}_offsets"][j + 1]] for k in ("blocks", "beats", "downbeat")}
+            part = {k: arrays[k][arrays[f"{k}_offsets"][j]:arrays[f"{k}_offsets"][j + 1]] for k in VARIABLE}
             analyses[int(i)] = Analysis.from_arrays({**part, "meta": arrays["meta"][j]})
         return cls(WindowSpec.from_dict(meta["window_spec"]), analyses, Projection.from_json(meta["projection"]),
                    list(meta.get("notes") or []))

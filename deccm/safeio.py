@@ -128,6 +128,22 @@ def save_npy(dest: str | os.PathLike, array: np.ndarray) -> None:
             np.save(f, array, allow_pickle=False)
 
 
+def save_npz(dest: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write named arrays as one uncompressed ``.npz`` atomically (never a pickled object array)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    if any(a.dtype == object for a in arrays.values()):
+        raise TypeError(f"{dest}: refusing to save an object array (it would need pickle)")
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read into memory without ever unpickling."""
+    with np.load(path, allow_pickle=False) as z:
+        return dict(z)
+
+
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
     """Load a ``.npy`` file without ever unpickling; ``mmap`` maps large arrays lazily."""
     return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)

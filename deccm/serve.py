@@ -378,9 +378,12 @@ class Recommender:
     def rank_features(self, x_v: np.ndarray, k: int = 10, licence: str = "any") -> tuple[np.ndarray, np.ndarray]:
         """Top-k (ids, scores), each (N, k), for video features (N, D_v) or (D_v,), among the tracks licence filter
         ``licence`` allows (deccm.data.licences.FILTERS; fewer than k only when fewer are allowed)."""
+        return self._search(self.query(x_v), k, licence)
+
+    def _search(self, q: np.ndarray, k: int, licence: str) -> tuple[np.ndarray, np.ndarray]:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        return self.catalog.search(self.query(x_v), k, licence)
+        return self.catalog.search(q, k, licence)
 
     def recommend(self, video: str | Path | np.ndarray, k: int = 10, licence: str = "any",
                   moment_s: float | None = None) -> list[Suggestion]:
@@ -397,15 +400,13 @@ class Recommender:
         x = self.video_features(video) if isinstance(video, (str, Path)) else np.asarray(video, dtype=np.float32)
         if x.ndim == 2 and x.shape[0] != 1:
             raise ValueError(f"recommend takes one clip; got {x.shape[0]} feature rows (use rank_features for batches)")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
         q = self.query(x)
-        ids, scores = self.catalog.search(q, k, licence)
+        ids, scores = self._search(q, k, licence)
         out = []
         for i, (t, s) in enumerate(zip(ids[0], scores[0])):
             m = None
-            if moments is not None and moment_s is not None and moments.analyses[int(t)] is not None:
-                m = moments.moment(int(t), q[0], float(moment_s)).to_dict()
+            if moments is not None and moments.analyses[int(t)] is not None:
+                m = moments.moment(int(t), q[0], float(moment_s)).to_dict()  # type: ignore[arg-type]
             out.append(self.suggestion(i + 1, int(t), float(s), m))
         return out
 
