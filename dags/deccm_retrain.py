@@ -27,7 +27,10 @@ from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
 DAG_ID = "deccm_retrain"
 MEDIA = Asset("deccm-media")  # a data drop: POST /api/v2/assets/events {"asset_id": …, "extra": {data locations}}, or a producer task's outlet
 CHAMPION = Asset("deccm-champion")  # published by register: extra {"model", "version" (the champion), "registered", "promoted"}
-WEEKLY = CronTriggerTimetable("0 3 * * 1", timezone="UTC")  # no start_date: unpausing waits for the next Monday
+# no start_date: unpausing waits for the next Monday. run_immediately=timedelta(0) says so explicitly: Airflow 3's
+# default (False) still runs the past tick when the DAG is unpaused within a tenth of the gap after it (16.8 h of a
+# Monday), which started this week's retraining at once when a person unpaused the DAG on Monday morning
+WEEKLY = CronTriggerTimetable("0 3 * * 1", timezone="UTC", run_immediately=timedelta(0))
 
 _PATH = ["null", "string"]
 # What the gate may compare on: written out so parsing this file imports nothing of deccm; tests/test_dag.py checks
