@@ -18,7 +18,7 @@ never seen (each is decoded); then all send one clip, as visitors send the page'
 Without ``--home`` the champion of ``$DECCM_HOME/bench/demo`` is used (built on the tiny
 demo corpus first if missing, as benchmarks/demo_latency.py does).
 
-Usage: python benchmarks/hostile_media.py [--home DIR] [--clients 8] [--per-client 3] [--heavy]
+Usage: python benchmarks/hostile_media.py [--home DIR] [--source demo-tiny] [--clients 8] [--per-client 3] [--heavy]
 """
 from __future__ import annotations
 
@@ -115,6 +115,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--per-client", type=int, default=3)
     p.add_argument("--heavy", action="store_true", help="the 1000 fps case lasts 40 s (as found) instead of 4 s")
+    p.add_argument("--source", default="demo-tiny", help="corpus the champion is built on when there is none (default: demo-tiny)")
     args = p.parse_args()
     import httpx
     from gradio_client import Client, handle_file
@@ -122,7 +123,7 @@ def main() -> None:
     from deccm import config
 
     home = (args.home or config.state_path("bench", "demo")).resolve()
-    ensure_champion(home)
+    ensure_champion(home, args.source)
     tmp = Path(tempfile.mkdtemp(prefix="deccm-bench-hostile-"))
     t = time.perf_counter()
     secret = hostile.make_secret(tmp / "private")
