@@ -2,7 +2,8 @@
 
 Thin on purpose: every task calls one function of :mod:`deccm.pipeline` (plain, tested,
 idempotent: a retried or rerun task repeats no finished work) and passes its JSON result on.
-``deccm.pipeline`` (torch, MLflow) is imported inside the tasks, so parsing this file stays fast.
+``deccm.pipeline`` (torch, MLflow) is imported inside the tasks, so parsing this file stays fast; only the
+settings schema (``deccm.settings``: the metric table and names, no torch) is read while parsing.
 
 Runs weekly (Monday 03:00 UTC) and whenever the asset ``deccm-media`` gets an event (a data
 drop). An event's ``extra`` carries data locations only (:data:`DATA_KEYS`, e.g. ``{"source":
@@ -22,7 +23,9 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException, ParamValidationError
+from airflow.sdk.exceptions import AirflowFailException
+
+from deccm.settings import ENV_SOURCE, Pipeline, SettingsError, airflow_params, spec
 
 DAG_ID = "deccm_retrain"
 MEDIA = Asset("deccm-media")  # a data drop: POST /api/v2/assets/events {"asset_id": …, "extra": {data locations}}, or a producer task's outlet
@@ -32,73 +35,23 @@ CHAMPION = Asset("deccm-champion")  # published by register: extra {"model", "ve
 # Monday), which started this week's retraining at once when a person unpaused the DAG on Monday morning
 WEEKLY = CronTriggerTimetable("0 3 * * 1", timezone="UTC", run_immediately=timedelta(0))
 
-_PATH = ["null", "string"]
-# What the gate may compare on: written out so parsing this file imports nothing of deccm; tests/test_dag.py checks
-# they equal deccm.gate.param_bounds() (higher-is-better per-row metrics of deccm.metrics.METRICS; never test splits).
-GATE_METRICS = ["HR_w@10", "NDCG_w@10", "HR@10", "NDCG@10", "HR_w@15", "NDCG_w@15", "HR@15", "NDCG@15", "HR_w@20",
-                "NDCG_w@20", "HR@20", "NDCG@20", "HR_w@25", "NDCG_w@25", "HR@25", "NDCG@25", "Recall@10", "Recall@25", "MRR",
-                "tail_share@10"]
-GATE_SPLITS = ["gate", "val"]
 # What a data drop's asset event may carry: where the data is (and which generated source / seed), nothing else.
 DATA_KEYS = ("source", "seed", "videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
 AIRFLOW_KEYS = frozenset({"from_rest_api"})  # what Airflow itself adds to an event's extra
 BY_HAND = ("manual", "operator_triggered")  # run types whose conf a person (or a DAG) chose: the params hold the source
-ENV_SOURCE = "DECCM_SOURCE"  # the deployment's source for runs nobody started by hand (set in the scheduler's environment)
 DEFAULT_RETRY = {"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": 2.0,
                  "max_retry_delay": timedelta(minutes=30), "execution_timeout": timedelta(hours=1)}
-# The defaults mirror deccm.pipeline.DEFAULTS (tests/test_dag.py checks they agree); None = the pipeline's default.
-PARAMS: dict[str, Param] = {
-    "source": Param("demo", type="string", enum=["synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo",
-                                                     "recorded-tiny", "recorded", "media"],
-                    description="synth-* = generated synthetic benchmark; demo-tiny / demo = generated real-media demo corpus; "
-                                "recorded-tiny / recorded = Debian's soundtrack packages (the workers need them installed: "
-                                "make music-packages) with generated clips; media = your folders and CSVs below"),
-    "seed": Param(0, type="integer", minimum=0, description="data seed of generated sources, split seed of assembled ones"),
-    "videos": Param(None, type=_PATH, description="source media: folder of clips"),
-    "tracks": Param(None, type=_PATH, description="source media: folder of tracks"),
-    "logs": Param(None, type=_PATH, description="source media: usage-log CSV video,track[,uploader]"),
-    "tracks_meta": Param(None, type=_PATH, description="source media: track metadata CSV id,title,artist,genre,licence,path"),
-    "pgc": Param(None, type=_PATH, description="source media, optional: folder of professionally edited clips (trains a teacher)"),
-    "pgc_pairs": Param(None, type=_PATH, description="source media, optional: CSV segment,track for the pgc clips"),
-    "epochs": Param(None, type=["null", "integer"], minimum=1,
-                    description="student training epochs (and teacher's unless teacher_epochs); empty = the source's (demo 200, else 50)"),
-    "teacher_epochs": Param(None, type=["null", "integer"], minimum=1, description="teacher epochs; empty = epochs"),
-    "batch_size": Param(None, type=["null", "integer"], minimum=2, description="empty = the source's (demo 128, else 1024)"),
-    "lr": Param(None, type=["null", "number"], exclusiveMinimum=0,
-                description="learning rate; empty = the source's (demo 1e-3) or the model's default"),
-    "train_seed": Param(1234, type="integer", description="training seed"),
-    "variant": Param(None, type=["null", "string"],
-                     enum=[None, "deccm", "plain", "no-distill", "no-deconf", "ips", "ridge", "ridge-erased-residual",
-                           "adversarial", "erased", "erased-residual", "blend"],
-                     description="student variant (docs/results.md); empty = the source's (demo plain, else blend; deccm in faithful mode); "
-                                 "a distilling one falls back to its plain form without PGC data"),
-    "balance_blocks": Param(None, type=["null", "boolean"],
-                            description="each feature block (CNN frames, motion; embedding, descriptors) gets equal weight "
-                                        "at the encoders' input; empty = the source's (demo yes, else no)"),
-    "mode": Param("fixed", type="string", enum=["fixed", "faithful"], description="fixed = corrected method, faithful = the authors' code"),
-    "gate_metric": Param("HR_w@10", type="string", enum=GATE_METRICS, description="gate: primary metric (higher is better)"),
-    "gate_split": Param("gate", type="string", enum=GATE_SPLITS,
-                        description="gate: held-out split both models are scored on (gate; val for older datasets; never test or its oracle)"),
-    "gate_margin": Param(0.005, type="number", minimum=0, maximum=1, description="gate: the challenger must beat the champion by more than this"),
-    "gate_floor": Param(0.15, type="number", minimum=0, maximum=1, description="gate: absolute floor of the primary metric"),
-    "bias_tolerance": Param(0.05, type="number", minimum=0, maximum=1, description="gate: how much worse the bias metrics may get"),
-    "shards": Param(4, type="integer", minimum=1, description="extraction shards per media kind (parallel mapped tasks)"),
-    "window_hop_s": Param(1.0, type="number", exclusiveMinimum=0, maximum=2,
-                          description="moments: a window starts every this many seconds; registered with the model"),
-    "device": Param("auto", type="string", enum=["auto", "cpu", "cuda"]),
-}
-
-
-class SettingsError(ValueError):
-    """A run's settings are refused; the message says what to change."""
+# The run's settings, declared once in deccm.settings.Pipeline (defaults, help, choices, bounds): the trigger form and
+# every conf are checked by the same rules the pipeline's CLI and make_config apply.
+PARAMS: dict[str, Param] = airflow_params(Pipeline)
 
 
 def _check(key: str, value: Any, where: str) -> Any:
-    """``value`` when param ``key`` accepts it, else a SettingsError naming the key, the value and the rule."""
+    """``value`` converted when setting ``key`` accepts it, else a SettingsError naming the key, the value and the rule."""
     try:
-        return PARAMS[key].resolve(value, suppress_exception=False)
-    except ParamValidationError as e:
-        raise SettingsError(f"{where} {key}={value!r} is refused: {str(e).splitlines()[0]}") from None
+        return spec(Pipeline, key).convert(value)
+    except SettingsError as e:
+        raise SettingsError(f"{where} {e}") from None
 
 
 def deployment_source() -> str | None:

@@ -15,8 +15,8 @@ difference challenger − champion, not on two point estimates:
   the plain estimate and both models' taste probes are recorded beside it.
 
 :class:`GateConfig` validates its own bounds, so settings from any caller (DAG params,
-an asset event, a test) are checked in one place; :func:`param_bounds` gives the same
-bounds to the DAG's Params.
+an asset event, a test) are checked in one place; its numeric bounds and the metrics and splits it
+accepts are those ``deccm.settings.Pipeline`` declares, so the DAG's Params offer exactly these.
 """
 from __future__ import annotations
 
@@ -27,22 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from deccm import metrics
+from deccm import metrics, settings
 from deccm.data import Dataset, protocol
 from deccm.evaluate import SplitResult, evaluate_split, split_rows, taste_probe
 from deccm.serve import Ranker
+from deccm.settings import GATE_METRICS, GATE_SPLITS, SettingsError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("gate", "val")  # the splits a gate may score on; test and test_oracle judge models, never choose them
+SPLITS = GATE_SPLITS  # the splits a gate may score on; test and test_oracle judge models, never choose them
 FALLBACK_SPLIT = "val"  # for datasets made before the gate split existed
-GATE_METRICS = tuple(m.name for m in metrics.METRICS.values() if m.direction == 1 and m.per_row and m.bounded)
 BIAS_METRICS = ("genre_KL@10", "top_genre_share@10")
-
-
-def _number(name: str, value: Any, low: float, high: float, fix: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-        raise ValueError(f"gate setting {name}={value!r} is out of bounds: it must be a number in [{low:g}, {high:g}]. Fix: {fix}")
 
 
 @dataclass(frozen=True)
@@ -66,20 +61,14 @@ class GateConfig:
         if self.split not in SPLITS:
             raise ValueError(f"gate_split {self.split!r} is not allowed: the gate scores on one of {list(SPLITS)} "
                              "(test and test_oracle judge the final model and must never choose it). Fix: gate_split=gate")
-        _number("gate_margin", self.margin, 0.0, 1.0, "a difference of the metric, e.g. 0.005")
-        _number("gate_floor", self.floor, 0.0, 1.0, f"a value of {self.metric}, e.g. 0.15 (chance HR@10 is 0.099)")
-        _number("bias_tolerance", self.bias_tolerance, 0.0, 1.0, "e.g. 0.05")
+        for name, value in (("gate_margin", self.margin), ("gate_floor", self.floor), ("bias_tolerance", self.bias_tolerance)):
+            if isinstance(value, str):  # the pipeline converts text; a GateConfig is built from numbers
+                raise SettingsError(f"gate setting {name}={value!r} must be a number")
+            settings.spec(settings.Pipeline, name).convert(value)  # the bounds the pipeline's settings declare
         if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 200:
             raise ValueError(f"gate n_boot={self.n_boot!r}: at least 200 resamples are needed for a 95 % bound. Fix: e.g. 2000")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"gate seed={self.seed!r} must be an integer")
-
-
-def param_bounds() -> dict[str, dict[str, Any]]:
-    """The bounds :class:`GateConfig` enforces, by pipeline parameter name, for the DAG's Params."""
-    return {"gate_metric": {"enum": list(GATE_METRICS)}, "gate_split": {"enum": list(SPLITS)},
-            "gate_margin": {"minimum": 0.0, "maximum": 1.0}, "gate_floor": {"minimum": 0.0, "maximum": 1.0},
-            "bias_tolerance": {"minimum": 0.0, "maximum": 1.0}}
 
 
 # --------------------------------------------------------------------------- statistics

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 # Largest number of matrix elements one chunk may hold (about 32 MB of int64).
 _CHUNK_ELEMS = 1 << 22
@@ -295,6 +294,8 @@ def rowwise_spearman(a: np.ndarray, b: np.ndarray) -> float:
     b = _as_2d("b", b)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+    from scipy.stats import rankdata  # here, not at the top: the DAG file reads the metric table while Airflow parses it
+
     ra = rankdata(a, axis=1)
     rb = rankdata(b, axis=1)
     ra -= ra.mean(axis=1, keepdims=True)

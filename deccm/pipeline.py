@@ -31,42 +31,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deccm import config, gate as gating, locks, registry, tracking
+from deccm import config, gate as gating, locks, registry, settings, tracking
 from deccm import logsetup as _log
 from deccm.data import DatasetError, load_dataset
 from deccm.moments import WindowSpec
 from deccm.runs import RunError, TrainConfig, check_data, pgc_hash, read_config
-from deccm.train import RECOMMENDED, VARIANTS, configs_from_dict, default_variant, train
+from deccm.settings import ENV_SOURCE, SOURCES, TRAINING
+from deccm.train import configs_from_dict, train
+from deccm.variants import VARIANTS, default_variant
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("synth-tiny", "synth-small", "synth-tt150k", "demo-tiny", "demo", "recorded-tiny", "recorded", "media")
-ENV_SOURCE = "DECCM_SOURCE"  # deployment config: the source scheduled runs train on (docker/compose.yaml sets it)
+DEFAULTS: dict[str, Any] = settings.defaults(settings.Pipeline)  # the settings themselves: deccm.settings.Pipeline
 MEDIA_KEYS = ("videos", "tracks", "logs", "tracks_meta", "pgc", "pgc_pairs")
-DEFAULTS: dict[str, Any] = {
-    "source": "demo",  # one of SOURCES ($DECCM_SOURCE when set); "media" reads the media keys below
-    "seed": 0,  # data seed of generated sources, split seed of assembled ones
-    "videos": None, "tracks": None, "logs": None, "tracks_meta": None, "pgc": None, "pgc_pairs": None,
-    "epochs": None, "teacher_epochs": None,  # epochs None: the source's (TRAINING); teacher None: the same as epochs
-    "batch_size": None, "lr": None, "train_seed": 1234,  # None: the source's (TRAINING); lr None: per-kind defaults
-    "variant": None,  # None: the source's (TRAINING); without PGC data a distilling variant trains its non-distilled form
-    "balance_blocks": None,  # None: the source's (TRAINING); True: each feature block gets equal weight (ModelConfig)
-    "mode": "fixed",
-    "gate_metric": "HR_w@10", "gate_split": "gate", "gate_margin": 0.005, "gate_floor": 0.15, "bias_tolerance": 0.05,
-    "shards": 4,  # extraction shards (parallel mapped tasks)
-    "window_hop_s": 1.0,  # moments: a window starts every this many seconds (deccm.moments.WindowSpec, registered with the model)
-    "device": "auto",
-}
-# Student variant and loop settings per source. By default the best model measured on the
-# synthetic benchmark (docs/results.md; the authors' full DecCM in faithful mode) with the authors' loop (1024-row batches, 50 epochs,
-# made for 100k rows). The demo corpus has about 1,000 training rows, where one batch an
-# epoch left the models barely trained; its settings and variant were chosen on its
-# validation split over three corpus seeds (docs/results.md, "The demo corpus").
-TRAINING: dict[str, dict[str, Any]] = {
-    "default": {"variant": RECOMMENDED, "epochs": 50, "batch_size": 1024, "balance_blocks": False},
-    "demo": {"variant": "plain", "epochs": 200, "batch_size": 128, "lr": 1e-3, "balance_blocks": True},
-}
-TRAINING["recorded"] = TRAINING["demo"]  # the same clips and row counts over a recorded catalog (docs/results.md)
 # The model registered beside the champion (alias baseline) by ensure_champion, and why (its card and MLflow run say so).
 BASELINE_VARIANT = "ridge"
 BASELINE_PURPOSE = ("The baseline beside the champion: the closed-form ridge map from video to music features (variant "
@@ -74,20 +51,6 @@ BASELINE_PURPOSE = ("The baseline beside the champion: the closed-form ridge map
                     "training loop, on the champion's own dataset, so `make demo` registers it on a fresh install and the "
                     "demo's side by side shows what the trained champion changes over a linear map. Registering it never "
                     "promotes it: it holds the alias baseline, not challenger.")
-_INT = ("seed", "epochs", "batch_size", "train_seed", "shards")
-_FLOAT = ("gate_margin", "gate_floor", "bias_tolerance", "window_hop_s")
-
-
-def _flag(v: Any) -> bool:
-    """A yes/no setting from a bool or the CLI's text."""
-    if isinstance(v, bool):
-        return v
-    word = str(v).strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{v!r} is not a yes/no value (use true or false)")
 
 
 def scheduled_source() -> str:
@@ -110,35 +73,12 @@ def make_config(params: dict[str, Any] | None = None) -> dict[str, Any]:
     params = {k: v for k, v in (params or {}).items() if v is not None and v != ""}
     if "source" not in params and os.environ.get(ENV_SOURCE, "").strip():
         params["source"] = os.environ[ENV_SOURCE].strip()
-    unknown = set(params) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown pipeline settings {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    cfg = {**DEFAULTS, **params}
+    cfg = {**DEFAULTS, **settings.convert(settings.Pipeline, params, "pipeline settings")}
     if cfg["variant"] is None and cfg["mode"] == "faithful" and "variant" not in TRAINING.get(str(cfg["source"]), {}):
         cfg["variant"] = default_variant("faithful")  # faithful mode reproduces the authors' full DecCM
     for k, v in {**TRAINING["default"], **TRAINING.get(str(cfg["source"]), {})}.items():
         if cfg[k] is None:
             cfg[k] = v
-    try:
-        for k in _INT:
-            cfg[k] = int(cfg[k])
-        for k in _FLOAT:
-            cfg[k] = float(cfg[k])
-        if cfg["teacher_epochs"] is not None:
-            cfg["teacher_epochs"] = int(cfg["teacher_epochs"])
-        if cfg["lr"] is not None:
-            cfg["lr"] = float(cfg["lr"])
-        cfg["balance_blocks"] = _flag(cfg["balance_blocks"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"pipeline settings: {e}") from None
-    if cfg["source"] not in SOURCES:
-        raise ValueError(f"source {cfg['source']!r} is unknown; choose one of {', '.join(SOURCES)}")
-    if cfg["variant"] not in VARIANTS:
-        raise ValueError(f"variant {cfg['variant']!r} is unknown; choose one of {', '.join(sorted(VARIANTS))}")
-    if cfg["mode"] not in ("fixed", "faithful"):
-        raise ValueError(f"mode {cfg['mode']!r} is unknown; choose fixed or faithful")
-    if cfg["epochs"] < 1 or cfg["shards"] < 1 or cfg["batch_size"] < 2:
-        raise ValueError("epochs and shards must be at least 1, batch_size at least 2")
     gate_config(cfg)  # the gate's bounds, checked before any stage runs (deccm.gate.GateConfig)
     window_spec(cfg)  # and the moments' window
     if cfg["source"] == "media":
@@ -576,12 +516,7 @@ def build_parser(prog: str = "deccm pipeline") -> argparse.ArgumentParser:
     e = sub.add_parser("ensure", help="make sure a champion is registered (run every stage once if there is none) and a "
                                       f"baseline beside it ({BASELINE_VARIANT}, alias baseline)")
     for sp in (r, e):
-        for key, default in DEFAULTS.items():
-            if key in TRAINING["default"]:
-                per = ", ".join(f"{src} {vals[key]}" for src, vals in TRAINING.items() if key in vals)
-                sp.add_argument(f"--{key.replace('_', '-')}", default=None, help=f"(default per source: {per})")
-            else:
-                sp.add_argument(f"--{key.replace('_', '-')}", default=None, help=f"(default: {default})")
+        settings.add_options(sp, settings.Pipeline)
     sub.add_parser("defaults", help="print the default settings and the per-source training settings as JSON")
     return p
 

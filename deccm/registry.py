@@ -483,7 +483,6 @@ def tag_decision(version: str, decision: dict[str, Any], held: str | None = None
 def load(ref: str = CHAMPION, device: str = "auto", extractor: bool = True) -> Recommender:
     """A registered version (``ref``: an alias such as ``champion`` / ``challenger`` / ``baseline``, or a version
     number) as a Recommender, its model card and registry version attached as ``rec.card``."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     client = _client()

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
-from deccm import config, safeio
+from deccm import config, safeio, settings
 from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig, RidgeMatcher
+from deccm.settings import SettingsError, setting
 
 if TYPE_CHECKING:
     from deccm.data import Dataset
@@ -49,36 +50,25 @@ class RunError(RuntimeError):
 class TrainConfig:
     """Loop settings; defaults are the authors' script defaults (docs/method.md §4, §5.5)."""
 
-    lr: float | None = None  # None → 1e-4 for the teacher, 1e-3 for the student
-    weight_decay: float = 1e-3
-    batch_size: int = 1024
-    epochs: int = 50
-    seed: int = 1234
-    eval_k: int = 25  # validation metric: (weighted) HR@25
-    patience: int = 0  # early stopping after this many epochs without improvement; 0 = off
-    device: str = "auto"
+    lr: float | None = setting(None, "learning rate; empty = 1e-4 for the teacher, 1e-3 for the student", above=0.0)
+    weight_decay: float = setting(1e-3, "Adam weight decay", minimum=0.0)
+    batch_size: int = setting(1024, "rows per batch", minimum=2)
+    epochs: int = setting(50, "training epochs", minimum=1)
+    seed: int = setting(1234, "training seed (initialisation, shuffling)")
+    eval_k: int = setting(25, "validation metric: (weighted) HR@k", minimum=1)
+    patience: int = setting(0, "early stopping after this many epochs without improvement; 0 = off", minimum=0)
+    device: str = setting("auto", "auto = CUDA when present; cpu, cuda or cuda:N")
 
     def learning_rate(self, kind: Kind) -> float:
         return self.lr if self.lr is not None else (1e-4 if kind == "teacher" else 1e-3)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """Build from a plain dict (a TOML table, Airflow params); unknown keys are an error."""
-        known = {f.name: f for f in fields(cls)}
-        unknown = set(d) - set(known)
-        if unknown:
-            raise RunError(f"unknown training settings {sorted(unknown)}. Fix: use {sorted(known)}.")
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if v is None:
-                continue
-            if k == "device":
-                out[k] = str(v)
-            elif k == "lr" or k == "weight_decay":
-                out[k] = float(v)
-            else:
-                out[k] = int(v)
-        return cls(**out)
+        """Build from a plain dict (a TOML table, Airflow params); unknown keys and refused values are errors."""
+        try:
+            return cls(**settings.convert(cls, d, "training settings"))
+        except SettingsError as e:
+            raise RunError(str(e)) from None
 
 
 def default_lr(kind: Kind) -> float:

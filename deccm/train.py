@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deccm import config, distributed, safeio, locks, metrics
+from deccm import config, distributed, locks, metrics, safeio, settings
 from deccm import logsetup as _log
 from deccm.data import Dataset, DatasetError, load_dataset
 from deccm.evaluate import sampled_hit_rate
@@ -59,29 +59,10 @@ from deccm.runs import (
     save_epoch,
 )
 from deccm.serve import Ranker
+from deccm.variants import MODES, RECOMMENDED, VARIANTS, default_variant
 
 log = logging.getLogger(__name__)
 
-VARIANTS = {
-    "deccm": {},  # the full student
-    "plain": {"confounder": "none", "distill": "off"},  # plain cross-modal matching on UGC
-    "no-distill": {"distill": "off"},
-    "no-deconf": {"confounder": "none"},
-    "ips": {"confounder": "none", "distill": "off", "ips": True},  # IPS-weighted plain matching
-    "ridge": {"arch": "ridge", "confounder": "none", "distill": "off"},  # closed-form linear baseline, λ on val
-    # the same, with the taste beyond content erased from its video vectors (as erased-residual)
-    "ridge-erased-residual": {"arch": "ridge", "confounder": "none", "distill": "off", "erase_taste": True, "erase_residual": True},
-    "adversarial": {"confounder": "none", "adversary": 1.0},  # distilled, taste adversary on the video latent
-    "erased": {"confounder": "none", "erase_taste": True},  # distilled, uploader taste erased from the video vectors
-    # distilled; only the taste beyond the content that predicts the music on PGC is erased
-    "erased-residual": {"confounder": "none", "erase_taste": True, "erase_residual": True},
-    # both of the above, scores summed (docs/results.md: the best worst case over the taste grid)
-    "blend": {"confounder": "none", "erase_taste": True, "erase_residual": True, "ridge_blend": 1.0},
-}
-# The student with the best worst case over the taste grid (docs/results.md, "When the taste is
-# also content"): the default of fixed mode. Faithful mode reproduces the authors' code, so its
-# default stays theirs.
-RECOMMENDED = "blend"
 DEFAULT_DATA = "synth-small"
 Resume = bool | Literal["auto"]
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -89,11 +70,6 @@ EpochCallback = Callable[[dict[str, Any]], None]
 
 class TrainingError(RunError):
     """Training cannot go on; the message says where and what to do."""
-
-
-def default_variant(mode: str) -> str:
-    """The student trained when none is named: the recommended one in fixed mode, the authors' full DecCM in faithful."""
-    return RECOMMENDED if mode == "fixed" else "deccm"
 
 
 def configs_from_dict(settings: dict[str, Any]) -> tuple[ModelConfig, TrainConfig, str]:
@@ -106,7 +82,7 @@ def configs_from_dict(settings: dict[str, Any]) -> tuple[ModelConfig, TrainConfi
         raise TrainingError(f"unknown top-level settings {sorted(unknown)}. Fix: use mode, variant, [train] and [model].")
     mvals = dict(settings.get("model") or {})
     mode = settings.get("mode") or mvals.pop("mode", None) or "fixed"
-    if mode not in ("faithful", "fixed"):
+    if mode not in MODES:
         raise TrainingError(f"mode {mode!r} is unknown. Fix: faithful or fixed.")
     variant = settings.get("variant") or default_variant(mode)
     if variant not in VARIANTS:
@@ -530,7 +506,7 @@ def build_parser(prog: str = "deccm train") -> argparse.ArgumentParser:
         s.add_argument("--out", type=Path, default=None,
                        help="run dir (default: $DECCM_HOME/runs/" + ("teacher-<mode>-s<seed>)" if kind == "teacher"
                                                                       else "student-<variant>-<mode>-s<seed>)"))
-        s.add_argument("--mode", choices=["faithful", "fixed"], default=None,
+        s.add_argument("--mode", choices=MODES, default=None,
                        help="fixed (default) corrects the authors' bugs; faithful reproduces their computations")
         if kind == "student":
             s.add_argument("--variant", choices=sorted(VARIANTS), default=None,
@@ -542,14 +518,7 @@ def build_parser(prog: str = "deccm train") -> argparse.ArgumentParser:
                            help="teacher run dir for variants that distil (default: $DECCM_HOME/runs/teacher-<mode>-s<seed>)")
             s.add_argument("--distill-weight", type=float, default=None, help="α of the distillation term (default: 1.0 fixed, 5e-5 faithful)")
         s.add_argument("--config", type=Path, default=None, help="TOML/YAML file with mode, variant, [train] and [model]; flags win")
-        defaults = TrainConfig()
-        for f in fields(TrainConfig):
-            flag = f"--{f.name.replace('_', '-')}"
-            if f.name == "lr":
-                s.add_argument(flag, type=float, default=None, help=f"learning rate (default: {default_lr(kind):g})")
-            else:
-                typ = str if f.name == "device" else (float if f.name == "weight_decay" else int)
-                s.add_argument(flag, type=typ, default=None, help=f"(default: {getattr(defaults, f.name)})")
+        settings.add_options(s, TrainConfig, help={"lr": f"learning rate (default: {default_lr(kind):g})"})
         s.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
         s.add_argument("--no-track", action="store_true", help="do not log the run to MLflow (default: logged live to "
                        "$MLFLOW_TRACKING_URI, else SQLite under $DECCM_HOME/mlflow)")

@@ -26,9 +26,9 @@ def _linear(name: str, ds, seed: int) -> Ranker:  # noqa: ANN001 - a Dataset
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"margin": -0.01}, "gate_margin=-0.01 is out of bounds"),
+    ({"margin": -0.01}, "gate_margin=-0.01 is refused: it must be at least 0"),
     ({"floor": 0.0 - 1e-9}, "gate_floor"),
-    ({"floor": 1.5}, "gate_floor=1.5 is out of bounds"),
+    ({"floor": 1.5}, "gate_floor=1.5 is refused: it must be at most 1"),
     ({"floor": float("nan")}, "gate_floor"),
     ({"bias_tolerance": -1}, "bias_tolerance"),
     ({"split": "test"}, "gate_split 'test' is not allowed"),
@@ -48,18 +48,28 @@ def test_gate_config_refuses_settings_out_of_bounds(kwargs: dict, words: str) ->
 def test_pipeline_config_checks_the_gate_bounds_before_any_stage() -> None:
     with pytest.raises(ValueError, match="gate_margin"):
         pipeline.make_config({"gate_margin": -0.5})
-    with pytest.raises(ValueError, match="gate_split 'test'"):
+    with pytest.raises(ValueError, match="gate_split='test' is refused: choose one of gate, val"):
         pipeline.make_config({"gate_split": "test"})
     assert pipeline.gate_config(pipeline.make_config({})).split == "gate"
 
 
-def test_param_bounds_agree_with_the_config() -> None:
-    b = gate.param_bounds()
-    assert set(b["gate_split"]["enum"]) == {"gate", "val"}
-    assert "HR_w@10" in b["gate_metric"]["enum"] and "MedR" not in b["gate_metric"]["enum"]
-    for metric in b["gate_metric"]["enum"]:
+def test_the_gate_accepts_exactly_what_the_pipeline_settings_declare() -> None:
+    from deccm import settings
+
+    assert set(settings.spec(settings.Pipeline, "gate_split").choices) == {"gate", "val"}
+    offered = settings.spec(settings.Pipeline, "gate_metric").choices
+    assert "HR_w@10" in offered and "MedR" not in offered and "genre_KL@10" not in offered
+    for metric in offered:  # every metric the Params offer can decide a promotion
         gate.GateConfig(metric=metric)
-    gate.GateConfig(margin=b["gate_margin"]["minimum"], floor=b["gate_floor"]["maximum"])
+    for key, field in (("gate_margin", "margin"), ("gate_floor", "floor"), ("bias_tolerance", "bias_tolerance")):
+        s = settings.spec(settings.Pipeline, key)
+        gate.GateConfig(**{field: s.minimum})
+        gate.GateConfig(**{field: s.maximum})
+        for outside in (s.minimum - 1e-6, s.maximum + 1e-6):
+            with pytest.raises(ValueError, match=key):
+                gate.GateConfig(**{field: outside})
+            with pytest.raises(ValueError, match=key):
+                pipeline.make_config({key: outside})
 
 
 def test_every_metric_the_evaluation_reports_is_in_the_table(tiny_dataset: Path) -> None:

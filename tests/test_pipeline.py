@@ -25,13 +25,13 @@ def test_config_is_validated_with_clear_messages() -> None:
     assert demo["balance_blocks"] is True and cfg["balance_blocks"] is False
     mine = pipeline.make_config({"source": "demo", "batch_size": "64", "epochs": 7, "variant": "no-deconf", "balance_blocks": "false"})
     assert (mine["variant"], mine["epochs"], mine["batch_size"], mine["lr"], mine["balance_blocks"]) == ("no-deconf", 7, 64, 1e-3, False)
-    with pytest.raises(ValueError, match="'maybe' is not a yes/no value"):
+    with pytest.raises(ValueError, match="balance_blocks='maybe' is refused: it must be true or false"):
         pipeline.make_config({"balance_blocks": "maybe"})
     with pytest.raises(ValueError, match="unknown pipeline settings \\['epoch'\\]"):
         pipeline.make_config({"epoch": 3})
     with pytest.raises(ValueError, match="source 'media' needs videos, tracks, logs, tracks_meta"):
         pipeline.make_config({"source": "media"})
-    with pytest.raises(ValueError, match="source 'web' is unknown"):
+    with pytest.raises(ValueError, match="source='web' is refused: choose one of synth-tiny"):
         pipeline.make_config({"source": "web"})
 
 
