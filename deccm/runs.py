@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -209,6 +210,69 @@ def write_config(run: Path, conf: RunConfig) -> None:
 
 def has_run(path: Path) -> bool:
     return (path / STATE).is_file() or (path / CONFIG).is_file()
+
+
+# --------------------------------------------------------------------------- opening a run
+
+
+@dataclass(frozen=True)
+class Opened:
+    """How a training opens its run dir (:func:`open_run`)."""
+
+    run_dir: Path  # where the epochs are written: the run dir, or ``.NAME.overwrite`` beside it until a replacing run has one
+    resuming: bool  # the stored run has these settings and is continued
+    finished: bool  # ... and it has finished: there is nothing to do
+    stored: RunConfig | None  # the run config found in the run dir
+
+
+def refuse_to_replace(out: Path, overwrite: bool) -> None:
+    """A run in ``out`` is replaced only with ``overwrite`` (checked before any slow work, and again when opening)."""
+    if not overwrite and out.exists() and has_run(out):
+        raise RunError(f"{out} already holds a run. Fix: --resume to continue it, --overwrite to replace it, or --out elsewhere.")
+
+
+def stored_config(run: Path) -> RunConfig | None:
+    """The run config recorded in a run's state (None when it has no state)."""
+    if not (run / STATE).is_file():
+        return None
+    return RunConfig.from_dict(load_checkpoint(run / STATE)["run"], str(run / STATE))
+
+
+def open_run(out: Path, conf: RunConfig, resume: bool | Literal["auto"], overwrite: bool, write: bool = True) -> Opened:
+    """Open run dir ``out`` for a training whose run config is ``conf``.
+
+    ``resume``: False starts a new run (one already there needs ``overwrite``); True continues the
+    stored run; ``"auto"`` returns a finished run as it is, continues a partial one or starts afresh.
+    A stored run with other settings is never resumed: with ``overwrite`` it is replaced, else
+    refused. A replacing run writes beside the old one, which stays whole until the new run has
+    finished an epoch (``safeio.replace_dir`` swaps it in). ``write``: this process writes the
+    run dir (rank 0 under torchrun); the others only learn the answer.
+    """
+    if write:
+        safeio.recover_dir(out)  # a writer killed between the two renames of a swap left the old run aside
+    stored = stored_config(out)
+    if resume is True and stored is None:
+        raise RunError(f"{out}: nothing to resume (no {STATE}). Fix: drop --resume to start this run.")
+    same = stored is not None and stored.settings() == conf.settings()
+    if stored is not None and resume and not same and not overwrite:
+        diff = sorted(k for k, v in conf.settings().items() if stored.settings()[k] != v)
+        raise RunError(f"{out}: holds a run with other settings ({', '.join(diff)}); it is not resumed. "
+                       "Fix: resume with the run's own settings, --overwrite to replace it, or --out elsewhere.")
+    resuming = bool(resume) and same
+    if resuming and stored is not None and stored.finished:
+        if write:
+            restore(out)  # the copies may lag a crash that came after the last epoch's record
+        return Opened(out, resuming=True, finished=True, stored=stored)
+    if not resuming:
+        refuse_to_replace(out, overwrite)  # "auto" with no resumable run
+    run_dir = out
+    if not resuming and out.exists() and any(out.iterdir()):
+        run_dir = out.with_name(f".{out.name}.overwrite")
+        if write:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    return Opened(run_dir, resuming=resuming, finished=False, stored=stored)
 
 
 # --------------------------------------------------------------------------- state

@@ -16,6 +16,7 @@ import contextlib
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 STALE_S = 6 * 3600.0  # a leftover this old whose writer is gone is swept (a live writer on another host keeps its PID's
 #                       files fresh: temp files are written to as they grow)
@@ -157,6 +160,35 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def replace_dir(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Put the complete directory ``src`` at ``dest`` with two renames: the old ``dest`` aside (``.NAME.old-PID``), then
+    ``src`` in; the old one is removed last. A crash between the renames is undone by :func:`recover_dir`."""
+    src, dest = Path(src), Path(dest)
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    os.replace(dest, old)
+    os.replace(src, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(dest: str | os.PathLike) -> Path | None:
+    """Put back the copy a writer killed inside :func:`replace_dir` left aside (``dest`` missing, ``.NAME.old-PID`` of a
+    dead PID beside it); the restored path, or None when there was nothing to undo."""
+    dest = Path(dest)
+    if dest.exists() or not dest.parent.is_dir():
+        return None
+    olds = [p for p in dest.parent.glob(f".{glob.escape(dest.name)}.old-*")
+            if p.name[len(dest.name) + 6:].isdigit() and not _alive(int(p.name[len(dest.name) + 6:]))]
+    if not olds:
+        return None
+    old = max(olds, key=lambda p: p.lstat().st_mtime)
+    os.replace(old, dest)
+    log.warning("restored %s: a writer was killed while replacing it", dest)
+    return dest
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temp sibling and swap it in only when complete.
@@ -165,6 +197,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     fully written; without it an existing ``dest`` is an error before any work starts.
     """
     dest = Path(dest)
+    recover_dir(dest)
     if dest.exists() and not overwrite:
         raise FileExistsError(f"{dest} already exists; pass --overwrite to replace it")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -173,13 +206,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_UMASK)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        replace_dir(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -16,8 +16,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
-import shutil
 import sys
 import time
 import tomllib
@@ -38,7 +36,6 @@ from deccm.models import CrossModalVAE, DecCMStudent, ModelConfig, RidgeMatcher
 from deccm.models.ridge import RidgeSolver, lambda_grid
 from deccm.runs import (
     BEST,
-    STATE,
     Kind,
     RunConfig,
     RunError,
@@ -50,11 +47,11 @@ from deccm.runs import (
     default_lr,
     default_run_dir,
     default_teacher,
-    has_run,
-    load_checkpoint,
     load_for_inference,
+    open_run,
     read_config,
     record_path,
+    refuse_to_replace,
     restore,
     save_epoch,
 )
@@ -205,32 +202,6 @@ def _fresh_config(kind: Kind, name: str, variant: str, model_cfg: ModelConfig, t
                      teacher=teacher, teacher_model=tconf.model.to_dict() if tconf else None, code_version=code_version())
 
 
-def _stored(run: Path) -> RunConfig | None:
-    """The run config recorded in a run's state (None when it has no state)."""
-    if not (run / STATE).is_file():
-        return None
-    return RunConfig.from_dict(load_checkpoint(run / STATE)["run"], str(run / STATE))
-
-
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace the run ``out`` by ``staging`` (one finished epoch old) with two renames."""
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old, ignore_errors=True)
-    log.info("the new run replaced the old one in %s", out)
-
-
-def _recover_swap(out: Path) -> None:
-    """A crash between the two renames of :func:`_swap_in` leaves the old run at ``.NAME.old``: put it back."""
-    old = out.with_name(f".{out.name}.old")
-    if not out.exists() and old.exists():
-        os.replace(old, out)
-        log.warning("restored %s from an interrupted --overwrite", out)
-
-
 def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = None, model_cfg: ModelConfig | None = None,
           train_cfg: TrainConfig | None = None, teacher: str | Path | None = None, variant: str | None = None,
           resume: Resume = False, overwrite: bool = False, on_epoch_end: EpochCallback | None = None) -> Path:
@@ -267,40 +238,20 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
                             "erase_taste and a dataset with a pgc/ part. Fix: --variant erased, or add PGC pairs.")
     out = Path(out if out is not None else default_run_dir(kind, variant, model_cfg.mode, train_cfg.seed)).resolve()
     main = distributed.is_main()  # only rank 0 writes the run dir
-    if main:
-        _recover_swap(out)
-    distributed.barrier()
     if not resume:
-        _refuse_to_replace(out, overwrite)  # before the teacher is loaded: a new run never silently replaces one
+        refuse_to_replace(out, overwrite)  # before the teacher is loaded: a new run never silently replaces one
     if teacher is None and kind == "student" and model_cfg.distill != "off":
         teacher = default_teacher(model_cfg.mode, train_cfg.seed)
     torch.manual_seed(train_cfg.seed)
     teacher_model, tconf, tpath = _teacher(kind, model_cfg, variant, teacher, ds, device)
     conf = _fresh_config(kind, out.name, variant, model_cfg, train_cfg, ds, tconf, tpath)
-
-    stored = _stored(out)
-    if resume is True and stored is None:
-        raise TrainingError(f"{out}: nothing to resume (no {STATE}). Fix: drop --resume to start this run.")
-    same = stored is not None and stored.settings() == conf.settings()
-    if stored is not None and resume and not same and not overwrite:
-        diff = sorted(k for k, v in conf.settings().items() if stored.settings()[k] != v)
-        raise TrainingError(f"{out}: holds a run with other settings ({', '.join(diff)}); it is not resumed. "
-                            "Fix: resume with the run's own settings, --overwrite to replace it, or --out elsewhere.")
-    resuming = bool(resume) and same
-    if resuming and stored is not None and stored.finished:
-        if main:
-            restore(out)  # the copies may lag a crash that came after the last epoch's record
-        log.info("%s: already finished (best epoch %d, val %.4f); nothing to do", out, stored.best_epoch + 1, stored.best_val)
+    opened = open_run(out, conf, resume, overwrite, write=main)
+    distributed.barrier()  # the run dir is open before any process reads it
+    if opened.finished:
+        done = opened.stored
+        log.info("%s: already finished (best epoch %d, val %.4f); nothing to do", out, done.best_epoch + 1, done.best_val)
         return out
-    if not resuming:
-        _refuse_to_replace(out, overwrite)  # "auto" with no resumable run
-    run_dir = out
-    if not resuming and out.exists() and any(out.iterdir()):
-        run_dir = out.with_name(f".{out.name}.overwrite")  # the old run stays whole until the new one has an epoch
-        if main:
-            shutil.rmtree(run_dir, ignore_errors=True)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, resuming = opened.run_dir, opened.resuming
 
     model = build_model(kind, model_cfg, ds.ugc.prior_mean, teacher_model).to(device)
     if isinstance(model, RidgeMatcher):
@@ -361,12 +312,6 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
     return out
 
 
-def _refuse_to_replace(out: Path, overwrite: bool) -> None:
-    """A run in ``out`` is replaced only with ``overwrite``."""
-    if not overwrite and out.exists() and has_run(out):
-        raise TrainingError(f"{out} already holds a run. Fix: --resume to continue it, --overwrite to replace it, or --out elsewhere.")
-
-
 def _train_epoch(loss_of: Callable[..., tuple[torch.Tensor, dict[str, float]]], model: torch.nn.Module,
                  opt: torch.optim.Optimizer, rows: _Batches, epoch: int, train_cfg: TrainConfig, desc: str, kept: str,
                  quiet: bool) -> dict[str, float]:
@@ -420,7 +365,8 @@ def _save(run_dir: Path, out: Path, conf: RunConfig, model: torch.nn.Module, opt
              "rng": _rng_state()}
     save_epoch(run_dir, conf, state, best_model, improved)
     if run_dir != out:
-        _swap_in(run_dir, out)
+        safeio.replace_dir(run_dir, out)  # the old run stayed whole until now
+        log.info("the new run replaced the old one in %s", out)
     return out
 
 

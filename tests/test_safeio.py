@@ -60,3 +60,21 @@ def test_leftovers_of_a_killed_writer_are_swept_and_a_live_writers_are_kept(tmp_
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([live.name, fresh.name, "out.txt", "store"]), left
     assert (tmp_path / "out.txt").read_text() == "new\n" and (tmp_path / "store" / "f").read_text() == "y"
+
+
+def test_a_writer_killed_between_the_two_renames_of_a_swap_loses_nothing(tmp_path: Path) -> None:
+    dest = tmp_path / "store"
+    with safeio.atomic_dir(dest) as tmp:
+        (tmp / "f").write_text("old")
+    child = ("import os, signal, sys\nfrom pathlib import Path\nfrom deccm import safeio\nreal = os.replace\n"
+             "def replace(a, b):\n    real(a, b)\n    if '.old-' in str(b):\n        os.kill(os.getpid(), signal.SIGKILL)\n"
+             "os.replace = replace\nwith safeio.atomic_dir(sys.argv[1], overwrite=True) as tmp:\n"
+             "    (tmp / 'f').write_text('new')\n")
+    r = subprocess.run([sys.executable, "-c", child, str(dest)], capture_output=True, text=True)
+    assert r.returncode == -9, r.stderr
+    assert not dest.exists() and len(list(tmp_path.glob(".store.old-*"))) == 1  # killed with the old result set aside
+    with pytest.raises(FileExistsError):  # the next writer puts it back first, so it is never silently lost
+        with safeio.atomic_dir(dest):
+            pass
+    assert (dest / "f").read_text() == "old" and not list(tmp_path.glob(".store.old-*"))  # (its half-done new one is swept later)
+    assert safeio.recover_dir(dest) is None  # nothing left to undo

@@ -99,7 +99,7 @@ def test_nan_loss_in_epoch_2_stops_and_keeps_epoch_1(tiny_dataset: Path, tmp_pat
 def test_tiny_dataset_errors_are_clear(tiny_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="batch size 1 < 2"):
         train("teacher", tiny_dataset, tmp_path / "t", ModelConfig.for_mode("fixed"), TrainConfig(epochs=1, batch_size=1, device="cpu"))
-    with pytest.raises(TrainingError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a run"):
         (tmp_path / "t2").mkdir()
         (tmp_path / "t2" / "config.json").write_text("{}")
         train("teacher", tiny_dataset, tmp_path / "t2", ModelConfig.for_mode("fixed"), FAST)
