@@ -17,6 +17,9 @@ import numpy as np
 import media
 
 
+MANY_STREAMS = 600
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -74,6 +77,10 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
                       "-frames:v", "1", "-map", "0:a", "-map", "1:v", "-c:a", "aac", "-c:v", "mjpeg", "-disposition:v", "attached_pic",
                       str(root / "cover.m4a")])
     _x264(root / "tags.mkv", "testsrc2=size=160x120", 1.0, 10, ["-metadata", "title=bad\udcff\udcfe"])
+    for name in ("streams.mkv", "streams.mp4"):  # 600 tiny AAC streams: probing them all took 400 MB and 0.3 s
+        media.run_ffmpeg(["-f", "lavfi", "-i", "testsrc2=d=0.2:s=64x48:r=10", "-f", "lavfi", "-i", "sine=d=0.1:sample_rate=8000",
+                          "-map", "0", *["-map", "1"] * MANY_STREAMS, "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac",
+                          "-ac", "1", str(root / name)])
     return [
         Case("hls playlist", root / "playlist.m3u8", "refused", "HLS playlist"),
         Case("hls playlist renamed .mp4", root / "playlist.mp4", "refused", "HLS playlist"),
@@ -96,4 +103,6 @@ def make_corpus(root: Path, secret: Path, *, heavy: bool = False) -> list[Case]:
         Case("grows to 8K mid-stream", root / "grows.ts", "served", ""),
         Case("tags that are not UTF-8", root / "tags.mkv", "served", ""),
         Case("audio with a cover picture", root / "cover.m4a", "refused", "only a cover picture"),
+        Case(f"{MANY_STREAMS} audio streams (Matroska)", root / "streams.mkv", "refused", "more than 16 streams"),
+        Case(f"{MANY_STREAMS} audio streams (MP4)", root / "streams.mp4", "refused", "more than 16 streams"),
     ]

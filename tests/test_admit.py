@@ -72,6 +72,20 @@ def test_metadata_refusals_need_no_decoding(corpus: list[hostile.Case]) -> None:
             admit.check(case.path, "video", admit.UPLOAD)
 
 
+def test_a_file_of_many_streams_is_refused_before_a_decoder_is_set_up_for_each(corpus: list[hostile.Case]) -> None:
+    """Probing sets up a decoder per stream: 600 tiny AAC streams took 400 MB before the demuxer was told to stop at the cap."""
+    code = ("import resource, sys\nfrom deccm.features import admit\nfrom deccm.features.decode import DecodeError\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "for path in sys.argv[1:]:\n    try:\n        admit.check(path, 'video', admit.UPLOAD)\n"
+            "    except DecodeError as e:\n        print(e)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n")
+    paths = [str(c.path) for c in corpus if "streams" in c.path.name]
+    out = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=120, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert len(paths) == 2 and all("more than 16 streams" in line for line in lines[:-1]) and len(lines) == 3, out.stdout
+    assert float(lines[-1]) < 100, f"checking two {hostile.MANY_STREAMS}-stream files raised the peak RSS by {lines[-1]} MB"
+
+
 def test_a_stream_that_grows_past_the_pixel_cap_mid_way_stops_there(corpus: list[hostile.Case]) -> None:
     grows = next(c for c in corpus if c.name == "grows to 8K mid-stream")
     assert (admit.check(grows.path).width, admit.check(grows.path).height) == (320, 240)  # the header it is admitted on
