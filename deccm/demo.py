@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -66,6 +67,11 @@ TOP_AUDIO = 5  # tracks with a player on the page
 HEAVY_SLOTS = 2  # decodes, rankings and preview encodes at once, in all (two cores)
 SLOT_WAIT_S = 60.0  # a request that waits longer for a slot is told the demo is busy
 REQUEST_BUDGET_S = 4.0  # decoding time of one request once it holds a slot
+# Pixels one request decodes at most (width x height x frames), so a legitimate heavy clip is ranked on the part that
+# fits REQUEST_BUDGET_S instead of being refused when it runs out: 1080p30 for 10 s, 720p30 for 22 s, 640x360 at 30 fps
+# for the whole minute; about 2.3 s of one core here (docs/benchmarks.md, "Heavy but legitimate clips").
+DECODE_BUDGET_PX = 0.62e9
+MIN_RANKED_S = 1.0  # a clip so heavy that less than this fits is refused before anything is decoded
 PREVIEW_SHORT_SIDE = 480  # previews are scaled down to this (never up): quick to encode and to stream
 PREVIEW_LONG_SIDE = 1280  # and to at most 720p's long side
 PREVIEW_MAX_FPS = 30
@@ -130,6 +136,18 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
         raise DemoError(f"{name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
     duration = info.duration
     notes: list[str] = []
+    heavy = _affordable_seconds(info)
+    if heavy is not None and heavy < MIN_RANKED_S:
+        raise DemoError(f"{name} is too heavy to decode here: {info.width}x{info.height} pixels at {info.fps:g} frames per "
+                        f"second; less than {MIN_RANKED_S:g} s of it fits the demo's decoding budget. Upload a version with "
+                        "fewer pixels or frames per second (1080p at 30 fps is ranked on its first 10 s).")
+    if heavy is not None and heavy < min(duration or math.inf, max_seconds):
+        used = math.floor(heavy * 10) / 10
+        capped = True
+        notes.append(f"{info.width}x{info.height} at {info.fps:g} fps takes long to decode: used the first {used:g} s "
+                     f"(a version with fewer pixels or frames per second is ranked on up to {max_seconds:g} s)")
+        return Upload(path=path, name=name, bytes=size, duration=duration, used_seconds=used, capped=capped,
+                      notes=tuple(notes), info=info)
     capped = duration is None or duration > max_seconds
     if duration is None:
         notes.append(f"the clip does not state its length: at most its first {max_seconds:g} s are used")
@@ -141,6 +159,13 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
         used = duration
     return Upload(path=path, name=name, bytes=size, duration=duration, used_seconds=used, capped=capped, notes=tuple(notes),
                   info=info)
+
+
+def _affordable_seconds(info: admit.MediaInfo) -> float | None:
+    """How many seconds of the clip :data:`DECODE_BUDGET_PX` decodes (None when the stream does not say its size and rate)."""
+    if not (info.width and info.height and info.fps):
+        return None
+    return DECODE_BUDGET_PX / (info.width * info.height * info.fps)
 
 
 def _first_seconds(up: Upload, seconds: float, dest: Path) -> Path:
@@ -285,8 +310,9 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
             try:
                 with admit.budget(REQUEST_BUDGET_S), tempfile.TemporaryDirectory(prefix="deccm-demo-") as tmp:
                     clip = up.path
-                    if up.capped and limit < rec.extractor.max_seconds:
-                        clip = _first_seconds(up, limit, Path(tmp) / f"first.{_SUFFIX[up.info.demuxer]}")
+                    cut = up.used_seconds if up.used_seconds is not None else limit
+                    if up.capped and cut < rec.extractor.max_seconds:
+                        clip = _first_seconds(up, cut, Path(tmp) / f"first.{_SUFFIX[up.info.demuxer]}")
                     known = rec.extractor.extract_with_notes(clip)
             except DecodeError as e:
                 raise DemoError(f"{up.name} is not a usable video: {e}. Upload a video file (mp4, mov, webm …).") from None
@@ -296,7 +322,9 @@ def suggest(rec: Recommender, video_path: str | os.PathLike | None, k: int = 10,
         notes += [n for n in decoder_notes if not n.startswith("capped:") and n not in notes]
         x = feats[None, :]
         t2 = time.perf_counter()
-        moment_s = min(up.duration or up.used_seconds, float(max_seconds)) if rec.catalog.has_media() else None
+        moment_s = up.used_seconds if rec.catalog.has_media() else None  # the part ranked: the moment fills it
+        if moment_s is None and rec.catalog.has_media():
+            notes.append("the clip does not state its length, so no moment can be fitted to it: each track plays from its start")
         try:
             items = rec.recommend(x, k=k, licence=licence, moment_s=moment_s)
         except MomentError as e:
@@ -382,7 +410,8 @@ def preview(video_path: str | os.PathLike, audio_path: str | os.PathLike | None,
     except DecodeError as e:
         raise DemoError(f"the track {audio_path.name} cannot be played: {e}") from None
     seconds = min([d for d in (clip.duration, float(max_seconds), PREVIEW_MAX_S) if d])
-    shortest = ["-shortest"] if track.duration is not None and track.duration < seconds - 0.01 else []
+    # -shortest: a shorter track ends the preview early, and so does a clip that does not state its length
+    shortest = ["-shortest"] if clip.duration is None or (track.duration is not None and track.duration < seconds - 0.01) else []
     key = hashlib.sha256(f"{video_path.resolve()}|{video_path.stat().st_size}|{video_path.stat().st_mtime_ns}|"
                          f"{audio_path.resolve()}|{seconds:.3f}".encode()).hexdigest()[:16]
     dest = Path(out_dir) / f"preview-{key}.mp4"
@@ -828,7 +857,9 @@ class DemoService:
         with self.slot():
             _prune(self.preview_dir, PREVIEW_KEEP_S)
             try:
-                return preview(up.path, audio, self.preview_dir, self.max_seconds)
+                # as long as the part that was ranked (a heavy clip's first seconds; the moment was rendered to it)
+                ranked = up.used_seconds if up.used_seconds is not None else self.max_seconds
+                return preview(up.path, audio, self.preview_dir, ranked)
             except DemoError:
                 raise
             except Exception as e:  # noqa: BLE001 - as in respond

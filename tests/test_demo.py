@@ -94,6 +94,37 @@ def test_a_long_clip_is_not_refused_its_first_seconds_are_used(tmp_path: Path) -
     assert abs(_streams(first)["duration"] - 2.5) < 0.3 and _streams(first)["audio"] == []
 
 
+def _heavy(tmp: Path) -> Path:
+    """1080p at 60 fps for 7 s: a phone's clip, legitimate and slow to decode (2 cores decode ~130 such frames a second)."""
+    return media.make_clip(tmp / "phone.mp4", duration=7.0, size="1920x1080", rate=60, audio=None)
+
+
+def _stateless(tmp: Path) -> Path:
+    """6 s of Matroska written to a pipe, as a live recorder writes it: the container never states its length."""
+    out = tmp / "live.mkv"
+    out.write_bytes(subprocess.run([media.ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:d=6",
+                                    "-c:v", "libx264", "-preset", "ultrafast", "-f", "matroska", "pipe:1"],
+                                   capture_output=True, check=True).stdout)
+    return out
+
+
+def test_a_heavy_clip_is_ranked_on_the_part_its_decoding_budget_covers_and_a_hopeless_one_refused(tmp_path: Path) -> None:
+    up = demo.check_upload(_heavy(tmp_path))
+    per_s = 1920 * 1080 * 60
+    assert up.capped and up.duration == pytest.approx(7.0, abs=0.05)
+    assert up.used_seconds * per_s <= demo.DECODE_BUDGET_PX < (up.used_seconds + 0.1) * per_s  # as much as fits, in 0.1 s
+    assert up.used_seconds >= demo.MIN_RANKED_S and up.notes == (
+        f"1920x1080 at 60 fps takes long to decode: used the first {up.used_seconds:g} s (a version with fewer pixels or "
+        f"frames per second is ranked on up to {demo.MAX_SECONDS:g} s)",)
+    small = demo.check_upload(media.make_clip(tmp_path / "small.mp4", duration=3.0, size="640x360", rate=30))
+    assert not small.capped and small.used_seconds == pytest.approx(3.0, abs=0.05)  # a usual clip is ranked whole
+    hopeless = media.make_clip(tmp_path / "uhd240.mp4", duration=0.3, size="3840x2160", rate=240, audio=None)
+    with pytest.raises(demo.DemoError, match=r"uhd240.mp4 is too heavy to decode here: 3840x2160 pixels at 240 frames"):
+        demo.check_upload(hopeless)
+    live = demo.check_upload(_stateless(tmp_path))
+    assert live.duration is None and live.used_seconds is None and live.capped
+
+
 # --------------------------------------------------------------------------- preview (fast)
 
 
@@ -368,6 +399,27 @@ def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(ser
     assert demo.suggest(rec, clip, 10_000).k == len(rec.catalog.tracks)  # k is capped at the catalog
     with pytest.raises(demo.DemoError, match="k must be at least 1"):
         demo.suggest(rec, clip, 0)
+
+
+@pytest.mark.slow
+def test_a_heavy_clip_and_one_of_unstated_length_are_served_with_their_previews(service: demo.DemoService,
+                                                                                tmp_path: Path) -> None:
+    heavy = _heavy(tmp_path)
+    page = service.respond(heavy, k=5)
+    assert page.error is None and "takes long to decode" in " ".join(page.result.notes)
+    used = demo.check_upload(heavy).used_seconds
+    first = demo._first_seconds(demo.check_upload(heavy), used, tmp_path / "first.mp4")
+    assert [s.track for s in page.result.suggestions] == [s.track for s in service.rec.recommend(first, k=5)]
+    assert all(s.moment["length"] == used for s in page.result.suggestions)  # the moment fills the part that was ranked
+    top = page.result.suggestions[0].audio
+    assert abs(_streams(service.preview(heavy, top))["duration"] - used) < 0.1  # and so does the preview
+    live = _stateless(tmp_path)
+    page = service.respond(live, k=5)  # this raised a TypeError (no length to fit a moment to)
+    assert page.error is None and all(s.moment is None for s in page.result.suggestions)
+    assert "does not state its length" in " ".join(page.result.notes)
+    track = page.result.suggestions[0].audio  # no moment: the track as it is, from its start
+    want = min(6.0, _streams(Path(track))["duration"])  # the preview ends with the clip, or with a shorter track
+    assert abs(_streams(service.preview(live, track))["duration"] - want) < 0.15
 
 
 @pytest.mark.slow
