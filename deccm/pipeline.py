@@ -517,7 +517,8 @@ def build_parser(prog: str = "deccm pipeline") -> argparse.ArgumentParser:
                                       f"baseline beside it ({BASELINE_VARIANT}, alias baseline)")
     for sp in (r, e):
         settings.add_options(sp, settings.Pipeline)
-    sub.add_parser("defaults", help="print the default settings and the per-source training settings as JSON")
+    d = sub.add_parser("defaults", help="print the default settings and the per-source training settings as JSON")
+    d.add_argument("--markdown", action="store_true", help="every setting as a markdown table instead (dags/README.md)")
     return p
 
 
@@ -525,7 +526,7 @@ def main(argv: list[str] | None = None, prog: str = "deccm pipeline") -> int:
     args = build_parser(prog).parse_args(argv)
     _log.setup(args.verbose)
     if args.cmd == "defaults":
-        print(json.dumps({**DEFAULTS, "training_per_source": TRAINING}, indent=2))
+        print(settings.table(settings.Pipeline) if args.markdown else json.dumps({**DEFAULTS, "training_per_source": TRAINING}, indent=2))
         return 0
     params = {k: getattr(args, k) for k in DEFAULTS}
     try:

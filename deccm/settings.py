@@ -210,6 +210,24 @@ def add_options(parser: argparse.ArgumentParser, cls: type, help: Mapping[str, s
         parser.add_argument(s.flag, type=s.option(), default=None, metavar=s.name.upper(), help=text.replace("%", "%%"))
 
 
+def table(cls: type) -> str:
+    """The settings of ``cls`` as a markdown table (name, default, accepted values, what it does), for the docs."""
+    def accepted(s: Spec) -> str:
+        if s.choices is not None:
+            return ", ".join(f"`{c}`" for c in s.choices)
+        bounds = [f"≥ {s.minimum:g}" if s.minimum is not None else "", f"> {s.above:g}" if s.above is not None else "",
+                  f"≤ {s.maximum:g}" if s.maximum is not None else ""]
+        kind = {int: "integer", float: "number", str: "text", bool: "true / false"}[s.type]
+        return f"{kind} {', '.join(b for b in bounds if b)}".strip()
+
+    rows = ["| setting | default | accepts | what it does |", "|---|---|---|---|"]
+    for s in specs(cls):
+        default = "empty" if s.default is None else f"`{s.default}`"
+        rows.append(f"| `{s.name}` | {default} | {accepted(s)}{' (or empty)' if s.nullable else ''} | "
+                    f"{s.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
 def airflow_params(cls: type) -> dict[str, Any]:
     """Airflow ``Param``s for the DAG's trigger form and conf: the defaults, the help, and the rules as JSON Schema."""
     from airflow.sdk import Param
