@@ -38,6 +38,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from deccm import demo as lib
+from deccm import upload
 from deccm.data import licences
 from deccm.watch import ENV_POLL, POLL_S, poll_seconds
 
@@ -127,7 +128,7 @@ def build_app(rec: Any = None, device: str = "auto", service: lib.DemoService | 
         def on_preview(clip: str | None, audio: str | None) -> list[Any]:
             try:
                 path = svc.preview(clip, audio)
-            except lib.DemoError as e:
+            except upload.DemoError as e:
                 gr.Warning(f"No preview: {e}")
                 path = None
             return [path, gr.update(value=path, visible=path is not None)]
@@ -162,7 +163,7 @@ def add_health(server: FastAPI, svc: lib.DemoService) -> None:
 
 def launch(app: gr.Blocks, svc: lib.DemoService, host: str = "127.0.0.1", port: int = 7860, quiet: bool = False) -> str:
     """Start the page of ``svc`` and its health endpoint in background threads; returns the page's URL."""
-    server, url, _ = app.launch(server_name=host, server_port=port, max_file_size=lib.MAX_BYTES, prevent_thread_lock=True,
+    server, url, _ = app.launch(server_name=host, server_port=port, max_file_size=upload.MAX_BYTES, prevent_thread_lock=True,
                                 quiet=quiet)
     add_health(server, svc)
     return url

@@ -29,7 +29,7 @@ import pytest
 
 import hostile
 import media
-from deccm import demo
+from deccm import demo, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -60,8 +60,8 @@ def _streams(path: Path) -> dict[str, Any]:
 
 def test_bad_uploads_get_clear_messages(tmp_path: Path) -> None:
     def refused(path: Any, **kw: Any) -> str:
-        with pytest.raises(demo.DemoError) as e:
-            demo.check_upload(path, **kw)
+        with pytest.raises(upload.DemoError) as e:
+            upload.check_upload(path, **kw)
         return str(e.value)
 
     assert "No clip was uploaded" in refused(None)
@@ -82,15 +82,15 @@ def test_bad_uploads_get_clear_messages(tmp_path: Path) -> None:
     msg = refused(clip, max_bytes=size - 1)
     assert msg.startswith(f"clip.mp4 is {size / 1e3:.1f} kB: the demo takes clips up to {(size - 1) / 1e3:.1f} kB")
 
-    ok = demo.check_upload(clip)
+    ok = upload.check_upload(clip)
     assert ok.name == "clip.mp4" and ok.bytes == size and not ok.capped and ok.notes == () and abs(ok.duration - 2.0) < 0.15
 
 
 def test_a_long_clip_is_not_refused_its_first_seconds_are_used(tmp_path: Path) -> None:
     clip = media.make_clip(tmp_path / "long.mp4", duration=6.0)
-    up = demo.check_upload(clip, max_seconds=2.5)
+    up = upload.check_upload(clip, max_seconds=2.5)
     assert up.capped and up.used_seconds == 2.5 and up.notes == ("the clip is 6.0 s long: used the first 2.5 s",)
-    first = demo._first_seconds(up, 2.5, tmp_path / "first.mp4")
+    first = upload.first_seconds(up, 2.5, tmp_path)
     assert abs(_streams(first)["duration"] - 2.5) < 0.3 and _streams(first)["audio"] == []
 
 
@@ -109,19 +109,19 @@ def _stateless(tmp: Path) -> Path:
 
 
 def test_a_heavy_clip_is_ranked_on_the_part_its_decoding_budget_covers_and_a_hopeless_one_refused(tmp_path: Path) -> None:
-    up = demo.check_upload(_heavy(tmp_path))
+    up = upload.check_upload(_heavy(tmp_path))
     per_s = 1920 * 1080 * 60
     assert up.capped and up.duration == pytest.approx(7.0, abs=0.05)
-    assert up.used_seconds * per_s <= demo.DECODE_BUDGET_PX < (up.used_seconds + 0.1) * per_s  # as much as fits, in 0.1 s
-    assert up.used_seconds >= demo.MIN_RANKED_S and up.notes == (
+    assert up.used_seconds * per_s <= upload.DECODE_BUDGET_PX < (up.used_seconds + 0.1) * per_s  # as much as fits, in 0.1 s
+    assert up.used_seconds >= upload.MIN_RANKED_S and up.notes == (
         f"1920x1080 at 60 fps takes long to decode: used the first {up.used_seconds:g} s (a version with fewer pixels or "
-        f"frames per second is ranked on up to {demo.MAX_SECONDS:g} s)",)
-    small = demo.check_upload(media.make_clip(tmp_path / "small.mp4", duration=3.0, size="640x360", rate=30))
+        f"frames per second is ranked on up to {upload.MAX_SECONDS:g} s)",)
+    small = upload.check_upload(media.make_clip(tmp_path / "small.mp4", duration=3.0, size="640x360", rate=30))
     assert not small.capped and small.used_seconds == pytest.approx(3.0, abs=0.05)  # a usual clip is ranked whole
     hopeless = media.make_clip(tmp_path / "uhd240.mp4", duration=0.3, size="3840x2160", rate=240, audio=None)
-    with pytest.raises(demo.DemoError, match=r"uhd240.mp4 is too heavy to decode here: 3840x2160 pixels at 240 frames"):
-        demo.check_upload(hopeless)
-    live = demo.check_upload(_stateless(tmp_path))
+    with pytest.raises(upload.DemoError, match=r"uhd240.mp4 is too heavy to decode here: 3840x2160 pixels at 240 frames"):
+        upload.check_upload(hopeless)
+    live = upload.check_upload(_stateless(tmp_path))
     assert live.duration is None and live.used_seconds is None and live.capped
 
 
@@ -135,23 +135,23 @@ def test_preview_lays_the_track_under_the_clip(tmp_path: Path) -> None:
     out = tmp_path / "previews"
     for audio, max_seconds, want in ((track, 60.0, 2.0), (long_track, 60.0, 3.0), (long_track, 1.5, 1.5)):
         t = time.perf_counter()
-        p = demo.preview(clip, audio, out, max_seconds=max_seconds)
+        p = upload.preview(clip, audio, out, max_seconds=max_seconds)
         took = time.perf_counter() - t
         s = _streams(p)
         assert p.suffix == ".mp4" and p.parent == out and s["format"].startswith("mov,mp4")
         assert s["video"] == ["h264"] and s["audio"] == ["aac"], s
         assert abs(s["duration"] - want) < 0.15, (audio.name, max_seconds, s["duration"])
         assert took < 20
-    with av.open(str(demo.preview(clip, track, out))) as c:  # the track replaced the clip's own 440 Hz sine
+    with av.open(str(upload.preview(clip, track, out))) as c:  # the track replaced the clip's own 440 Hz sine
         x = np.concatenate([f.to_ndarray().mean(axis=0) for f in c.decode(audio=0)])
         rate = c.streams.audio[0].rate
     peak = int(np.argmax(np.abs(np.fft.rfft(x[:rate]))))  # 1 s of samples: bin k is k Hz
     assert abs(peak - 880) < 10, peak
     assert sorted(f.name for f in out.iterdir() if f.name.startswith(".")) == []  # no temp file left behind
-    again = demo.preview(clip, track, out)
-    assert again == demo.preview(clip, track, out) and len(list(out.iterdir())) == 3  # same inputs: the same file
-    with pytest.raises(demo.DemoError, match="no audio file for this track"):
-        demo.preview(clip, None, out)
+    again = upload.preview(clip, track, out)
+    assert again == upload.preview(clip, track, out) and len(list(out.iterdir())) == 3  # same inputs: the same file
+    with pytest.raises(upload.DemoError, match="no audio file for this track"):
+        upload.preview(clip, None, out)
 
 
 # --------------------------------------------------------------------------- the model card and a synthetic model (fast)
@@ -211,7 +211,7 @@ def test_the_card_says_how_the_model_handles_the_uploaders_taste(synthetic_rec: 
 
 def test_a_synthetic_model_cannot_rank_an_uploaded_clip(synthetic_rec: Any, tmp_path: Path) -> None:
     clip = media.make_clip(tmp_path / "clip.mp4", duration=1.0)
-    with pytest.raises(demo.DemoError, match="trained on SYNTHETIC feature vectors.*cannot rank an uploaded clip"):
+    with pytest.raises(upload.DemoError, match="trained on SYNTHETIC feature vectors.*cannot rank an uploaded clip"):
         demo.suggest(synthetic_rec, clip, 5)
 
 
@@ -394,10 +394,10 @@ def test_suggest_ranks_like_the_recommender_with_timings_notes_and_genre_mix(ser
     # longer than the limit: ranked on its first seconds, and the result says so
     capped = demo.suggest(rec, clip, 5, max_seconds=4)
     assert capped.notes == ["the clip is 10.0 s long: used the first 4 s"]
-    first = demo._first_seconds(demo.check_upload(clip, max_seconds=4), 4, tmp_path / "first4.mp4")
+    first = upload.first_seconds(upload.check_upload(clip, max_seconds=4), 4, tmp_path)
     assert [s.track for s in capped.suggestions] == [s.track for s in rec.recommend(first, k=5)]
     assert demo.suggest(rec, clip, 10_000).k == len(rec.catalog.tracks)  # k is capped at the catalog
-    with pytest.raises(demo.DemoError, match="k must be at least 1"):
+    with pytest.raises(upload.DemoError, match="k must be at least 1"):
         demo.suggest(rec, clip, 0)
 
 
@@ -407,8 +407,8 @@ def test_a_heavy_clip_and_one_of_unstated_length_are_served_with_their_previews(
     heavy = _heavy(tmp_path)
     page = service.respond(heavy, k=5)
     assert page.error is None and "takes long to decode" in " ".join(page.result.notes)
-    used = demo.check_upload(heavy).used_seconds
-    first = demo._first_seconds(demo.check_upload(heavy), used, tmp_path / "first.mp4")
+    used = upload.check_upload(heavy).used_seconds
+    first = upload.first_seconds(upload.check_upload(heavy), used, tmp_path)
     assert [s.track for s in page.result.suggestions] == [s.track for s in service.rec.recommend(first, k=5)]
     assert all(s.moment["length"] == used for s in page.result.suggestions)  # the moment fills the part that was ranked
     top = page.result.suggestions[0].audio
@@ -799,7 +799,7 @@ def test_only_checked_files_under_the_media_folder_are_served(app_url: str, serv
     assert demo.servable(link / "escape.mp4", link, "video") is None  # resolves out of it
     assert demo.servable(outside, root, "video") is None and demo.servable(root, root.parent, "audio") is None
     assert demo.servable(unlisted, root, "audio") is None  # a silent clip is no track
-    with pytest.raises(demo.DemoError, match="not a track of the served catalog"):
+    with pytest.raises(upload.DemoError, match="not a track of the served catalog"):
         service.preview(str(unlisted), str(outside))
 
 
@@ -858,7 +858,7 @@ def test_concurrent_requests_share_the_heavy_slots_and_are_all_answered(service:
         page = service.respond(path, 5)
         try:
             service.preview(path, track)
-        except demo.DemoError:
+        except upload.DemoError:
             pass
         answers.append(page.error or "ok")
 

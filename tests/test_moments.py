@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from deccm import demo, moments
+from deccm import moments, upload
 from deccm.moments import Moments, Projection, WindowSpec
 import media
 
@@ -136,7 +136,7 @@ def test_the_download_is_the_clip_with_its_moment_at_the_clip_exact_length(tmp_p
         m = loudness_moments([y])
         got = m.moment(0, np.array([1.0]), seconds)
         wav = moments.write_wav(tmp_path / f"moment-{seconds}.wav", moments.render(y, SR, got), SR)
-        out = demo.preview(clip, wav, tmp_path / "previews")
+        out = upload.preview(clip, wav, tmp_path / "previews")
         with av.open(str(out)) as c:
             v, a = c.streams.video[0], c.streams.audio[0]
             video_s = float(v.duration * v.time_base)
