@@ -100,21 +100,18 @@ def check_upload(path: str | os.PathLike | None, max_bytes: int = MAX_BYTES, max
                         f"fewer pixels or frames per second (1080p at 30 fps is ranked on its first "
                         f"{math.floor(DECODE_BUDGET_PX / (1920 * 1080 * 30) * 10) / 10:g} s).")
     if heavy is not None and heavy < min(duration or math.inf, max_seconds):
-        used = math.floor(heavy * 10) / 10
+        used: float | None = math.floor(heavy * 10) / 10
         capped = True
         notes.append(f"{info.width}x{info.height} at {info.fps:g} fps takes long to decode: used the first {used:g} s "
                      f"(a version with fewer pixels or frames per second is ranked on up to {max_seconds:g} s)")
-        return Upload(path=path, name=name, bytes=size, duration=duration, used_seconds=used, capped=capped,
-                      notes=tuple(notes), info=info)
-    capped = duration is None or duration > max_seconds
-    if duration is None:
+    elif duration is None:
+        used, capped = None, True
         notes.append(f"the clip does not state its length: at most its first {max_seconds:g} s are used")
-        used = None
-    elif capped:
+    elif duration > max_seconds:
+        used, capped = max_seconds, True
         notes.append(f"the clip is {duration:.1f} s long: used the first {max_seconds:g} s")
-        used = max_seconds
     else:
-        used = duration
+        used, capped = duration, False
     return Upload(path=path, name=name, bytes=size, duration=duration, used_seconds=used, capped=capped, notes=tuple(notes),
                   info=info)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -83,8 +84,6 @@ def test_train_config_reads_its_table_through_the_same_rules() -> None:
 
 
 def test_the_dag_readme_shows_the_settings_as_the_schema_declares_them() -> None:
-    from pathlib import Path
-
     readme = (Path(__file__).resolve().parents[1] / "dags" / "README.md").read_text()
     assert settings.table(Pipeline) in readme, "run `python -m deccm.pipeline defaults --markdown` and paste it in dags/README.md"
     assert all(f"| `{s.name}` |" in settings.table(Pipeline) for s in specs(Pipeline))
