@@ -87,7 +87,8 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
 
     Kept in --work per world and settings, so an interrupted study resumes with the next world."""
     cache = work / f"gate-study-{preset}-{strength}-s{seed}-e{epochs}-{cfg.metric}.json"
-    if cache.exists() and json.loads(cache.read_text())["gate"] == asdict(cfg):
+    key = {**asdict(cfg), "rule": "one-sided lower 95 % bound"}  # a cache of the older two-sided rule is recomputed
+    if cache.exists() and json.loads(cache.read_text())["gate"] == key:
         return json.loads(cache.read_text())["rows"]
     runs = _models(preset, seed, strength, work, epochs, device)
     ds = load_dataset(_gate_data(work, preset, seed, strength))
@@ -108,14 +109,14 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
                      "taste_R2": scored["taste_R2"], "reasons": decision["reasons"]})
         log.info("%s s%d %s -> %s: oracle %+.4f, gate %s (SNIPS %+.4f [%+.4f, %+.4f]), plain %s", strength, seed, champ, chal,
                  diff, decision["promote"], rows[-1]["snips"]["diff"], *rows[-1]["snips"]["ci95"], plain["promote"])
-    safeio.write_json(cache, {"gate": asdict(cfg), "rows": rows})
+    safeio.write_json(cache, {"gate": key, "rows": rows})
     return rows
 
 
 def summary(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
     out: dict[str, Any] = {"pairs": len(rows)}
     for r in rows:  # the interval alone, without floor and bias guard: which part of the rule decided
-        r["interval_promote"] = r["snips"]["ci95"][0] > margin
+        r["interval_promote"] = r["snips"]["lower95"] > margin
     for key in ("promote", "interval_promote", "plain_promote", "old_rule_promote"):
         both: dict[tuple[Any, ...], bool] = {}  # a pair agrees when both of its orders do
         for r in rows:
@@ -130,19 +131,19 @@ def summary(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
 def to_markdown(rows: list[dict[str, Any]], summ: dict[str, Any], metric: str) -> str:
     short = {ERASED: "erased", PLAIN: "plain", NODECONF: "w/o deconf"}
     yn = {True: "promote", False: "keep"}
-    lines = [f"| strength | seed | champion → challenger | oracle Δ {metric} | oracle says | gate: SNIPS Δ [95 %] | gate | agrees "
+    lines = [f"| strength | seed | champion → challenger | oracle Δ {metric} | oracle says | gate: SNIPS Δ [95 %], one-sided lower 95 % bound | gate | agrees "
              "| plain Δ [95 %] | gate on plain | old rule (val points) | taste R² champion / challenger |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s, p = r["snips"], r["plain"]
         lines.append(f"| {r['strength']} | {r['seed']} | {short[r['champion']]} → {short[r['challenger']]} | {r['oracle_diff']:+.3f} "
-                     f"| {yn[r['oracle_promote']]} | {s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}] | {yn[r['promote']]} "
+                     f"| {yn[r['oracle_promote']]} | {s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}], {s['lower95']:+.3f} | {yn[r['promote']]} "
                      f"| {'yes' if r['promote'] == r['oracle_promote'] else '**no**'} "
                      f"| {p['diff']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {yn[r['plain_promote']]} "
                      f"| {yn[r['old_rule_promote']]} | {r['taste_R2']['champion']:.2f} / {r['taste_R2']['challenger']:.2f} |")
     n, m = summ["pairs"], summ["n_pairs"]
     lines.append("")
-    names = {"promote": "the gate (SNIPS)", "interval_promote": "its SNIPS interval alone (no floor, no bias guard)",
+    names = {"promote": "the gate (SNIPS)", "interval_promote": "its SNIPS lower bound alone (no floor, no bias guard)",
              "plain_promote": "the same gate on the plain estimate", "old_rule_promote": "the old rule (val points, margin)"}
     lines.append("| rule | decisions agreeing with the oracle | pairs agreeing in both orders | harmful promotions |")
     lines.append("|---|---|---|---|")

@@ -5,7 +5,8 @@ early stopping saw; ``val`` only for datasets older than that split, with a warn
 the reasons). The decision rests on a paired bootstrap over clips of the per-row
 difference challenger − champion, not on two point estimates:
 
-- promote only when the lower 95 % bound of the difference clears ``margin``, the
+- promote only when the one-sided lower 95 % bound of the difference (its bootstrap
+  5th percentile) clears ``margin``, the
   challenger's value clears ``floor``, and the bias guard holds (no bias metric worse
   than the champion's by more than ``bias_tolerance``, in the metric's own direction
   from ``deccm.metrics.METRICS``);
@@ -46,7 +47,7 @@ class GateConfig:
 
     metric: str = "HR_w@10"  # one of GATE_METRICS (higher is better, per-row, in [0, 1])
     split: str = "gate"  # one of SPLITS
-    margin: float = 0.005  # the lower 95 % bound of challenger − champion must exceed this
+    margin: float = 0.005  # the one-sided lower 95 % bound of challenger − champion must exceed this
     floor: float = 0.15  # absolute floor of the challenger's metric (chance HR@10 is 10/101 = 0.099)
     bias_tolerance: float = 0.05  # a bias metric may be worse than the champion's by at most this
     n_boot: int = 2000  # bootstrap resamples of the paired difference
@@ -94,15 +95,21 @@ def inverse_propensities(ds: Dataset, split: str) -> np.ndarray | None:
 
 def paired(challenger: np.ndarray, champion: np.ndarray, weights: np.ndarray | None, clips: np.ndarray,
            n_boot: int, seed: int) -> dict[str, Any]:
-    """Weighted means of both and of their per-row difference, with a 95 % bootstrap interval over clips."""
+    """Weighted means of both and of their per-row difference, with bootstrap bounds over clips.
+
+    ``ci95`` is the two-sided 95 % interval (reported); ``lower95`` the one-sided lower 95 %
+    bound, the 5th percentile of the same resamples, which decides: the question is one-sided
+    (is the challenger better?), and the two-sided interval's lower end would be a 97.5 % bound.
+    """
     a, b = np.asarray(challenger, np.float64), np.asarray(champion, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"the models were scored on different rows ({a.shape} vs {b.shape}): a paired comparison needs the same rows")
     w = np.ones_like(a) if weights is None else np.asarray(weights, np.float64)
     d = a - b
     lo, hi = metrics.bootstrap_ci(d, w, n_boot=n_boot, seed=seed, groups=clips)
+    lower, _ = metrics.bootstrap_ci(d, w, n_boot=n_boot, seed=seed, groups=clips, level=0.90)  # the same resamples
     return {"challenger": float(w @ a / w.sum()), "champion": float(w @ b / w.sum()), "diff": float(w @ d / w.sum()),
-            "ci95": [lo, hi], "clips": int(len(np.unique(clips))), "rows": int(len(d))}
+            "ci95": [lo, hi], "lower95": lower, "clips": int(len(np.unique(clips))), "rows": int(len(d))}
 
 
 def compare(ds: Dataset, split: str, challenger: SplitResult, champion: SplitResult, cfg: GateConfig) -> dict[str, Any]:
@@ -176,9 +183,10 @@ def decide(scored: dict[str, Any], cfg: GateConfig = GateConfig(), notes: tuple[
         reasons.append("no comparable champion: the floor decides")
     else:
         lo, hi = est["ci95"]
-        text = (f"{cfg.metric} challenger − champion = {est['diff']:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}] "
+        text = (f"{cfg.metric} challenger − champion = {est['diff']:+.4f}, 95 % interval [{lo:+.4f}, {hi:+.4f}], "
+                f"one-sided lower 95 % bound {est['lower95']:+.4f} "
                 f"(paired bootstrap over clips, {cfg.n_boot} resamples, seed {cfg.seed})")
-        if lo > cfg.margin:
+        if est["lower95"] > cfg.margin:
             reasons.append(f"{text}: the lower bound clears the margin {cfg.margin}")
         else:
             ok = False

@@ -266,7 +266,7 @@ class Pipeline:
     gate_metric: str = setting("HR_w@10", "gate: primary metric (higher is better, per row, in [0, 1])", choices=GATE_METRICS)
     gate_split: str = setting("gate", "gate: held-out split both models are scored on (gate; val for older datasets; "
                               "never test or its oracle)", choices=GATE_SPLITS)
-    gate_margin: float = setting(0.005, "gate: the lower 95 % bound of challenger minus champion must exceed this",
+    gate_margin: float = setting(0.005, "gate: the one-sided lower 95 % bound of challenger minus champion must exceed this",
                                  minimum=0.0, maximum=1.0)
     gate_floor: float = setting(0.15, "gate: absolute floor of the primary metric (chance HR@10 is 0.099)",
                                 minimum=0.0, maximum=1.0)

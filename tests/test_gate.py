@@ -102,6 +102,8 @@ def test_paired_bootstrap_sees_what_point_estimates_hide() -> None:
     better = np.where(rng.random(400) < 0.3, 1.0, champ)  # a real gain of about +0.18
     q = gate.paired(better, champ, None, np.arange(400), n_boot=2000, seed=0)
     assert q["ci95"][0] > 0.1 and q["diff"] == pytest.approx(better.mean() - champ.mean())
+    # the one-sided lower 95 % bound (5th percentile) lies inside the two-sided interval, above its 2.5th percentile
+    assert q["ci95"][0] < q["lower95"] < q["diff"] and p["ci95"][0] < p["lower95"] < p["diff"] + 1e-12
     # the same rows counted ten times per clip: resampling clips keeps the interval as wide as 400 clips allow
     rep = gate.paired(np.repeat(noisy, 10), np.repeat(champ, 10), None, np.repeat(np.arange(400), 10), 2000, 0)
     assert rep["ci95"][1] - rep["ci95"][0] == pytest.approx(p["ci95"][1] - p["ci95"][0], rel=0.2)
@@ -132,7 +134,7 @@ def test_score_and_decide_on_confounded_rows(tiny_dataset: Path) -> None:
     comp = scored["comparison"]
     assert comp["deciding"] == "snips" and set(scored["taste_R2"]) == {"challenger", "champion"}
     d = gate.decide(scored, cfg)
-    lo = comp["snips"]["ci95"][0]
+    lo = comp["snips"]["lower95"]
     assert d["promote"] is (lo > 0 and all("holds" in r for r in d["reasons"] if r.startswith("bias guard")))
     assert any("self-normalised IPS" in r for r in d["reasons"]) and any("taste probe" in r for r in d["reasons"])
     assert gate.decide(scored, cfg) == d  # the same inputs: the same decision
@@ -154,7 +156,8 @@ def test_first_model_faces_the_floor_alone_and_notes_lead_the_reasons(tiny_datas
 def test_bias_guard_reads_directions_from_the_table() -> None:
     cfg = gate.GateConfig(floor=0.0, margin=0.0, bias_tolerance=0.05)
     comp = {"metric": "HR_w@10", "split": "gate", "deciding": "plain",
-            "plain": {"challenger": 0.5, "champion": 0.3, "diff": 0.2, "ci95": [0.1, 0.3], "clips": 100, "rows": 100}}
+            "plain": {"challenger": 0.5, "champion": 0.3, "diff": 0.2, "ci95": [0.1, 0.3], "lower95": 0.12,
+                      "clips": 100, "rows": 100}}
     champ = {"genre_KL@10": 0.20, "top_genre_share@10": 0.40}
     less_biased = gate.decide({"comparison": comp, "challenger": {"genre_KL@10": 0.05, "top_genre_share@10": 0.20},
                                "champion": champ}, cfg)
@@ -162,6 +165,16 @@ def test_bias_guard_reads_directions_from_the_table() -> None:
     more_biased = gate.decide({"comparison": comp, "challenger": {"genre_KL@10": 0.30, "top_genre_share@10": 0.40},
                                "champion": champ}, cfg)
     assert not more_biased["promote"] and any("genre_KL@10 0.3000 is worse" in r for r in more_biased["reasons"])
+
+
+def test_the_one_sided_lower_bound_decides() -> None:
+    cfg = gate.GateConfig(floor=0.0, margin=0.005)
+    est = {"challenger": 0.5, "champion": 0.4, "diff": 0.1, "ci95": [-0.01, 0.21], "clips": 100, "rows": 100}
+    scored = {"challenger": {}, "champion": {}, "comparison": {"metric": "HR_w@10", "split": "gate", "deciding": "plain"}}
+    clears = gate.decide({**scored, "comparison": {**scored["comparison"], "plain": {**est, "lower95": 0.01}}}, cfg)
+    assert clears["promote"] and any("one-sided lower 95 % bound +0.0100" in r and "clears the margin" in r for r in clears["reasons"])
+    short = gate.decide({**scored, "comparison": {**scored["comparison"], "plain": {**est, "lower95": 0.004}}}, cfg)
+    assert not short["promote"] and any("does not clear the margin" in r for r in short["reasons"])
 
 
 # --------------------------------------------------------------------------- the pipeline's use
