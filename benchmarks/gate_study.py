@@ -87,7 +87,8 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
 
     Kept in --work per world and settings, so an interrupted study resumes with the next world."""
     cache = work / f"gate-study-{preset}-{strength}-s{seed}-e{epochs}-{cfg.metric}.json"
-    key = {**asdict(cfg), "rule": "one-sided lower 95 % bound"}  # a cache of the older two-sided rule is recomputed
+    # a cache of an older rule (two-sided bound, genre_KL against the logged mix) is recomputed
+    key = {**asdict(cfg), "rule": "one-sided lower 95 % bound; genre_KL against the taste-free mix"}
     if cache.exists() and json.loads(cache.read_text())["gate"] == key:
         return json.loads(cache.read_text())["rows"]
     runs = _models(preset, seed, strength, work, epochs, device)

@@ -13,7 +13,9 @@ difference challenger − champion, not on two point estimates:
 - where the split has uploaders and priors (logged, confounded choices), the deciding
   estimate is self-normalised IPS with the logged propensities (each row's metric weight
   divided by its propensity e_i), which estimates the score under choices free of the uploader's taste;
-  the plain estimate and both models' taste probes are recorded beside it.
+  the plain estimate and both models' taste probes are recorded beside it. There the bias
+  guard's ``genre_KL@10`` is measured against the same taste-free estimate of the genre
+  mix (positives weighted by 1/e_i), not against the logged mix, which carries the taste.
 
 :class:`GateConfig` validates its own bounds, so settings from any caller (DAG params,
 an asset event, a test) are checked in one place; its numeric bounds and the metrics and splits it
@@ -132,13 +134,14 @@ def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, 
     same estimator a comparison would.
     """
     res_a = evaluate_split(challenger, ds, split)
-    out: dict[str, Any] = {"split": split, "challenger": _values(res_a), "champion": None}
+    inv = inverse_propensities(ds, split)
+    out: dict[str, Any] = {"split": split, "challenger": _values(res_a, ds, split, inv), "champion": None}
     probe = ds.ugc.train.uploader is not None or ds.truth is not None
     if champion is None:
         out["comparison"] = compare(ds, split, res_a, res_a, cfg)  # the difference is 0; the challenger's estimates count
     else:
         res_b = evaluate_split(champion, ds, split)
-        out["champion"] = _values(res_b)
+        out["champion"] = _values(res_b, ds, split, inv)
         out["comparison"] = compare(ds, split, res_a, res_b, cfg)
     if probe:
         out["taste_R2"] = {"challenger": taste_probe(challenger, ds, split)}
@@ -147,8 +150,22 @@ def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, 
     return out
 
 
-def _values(res: SplitResult) -> dict[str, float]:
-    return {k: float(v) for k, v in res.values.items()}
+def _values(res: SplitResult, ds: Dataset, split: str, inv: np.ndarray | None) -> dict[str, float]:
+    """Point values; on logged rows with propensities, ``genre_KL@10`` is measured against the taste-free genre mix.
+
+    The plain genre_KL compares a model's top-10 genres with the split's positives, and logged positives carry the
+    uploaders' taste: against that mix the model that learned the taste looks calibrated. The bias guard reads the
+    mix those choices would have without the taste instead, each positive weighted by 1/e_i like the deciding
+    estimate; the logged-mix value is kept as ``genre_KL@10_logged``.
+    """
+    out = {k: float(v) for k, v in res.values.items()}
+    kl = "genre_KL@10"
+    if inv is not None and kl in out and res.top is not None and ds.ugc.music_genre is not None:
+        genre = ds.ugc.music_genre
+        mix = np.bincount(genre[split_rows(ds, split).music], weights=inv, minlength=ds.n_genres)[None, :]  # (1, G)
+        out[f"{kl}_logged"] = out[kl]
+        out[kl] = metrics.calibration_kl(mix, genre[res.top[:, :10]].reshape(1, -1), ds.n_genres)
+    return out
 
 
 # --------------------------------------------------------------------------- the decision
@@ -198,11 +215,12 @@ def decide(scored: dict[str, Any], cfg: GateConfig = GateConfig(), notes: tuple[
             a, b = scored["challenger"].get(m), champion.get(m)
             if a is None or b is None:
                 continue
+            ref = " (against the taste-free genre mix, positives weighted by 1/e)" if f"{m}_logged" in champion else ""
             if metrics.worse_by(m, a, b) > cfg.bias_tolerance:
                 ok = False
-                reasons.append(f"bias guard: {m} {a:.4f} is worse than the champion's {b:.4f} by more than {cfg.bias_tolerance}")
+                reasons.append(f"bias guard: {m}{ref} {a:.4f} is worse than the champion's {b:.4f} by more than {cfg.bias_tolerance}")
             else:
-                reasons.append(f"bias guard: {m} {a:.4f} vs champion {b:.4f} holds")
+                reasons.append(f"bias guard: {m}{ref} {a:.4f} vs champion {b:.4f} holds")
     probe = scored.get("taste_R2")
     if probe:
         reasons.append("taste probe R² (recorded, not deciding): " + ", ".join(f"{k} {v:.3f}" for k, v in probe.items()))

@@ -167,6 +167,29 @@ def test_bias_guard_reads_directions_from_the_table() -> None:
     assert not more_biased["promote"] and any("genre_KL@10 0.3000 is worse" in r for r in more_biased["reasons"])
 
 
+def test_bias_guard_measures_genre_kl_against_the_taste_free_mix(tiny_dataset: Path) -> None:
+    """On logged rows the positives' genre mix carries the uploaders' taste; the guard reads the 1/e-weighted mix."""
+    ds = load_dataset(tiny_dataset)
+    rows = ds.ugc.gate
+    genre = ds.ugc.music_genre
+    logged = np.bincount(genre[rows.music], minlength=ds.n_genres) / len(rows)
+    inv = gate.inverse_propensities(ds, "gate")
+    taste_free = np.bincount(genre[rows.music], weights=inv, minlength=ds.n_genres) / inv.sum()
+    favoured = int(np.argmax(logged - taste_free))  # the genre the taste over-represents in the logs
+    assert logged[favoured] > taste_free[favoured]
+    only = torch.tensor((genre == favoured).astype(np.float32))[:, None]  # every top-10 slot in that genre
+    follows_taste = Ranker("follows the taste", lambda x: torch.ones(len(x), 1), lambda x, o=only: o + 1e-3 * torch.rand(len(x), 1))
+    cfg = gate.GateConfig(floor=0.0, margin=0.0)
+    scored = gate.score(ds, "gate", follows_taste, _linear("b", ds, 2), cfg)
+    mine = scored["challenger"]
+    assert mine["genre_KL@10_logged"] == pytest.approx(evaluate_split(follows_taste, ds, "gate").values["genre_KL@10"])
+    top = evaluate_split(follows_taste, ds, "gate").top[:, :10]
+    assert mine["genre_KL@10"] == pytest.approx(metrics.calibration_kl(taste_free[None], genre[top].reshape(1, -1), ds.n_genres))
+    assert mine["genre_KL@10"] > mine["genre_KL@10_logged"]  # against the logged mix, following the taste looks calibrated
+    d = gate.decide(scored, cfg)
+    assert any(r.startswith("bias guard: genre_KL@10 (against the taste-free genre mix") for r in d["reasons"])
+
+
 def test_the_one_sided_lower_bound_decides() -> None:
     cfg = gate.GateConfig(floor=0.0, margin=0.005)
     est = {"challenger": 0.5, "champion": 0.4, "diff": 0.1, "ci95": [-0.01, 0.21], "clips": 100, "rows": 100}
