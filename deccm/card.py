@@ -38,7 +38,7 @@ def model_card(rec: Recommender, evaluation: dict[str, Any] | None = None) -> di
                      "teacher": (conf.teacher or {}).get("name"), "code_version": conf.code_version},
         "confounder": {
             "uploader_taste_in_data": confounder.get("available", conf.synthetic or None),
-            "handling": _taste_handling(conf.model),
+            "handling": _taste_handling(conf.model, conf.blend),
         },
         "evaluation": evaluation or {},
         "catalog": {"tracks": len(rec.catalog.tracks), "genres": rec.catalog.genres, "genre_mix": rec.catalog.genre_mix(),
@@ -57,13 +57,13 @@ def _moments_card(rec: Recommender) -> dict[str, Any] | None:
             "projection_r2": round(m.projection.r2, 3), "rule": "docs/method.md §11 (Moments)"}
 
 
-
-
-def _taste_handling(model: ModelConfig) -> str:
+def _taste_handling(model: ModelConfig, blend: dict[str, Any] | None = None) -> str:
     """What the model does about the uploader's genre taste, in words for the model card."""
     if model.ridge_blend > 0:
+        a, b = blend["weights"] if blend else (1.0, model.ridge_blend)
+        how = f", chosen on {blend['chosen_on']}" if blend else ""
         return (_taste_handling(model.replace(ridge_blend=0.0)) + f"; a closed-form ridge map with the same erasure rides "
-                f"along, and each score adds its cosine times {model.ridge_blend:g}")
+                f"along, and each score is {a:g} × the student's cosine + {b:g} × the ridge cosine{how}")
     if model.erase_taste and model.erase_residual:
         return ("erased beyond content: only the part of the uploader's genre taste that the video's content (the "
                 "directions that predict the music's genre on PGC pairs) does not explain is linearly removed from the video "

@@ -134,6 +134,7 @@ class RunConfig:
     best_val: float | None = None
     finished: bool = False
     code_version: str = ""
+    blend: dict[str, Any] | None = None  # a blend student's (student, ridge) weights, chosen on PGC val (train.py)
 
     @property
     def mode(self) -> str:

@@ -299,8 +299,11 @@ def train(kind: Kind, data: str | Path | None = None, out: str | Path | None = N
         stale = 0 if improved else stale + 1
         stop = bool(train_cfg.patience) and stale >= train_cfg.patience
         conf.finished = stop or epoch == train_cfg.epochs - 1
+        chosen = conf.finished and isinstance(model, DecCMStudent) and model.ridge is not None and ds.pgc is not None
+        if chosen:  # in the same save as the last epoch: a finished blend always has its weights
+            best_model, conf.blend = _choose_blend(model, best_model, ds, device)
         if main:
-            run_dir = _save(run_dir, out, conf, model, opt.state_dict(), best_model, improved)
+            run_dir = _save(run_dir, out, conf, model, opt.state_dict(), best_model, improved or chosen)
         log.info("epoch %d/%d loss %.4f val %s@%d %.4f%s (%.0f rows/s)", epoch + 1, train_cfg.epochs, entry["loss"],
                  "HR" if kind == "teacher" else "HR_w", train_cfg.eval_k, val, " *best*" if improved else "", entry["rows_per_s"])
         if on_epoch_end is not None and main:
@@ -423,6 +426,40 @@ def _fit_ridge_part(ridge: RidgeMatcher, rows: _Batches, pgc: tuple[torch.Tensor
     val, lam = max(scored)
     _load_ridge(ridge, solver, lam, rows, pgc)
     log.info("blend: ridge part λ=%.3g (val HR_w@%d %.4f by itself)", lam, k, val)
+
+
+# (student, ridge) weights a blend may take: from the student alone to the ridge map alone, equal say in the middle
+BLEND_GRID: tuple[tuple[float, float], ...] = ((1.0, 0.0), (1.0, 0.25), (1.0, 0.5), (1.0, 1.0), (0.5, 1.0), (0.25, 1.0), (0.0, 1.0))
+BLEND_K = 10
+
+
+def _choose_blend(model: DecCMStudent, best_model: dict[str, torch.Tensor], ds: Dataset,
+                  device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The blend's (student, ridge) weights for its best epoch: the highest full-catalog Recall@10 on the PGC val pairs.
+
+    PGC pairs carry no uploader, so their choices are content alone: the split says which part matches content better
+    without the oracle (UGC val is drawn like the logs and rewards the taste). Ties go to the weights nearest equal say.
+    The best epoch's weights get the choice; the live model is left as it was. docs/method.md §5.4.
+    """
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_model)
+    model.eval()
+    p = ds.pgc
+    ranker = Ranker("blend", model.video_embed, model.music_embed, device)
+    equal = BLEND_GRID.index((1.0, 1.0))
+    recall = {}
+    for i, ab in enumerate(BLEND_GRID):
+        model.blend.copy_(torch.tensor(ab))
+        ranks = metrics.catalog_rank(ranker.scores(p.segment_features[p.val.segment], p.music_features), p.val.music)
+        recall[i] = metrics.recall_at_k(ranks, BLEND_K)
+    best = max(recall, key=lambda i: (recall[i], -abs(i - equal)))
+    model.blend.copy_(torch.tensor(BLEND_GRID[best]))
+    chosen = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(live)
+    log.info("blend: weights (student, ridge) = %s, PGC val Recall@%d %.4f (equal weights: %.4f)", BLEND_GRID[best], BLEND_K,
+             recall[best], recall[equal])
+    return chosen, {"weights": list(BLEND_GRID[best]), "chosen_on": f"PGC val Recall@{BLEND_K}",
+                    "pgc_val_recall": {f"{a:g}:{b:g}": recall[i] for i, (a, b) in enumerate(BLEND_GRID)}}
 
 
 # --------------------------------------------------------------------------- CLI

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,38 @@ def test_erasing_beyond_content_without_erasure_is_refused_with_the_fix(tiny_dat
     with pytest.raises(TrainingError, match="erase_residual.*Fix"):
         train("student", tiny_dataset, tmp_path / "r", ModelConfig.for_mode("fixed", distill="off", erase_residual=True),
               TrainConfig(epochs=1, device="cpu"), variant="custom")
+
+
+def test_blend_weights_are_chosen_on_pgc_val_and_served(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
+    """A finished blend carries the (student, ridge) weights with the best PGC-val Recall@10 of the grid; the served
+    vectors use them; a checkpoint from before the choice loads with equal say."""
+    from deccm import metrics
+    from deccm.data import load_dataset
+    from deccm.serve import load_ranker
+    from deccm.train import BLEND_GRID, VARIANTS
+
+    out = train("student", tiny_dataset, tmp_path / "blend", ModelConfig.for_mode("fixed", **VARIANTS["blend"]), FAST,
+                teacher=teacher_run, variant="blend")
+    conf = read_config(out)
+    chosen = tuple(conf.blend["weights"])
+    assert chosen in BLEND_GRID and conf.blend["chosen_on"] == "PGC val Recall@10"
+    ds = load_dataset(tiny_dataset)
+    model, _ = load_for_inference(out)
+    assert tuple(model.blend.tolist()) == chosen
+    p = ds.pgc
+    recall = {}
+    for ab in BLEND_GRID:  # recomputed from the served model: the choice is the best of the grid
+        model.blend.copy_(torch.tensor(ab))
+        q = model.video_embed(torch.as_tensor(p.segment_features[p.val.segment])) @ model.music_embed(torch.as_tensor(p.music_features)).T
+        recall[ab] = metrics.recall_at_k(metrics.catalog_rank(q.numpy(), p.val.music), 10)
+    assert recall[chosen] == max(recall.values()) == pytest.approx(conf.blend["pgc_val_recall"][f"{chosen[0]:g}:{chosen[1]:g}"])
+    served = load_ranker(out)
+    x = p.segment_features[p.val.segment][:4]
+    model.blend.copy_(torch.tensor(chosen))
+    assert torch.allclose(torch.as_tensor(served.video_vectors(x)), model.video_embed(torch.as_tensor(x)), atol=1e-6)
+    old = tmp_path / "older"  # a blend saved before the choice existed loads with equal say
+    shutil.copytree(out, old)
+    ckpt = torch.load(old / "best.pt", weights_only=True, map_location="cpu")
+    del ckpt["model"]["blend"]
+    torch.save(ckpt, old / "best.pt")
+    assert load_for_inference(old)[0].blend.tolist() == [1.0, 1.0]

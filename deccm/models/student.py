@@ -5,6 +5,8 @@ Shapes: B batch, G genres, D latent.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -78,9 +80,12 @@ class DecCMStudent(nn.Module):
             self.register_buffer("erase_mean", torch.zeros(dim))
             self.register_buffer("erase_map", torch.zeros(dim, dim))
         # ridge_blend: the linear map of deccm.models.ridge, fitted in closed form before training (train.py);
-        # its vectors are appended to the student's, so a score is the student's plus w times the ridge cosine.
-        # Each part has its own eraser (measured better than one joint eraser: docs/results.md).
+        # its vectors are appended to the student's, so a score is a·(student's) + b·(ridge cosine). Each part has its
+        # own eraser (measured better than one joint eraser: docs/results.md). (a, b) starts at (1, ridge_blend) and is
+        # chosen on the PGC val pairs once training ends (train.py, docs/method.md §5.4); stored with the weights.
         self.ridge = RidgeMatcher(cfg) if cfg.ridge_blend > 0 else None
+        if self.ridge is not None:
+            self.register_buffer("blend", torch.tensor([1.0, cfg.ridge_blend]))
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
@@ -144,9 +149,15 @@ class DecCMStudent(nn.Module):
     def video_embed(self, x_v: torch.Tensor, erased: bool = True) -> torch.Tensor:
         """q = μ_v (§6): no uploader information needed; [μ_v ; 1] when a per-track taste term exists;
         with ``erase_taste`` the uploader prior's linear information is removed (``erased=False`` skips that);
-        with ``ridge_blend`` w, [q ; w·q_ridge]."""
+        with ``ridge_blend``, [a·q ; b·q_ridge], (a, b) the ``blend`` weights."""
         q = self._own_video(x_v, erased)
-        return q if self.ridge is None else torch.cat([q, self.cfg.ridge_blend * self.ridge.video_embed(x_v, erased)], dim=1)
+        return q if self.ridge is None else torch.cat([self.blend[0] * q, self.blend[1] * self.ridge.video_embed(x_v, erased)], dim=1)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a blend saved before its weights were chosen on PGC val scored with (1, ridge_blend): load it as such
+        if self.ridge is not None:
+            state_dict.setdefault(prefix + "blend", torch.tensor([1.0, self.cfg.ridge_blend]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _own_video(self, x_v: torch.Tensor, erased: bool) -> torch.Tensor:
         q = self.vae.enc_v(x_v)[0]
