@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from deccm.data import load_dataset
-from deccm.serve import popularity_ranker
+from deccm.serve import Catalog, Recommender, popularity_ranker
 
 
 def test_popularity_ranker_ranks_most_picked_tracks_first(tiny_dataset: Path) -> None:
@@ -89,10 +89,8 @@ def test_recommend_cli_on_features_only_run_says_why(student_run: Path, tmp_path
 LICENCES = ("GPL-2+", "CC-BY-SA-3.0", "", "public-domain", "Drascula-License", "CC-BY-NC-4.0", "MIT")  # cycled over the catalog
 
 
-def licensed(rec: "Recommender", licences: tuple[str, ...] = LICENCES) -> "Recommender":
+def licensed(rec: Recommender, licences: tuple[str, ...] = LICENCES) -> Recommender:
     """The same model over a copy of its catalog whose tracks cycle through ``licences`` (with a copyright each)."""
-    from deccm.serve import Catalog, Recommender
-
     c = rec.catalog
     tracks = [{**t, "licence": licences[i % len(licences)], "copyright": f"{2000 + i % 20} Holder {i}"}
               for i, t in enumerate(c.tracks)]
@@ -171,8 +169,6 @@ def test_bundle_keeps_licences_and_reads_older_bundles_from_their_data(student_r
     import json
 
     from deccm.card import card_markdown
-    from deccm.serve import Catalog, Recommender
-
     rec = Recommender.from_run(student_run, device="cpu", extractor=False)
     csv_licences = [r["licence"] for r in load_dataset(rec.run.data_path).tracks]
     assert [t["licence"] for t in rec.catalog.tracks] == csv_licences  # tracks.csv → Catalog.tracks
