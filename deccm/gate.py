@@ -134,14 +134,14 @@ def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, 
     same estimator a comparison would.
     """
     res_a = evaluate_split(challenger, ds, split)
-    inv = inverse_propensities(ds, split)
-    out: dict[str, Any] = {"split": split, "challenger": _values(res_a, ds, split, inv), "champion": None}
+    mix = _taste_free_genre_mix(ds, split)
+    out: dict[str, Any] = {"split": split, "challenger": _values(res_a, ds, mix), "champion": None}
     probe = ds.ugc.train.uploader is not None or ds.truth is not None
     if champion is None:
         out["comparison"] = compare(ds, split, res_a, res_a, cfg)  # the difference is 0; the challenger's estimates count
     else:
         res_b = evaluate_split(champion, ds, split)
-        out["champion"] = _values(res_b, ds, split, inv)
+        out["champion"] = _values(res_b, ds, mix)
         out["comparison"] = compare(ds, split, res_a, res_b, cfg)
     if probe:
         out["taste_R2"] = {"challenger": taste_probe(challenger, ds, split)}
@@ -150,21 +150,26 @@ def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, 
     return out
 
 
-def _values(res: SplitResult, ds: Dataset, split: str, inv: np.ndarray | None) -> dict[str, float]:
-    """Point values; on logged rows with propensities, ``genre_KL@10`` is measured against the taste-free genre mix.
+def _taste_free_genre_mix(ds: Dataset, split: str) -> np.ndarray | None:
+    """(1, G) genre mix of the split's positives, each weighted by 1/e_i like the deciding SNIPS; None without propensities.
 
-    The plain genre_KL compares a model's top-10 genres with the split's positives, and logged positives carry the
-    uploaders' taste: against that mix the model that learned the taste looks calibrated. The bias guard reads the
-    mix those choices would have without the taste instead, each positive weighted by 1/e_i like the deciding
-    estimate; the logged-mix value is kept as ``genre_KL@10_logged``.
+    Logged positives carry the uploaders' taste: against their plain mix the model that learned the taste looks
+    calibrated. This is the mix those choices would have without the taste, the bias guard's reference for genre_KL.
     """
+    inv = inverse_propensities(ds, split)
+    if inv is None:
+        return None
+    return np.bincount(ds.ugc.music_genre[split_rows(ds, split).music], weights=inv, minlength=ds.n_genres)[None, :]
+
+
+def _values(res: SplitResult, ds: Dataset, mix: np.ndarray | None) -> dict[str, float]:
+    """Point values; with a taste-free ``mix``, ``genre_KL@10`` is measured against it (the logged-mix value is kept
+    as ``genre_KL@10_logged``)."""
     out = {k: float(v) for k, v in res.values.items()}
     kl = "genre_KL@10"
-    if inv is not None and kl in out and res.top is not None and ds.ugc.music_genre is not None:
-        genre = ds.ugc.music_genre
-        mix = np.bincount(genre[split_rows(ds, split).music], weights=inv, minlength=ds.n_genres)[None, :]  # (1, G)
+    if mix is not None and kl in out and res.top is not None:
         out[f"{kl}_logged"] = out[kl]
-        out[kl] = metrics.calibration_kl(mix, genre[res.top[:, :10]].reshape(1, -1), ds.n_genres)
+        out[kl] = metrics.calibration_kl(mix, ds.ugc.music_genre[res.top[:, :10]].reshape(1, -1), ds.n_genres)
     return out
 
 

@@ -169,6 +169,7 @@ def test_bundle_keeps_licences_and_reads_older_bundles_from_their_data(student_r
     import json
 
     from deccm.card import card_markdown
+
     rec = Recommender.from_run(student_run, device="cpu", extractor=False)
     csv_licences = [r["licence"] for r in load_dataset(rec.run.data_path).tracks]
     assert [t["licence"] for t in rec.catalog.tracks] == csv_licences  # tracks.csv → Catalog.tracks

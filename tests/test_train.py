@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from deccm import metrics
+from deccm.data import load_dataset
 from deccm.models import ModelConfig, DecCMStudent
 from deccm.runs import RunError, load_for_inference, read_config
-from deccm.train import TrainConfig, TrainingError, train
+from deccm.serve import load_ranker
+from deccm.train import BLEND_GRID, VARIANTS, TrainConfig, TrainingError, train
 
 FAST = TrainConfig(epochs=3, batch_size=64, seed=7, device="cpu")
 
@@ -196,11 +199,6 @@ def test_erasing_beyond_content_without_erasure_is_refused_with_the_fix(tiny_dat
 def test_blend_weights_are_chosen_on_pgc_val_and_served(tiny_dataset: Path, teacher_run: Path, tmp_path: Path) -> None:
     """A finished blend carries the (student, ridge) weights with the best PGC-val Recall@10 of the grid; the served
     vectors use them; a checkpoint from before the choice loads with equal say."""
-    from deccm import metrics
-    from deccm.data import load_dataset
-    from deccm.serve import load_ranker
-    from deccm.train import BLEND_GRID, VARIANTS
-
     out = train("student", tiny_dataset, tmp_path / "blend", ModelConfig.for_mode("fixed", **VARIANTS["blend"]), FAST,
                 teacher=teacher_run, variant="blend")
     conf = read_config(out)
