@@ -63,11 +63,12 @@ MODELS: list[tuple[str, str, str, str, str | None]] = [
     ("student w/o deconfounding", "student", "fixed", "no-deconf", "fixed"),
     ("IPS matching", "student", "fixed", "ips", None),
     ("ridge regression", "student", "fixed", "ridge", None),
+    ("ridge regression, taste erased", "student", "fixed", "ridge-erased", None),
     ("ridge regression, taste erased beyond content", "student", "fixed", "ridge-erased-residual", None),
     ("student, taste adversary", "student", "fixed", "adversarial", "fixed"),
     ("student, taste erased", "student", "fixed", "erased", "fixed"),
     ("student, taste erased beyond content", "student", "fixed", "erased-residual", "fixed"),
-    ("blend: student + ridge, taste erased beyond content", "student", "fixed", "blend", "fixed"),
+    ("blend: student (taste erased beyond content) + ridge (taste erased)", "student", "fixed", "blend", "fixed"),
     ("popularity", "popularity", "-", "-", None),
 ]
 TWIN = "plain matching, unconfounded logs (ceiling)"

@@ -62,7 +62,8 @@ def _taste_handling(model: ModelConfig, blend: dict[str, Any] | None = None) -> 
     if model.ridge_blend > 0:
         a, b = blend["weights"] if blend else (1.0, model.ridge_blend)
         how = f", chosen on {blend['chosen_on']}" if blend else ""
-        return (_taste_handling(model.replace(ridge_blend=0.0)) + f"; a closed-form ridge map with the same erasure rides "
+        erasure = "all of the taste erased" if model.ridge_erase_all and model.erase_taste else "the same erasure"
+        return (_taste_handling(model.replace(ridge_blend=0.0)) + f"; a closed-form ridge map with {erasure} rides "
                 f"along, and each score is {a:g} × the student's cosine + {b:g} × the ridge cosine{how}")
     if model.erase_taste and model.erase_residual:
         return ("erased beyond content: only the part of the uploader's genre taste that the video's content (the "

@@ -13,6 +13,7 @@ import torch
 from deccm import metrics
 from deccm.data import load_dataset
 from deccm.models import ModelConfig, DecCMStudent
+from deccm.models.erasure import erase
 from deccm.runs import RunError, load_for_inference, read_config
 from deccm.serve import load_ranker
 from deccm.train import BLEND_GRID, VARIANTS, TrainConfig, TrainingError, train
@@ -218,6 +219,18 @@ def test_blend_weights_are_chosen_on_pgc_val_and_served(tiny_dataset: Path, teac
     x = p.segment_features[p.val.segment][:4]
     model.blend.copy_(torch.tensor(chosen))
     assert torch.allclose(torch.as_tensor(served.video_vectors(x)), model.video_embed(torch.as_tensor(x)), atol=1e-6)
+    # the ridge part erases all of the taste (the student part only the taste beyond content): no linear trace of the
+    # training rows' uploader priors is left in its vectors before they are normalised
+    t = ds.ugc.train
+    r = model.ridge
+    raw = ((torch.as_tensor(ds.ugc.video_features[t.video]) - r.x_mean) / r.x_std) @ r.weight
+    z = torch.as_tensor(t.prior, dtype=torch.float32)
+
+    def taste_cov(v: torch.Tensor) -> float:
+        return ((v - v.mean(0)).T @ (z - z.mean(0)) / len(v)).abs().max().item()
+
+    assert model.cfg.erase_residual and not r.cfg.erase_residual
+    assert taste_cov(erase(raw, r.erase_mean, r.erase_map)) < 1e-3 * taste_cov(raw)
     old = tmp_path / "older"  # a blend saved before the choice existed loads with equal say
     shutil.copytree(out, old)
     ckpt = torch.load(old / "best.pt", weights_only=True, map_location="cpu")

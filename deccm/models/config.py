@@ -47,6 +47,7 @@ class ModelConfig:
     erase_taste: bool = False  # erase the uploader prior's linear information from the video vectors (deccm.models.erasure)
     erase_residual: bool = False  # with erase_taste: erase only the taste that the video's content (as PGC reads it) does not explain
     ridge_blend: float = 0.0  # > 0: a closed-form ridge map rides along; scores add its cosine times this weight
+    ridge_erase_all: bool = False  # with ridge_blend and erase_taste: the ridge part erases all of the taste, not only the part beyond content
     balance_blocks: bool = False  # each feature block (e.g. CNN frames vs motion) gets equal weight at the encoders' input
     arch: Literal["vae", "ridge"] = "vae"  # ridge: the closed-form linear baseline (deccm.models.ridge), no VAE
 
