@@ -61,8 +61,8 @@ def test_erasing_beyond_content_keeps_the_taste_that_is_content_and_removes_the_
     """Where the taste only pulls the video's content (mediated, no style), erasing all of it empties
     the video vectors of content that predicts the music; erasing only the taste beyond the PGC
     content view keeps it. Where the taste is only a visual style, both erase (nearly all of) it. The
-    recommended blend (that student plus a ridge map with its own such eraser) keeps the content and
-    loses most of the style; its two parts' residuals can still share some (docs/results.md)."""
+    recommended blend (that student plus a ridge map with all of the taste erased) keeps the content
+    through its student part and loses most of the style (docs/results.md)."""
     cfg = TrainConfig(epochs=6, batch_size=128, seed=1, device="cpu")
     probes: dict[str, dict[str, float]] = {}
     for world, over in (("mediated", {"taste_content": MEDIATED["strong"]}), ("style", {})):
