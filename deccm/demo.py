@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -478,10 +479,10 @@ class DemoService:
         from deccm.watch import POLL_S, ChampionWatcher
 
         self.max_bytes, self.max_seconds = max_bytes, max_seconds
-        self._served_dir = Path(tempfile.mkdtemp(prefix="deccm-served-"))  # snapshots of checked tracks, made when first played
+        self._served_dir = self._scratch("deccm-served-")  # snapshots of checked tracks, made when first played
         self._copies: dict[str, str] = {}  # checked file -> its snapshot
         self._moments: dict[str, str] = {}  # (checked file, moment) key -> the rendered moment
-        self.preview_dir = Path(preview_dir) if preview_dir else Path(tempfile.mkdtemp(prefix="deccm-previews-"))
+        self.preview_dir = Path(preview_dir) if preview_dir else self._scratch("deccm-previews-")
         self._slots = threading.BoundedSemaphore(slots)
         self.recent = RecentClips()
         self._lock = threading.Lock()
@@ -573,6 +574,12 @@ class DemoService:
             out.update(follows="deccm-student@champion", poll_s=self.watcher.poll_s if self.watcher.running else None,
                        last_error=self.watcher.last_error, since=current.since if current else None)
         return out
+
+    def _scratch(self, prefix: str) -> Path:
+        """A temp dir of this service's own, removed with it (when it is collected, or when the process exits)."""
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        weakref.finalize(self, shutil.rmtree, path, True)
+        return path
 
     def close(self) -> None:
         """Stop following the registry (the served model stays)."""

@@ -232,6 +232,20 @@ def test_the_page_without_a_champion_says_no_model_yet_and_how_to_train_one(tmp_
     assert svc.respond(None).error == demo.NO_MODEL  # Suggest says so too, whatever was sent
 
 
+def test_the_service_removes_its_temp_dirs_when_the_process_ends(tmp_path: Path) -> None:
+    """Snapshots and previews live in temp dirs of the service's own; a process that served leaves none behind."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "DECCM_HOME": str(tmp_path / "empty-home"), "TMPDIR": str(scratch), "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    code = ("from deccm import demo; s = demo.DemoService(device='cpu'); "
+            "print(sorted(p.name.split('-')[1] for p in (s._served_dir, s.preview_dir) if p.is_dir()))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['previews', 'served']"  # they existed while it ran
+    assert not any(p.name.startswith("deccm-") for p in scratch.iterdir()), sorted(p.name for p in scratch.iterdir())
+
+
 # --------------------------------------------------------------------------- the running app follows the registry (slow)
 
 
