@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -209,11 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     app = build_app(service=svc)
     launch(app, svc, args.host, args.port)
     print(f"deccm demo: http://{args.host}:{args.port}  (health: /healthz; Ctrl-C stops it)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` stops it like Ctrl-C: the service's temp dirs go with it
     try:
         app.block_thread()
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -251,7 +251,9 @@ def test_the_service_removes_its_temp_dirs_when_the_process_ends(tmp_path: Path)
 
 def _start_demo(home_dir: Path, log: Path, poll_s: float = 1.0) -> tuple[subprocess.Popen, str]:
     """``python demo/app.py`` on a free port over ``home_dir``'s registry, as compose starts it."""
-    env = {**os.environ, "DECCM_HOME": str(home_dir), "PYTHONPATH": str(ROOT)}
+    scratch = home_dir / "tmp"  # the server's temp dirs, to check that it removes them when it stops
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DECCM_HOME": str(home_dir), "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
     for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow exported this process's store: the child picks its own
         env.pop(k, None)
     port = _free_port()
@@ -320,6 +322,8 @@ def test_the_demo_starts_before_any_champion_answers_503_and_serves_the_first_on
         assert demo.comparison_model(registry.load_champion(device="cpu", extractor=False), device="cpu") is None
     finally:
         _stop(proc)
+    # stopped as compose stops it (SIGTERM): a clean exit that removes the server's snapshot and preview dirs
+    assert proc.returncode == 0 and not [p.name for p in (state / "tmp").iterdir() if p.name.startswith("deccm-")]
 
 
 # --------------------------------------------------------------------------- a registered champion on real media (slow)
