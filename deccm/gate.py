@@ -151,13 +151,14 @@ def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, 
 
 
 def _taste_free_genre_mix(ds: Dataset, split: str) -> np.ndarray | None:
-    """(1, G) genre mix of the split's positives, each weighted by 1/e_i like the deciding SNIPS; None without propensities.
+    """(1, G) genre mix of the split's positives, each weighted by 1/e_i like the deciding SNIPS; None without
+    propensities or genres.
 
     Logged positives carry the uploaders' taste: against their plain mix the model that learned the taste looks
     calibrated. This is the mix those choices would have without the taste, the bias guard's reference for genre_KL.
     """
     inv = inverse_propensities(ds, split)
-    if inv is None:
+    if inv is None or ds.ugc.music_genre is None:  # without genres there is no genre_KL to measure against it
         return None
     return np.bincount(ds.ugc.music_genre[split_rows(ds, split).music], weights=inv, minlength=ds.n_genres)[None, :]
 
