@@ -83,7 +83,8 @@ class DecCMStudent(nn.Module):
         # its vectors are appended to the student's, so a score is a·(student's) + b·(ridge cosine). Each part has its
         # own eraser (measured better than one joint eraser: docs/results.md). (a, b) starts at (1, ridge_blend) and is
         # chosen on the PGC val pairs once training ends (train.py, docs/method.md §5.4); stored with the weights.
-        self.ridge = RidgeMatcher(cfg.replace(erase_residual=False) if cfg.ridge_erase_all else cfg) if cfg.ridge_blend > 0 else None
+        ridge_cfg = cfg.replace(erase_residual=False) if cfg.ridge_erase_all else cfg  # its eraser: all of the taste, or as the student's
+        self.ridge = RidgeMatcher(ridge_cfg) if cfg.ridge_blend > 0 else None
         if self.ridge is not None:
             self.register_buffer("blend", torch.tensor([1.0, cfg.ridge_blend]))
         self.teacher = teacher
