@@ -285,7 +285,7 @@ def test_a_run_nobody_started_by_hand_needs_a_source_from_the_drop_or_the_deploy
 
 
 @pytest.mark.slow
-def test_a_run_registers_a_champion_that_ranks_like_its_checkpoint(af: Airflow, champion: Run) -> None:
+def test_a_run_registers_a_champion_that_ranks_like_its_checkpoint(af: Airflow, champion: Run, tmp_path: Path) -> None:
     import mlflow
     import pandas as pd
 
@@ -305,7 +305,7 @@ def test_a_run_registers_a_champion_that_ranks_like_its_checkpoint(af: Airflow, 
     ds = load_dataset(champion.xcom("prepare_data"))
     x = np.asarray(ds.ugc.video_features[np.asarray(ds.ugc.val.video[:8])], dtype=np.float32)
     mlflow.set_tracking_uri(tracking_uri(af.deccm_home))  # the registry follows it (no registry URI of its own is set)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion", dst_path=str(tmp_path))  # not a stray temp dir
     got = model.predict(pd.DataFrame({"features": [row.tolist() for row in x]}), params={"k": 10})
     ids, scores = Recommender.from_run(run_dir, device="cpu", extractor=False).rank_features(x, 10)
     assert [list(r) for r in got["track_ids"]] == ids.tolist()

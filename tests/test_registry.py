@@ -79,13 +79,14 @@ def test_registered_champion_loads_in_a_fresh_process_and_ranks_like_its_checkpo
         import json, sys
         import numpy as np, pandas as pd, mlflow
         mlflow.set_tracking_uri({tracking.tracking_uri()!r})
-        model = mlflow.pyfunc.load_model("models:/deccm-student@champion")
+        model = mlflow.pyfunc.load_model("models:/deccm-student@champion", dst_path=sys.argv[2])  # not a stray temp dir
         feats = np.load(sys.argv[1])
         out = model.predict(pd.DataFrame({{"features": [f.tolist() for f in feats]}}), params={{"k": 7}})
         print(json.dumps([list(map(int, t)) for t in out["track_ids"]]))
     """)
     np.save(home / "feats.npy", feats)
-    r = subprocess.run([sys.executable, "-c", code, str(home / "feats.npy")], capture_output=True, text=True)
+    (home / "pyfunc").mkdir()
+    r = subprocess.run([sys.executable, "-c", code, str(home / "feats.npy"), str(home / "pyfunc")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == want.tolist()
 

@@ -166,10 +166,11 @@ def test_pipeline_on_postgres_registers_a_champion_on_the_mlflow_server(postgres
         feats = load_dataset(rec.run.data_path).ugc.video_features[:3]
         np.save(tmp_path / "feats.npy", feats)
         code = ("import json, sys, mlflow, numpy as np, pandas as pd; mlflow.set_tracking_uri(sys.argv[1]); "
-                "mlflow.set_registry_uri(sys.argv[1]); m = mlflow.pyfunc.load_model('models:/deccm-student@champion'); "
+                "mlflow.set_registry_uri(sys.argv[1]); m = mlflow.pyfunc.load_model('models:/deccm-student@champion', dst_path=sys.argv[3]); "
                 "f = np.load(sys.argv[2]); out = m.predict(pd.DataFrame({'features': [r.tolist() for r in f]}), params={'k': 5}); "
                 "print(json.dumps([list(map(int, t)) for t in out['track_ids']]))")
-        r = subprocess.run([sys.executable, "-c", code, server, str(tmp_path / "feats.npy")],
+        (tmp_path / "pyfunc").mkdir()
+        r = subprocess.run([sys.executable, "-c", code, server, str(tmp_path / "feats.npy"), str(tmp_path / "pyfunc")],
                            env=subprocess_env({"DECCM_HOME": str(tmp_path / "consumer"), **_as(DEMO, pw[DEMO])}),
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
