@@ -88,7 +88,7 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
     Kept in --work per world and settings, so an interrupted study resumes with the next world."""
     cache = work / f"gate-study-{preset}-{strength}-s{seed}-e{epochs}-{cfg.metric}.json"
     # a cache of an older rule (two-sided bound, genre_KL against the logged mix) is recomputed
-    key = {**asdict(cfg), "rule": "one-sided lower 95 % bound; genre_KL against the taste-free mix"}
+    key = {**asdict(cfg), "rule": "one-sided lower 95 % bound; content-aware propensities; genre_KL against the taste-free mix"}
     if cache.exists() and json.loads(cache.read_text())["gate"] == key:
         return json.loads(cache.read_text())["rows"]
     runs = _models(preset, seed, strength, work, epochs, device)
@@ -96,17 +96,21 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
     rankers: dict[str, Ranker] = {label: load_ranker(run, device=device) for label, run in runs.items()}
     oracle = {label: evaluate_split(r, ds, "test_oracle").values[cfg.metric] for label, r in rankers.items()}
     val = {label: evaluate_split(r, ds, "val").values[cfg.metric] for label, r in rankers.items()}
+    on_gate = {label: evaluate_split(r, ds, "gate") for label, r in rankers.items()}
+    by_prior = (gate.inverse_propensities(ds, "gate"), "uploader prior")  # the weights the gate used before
     rows = []
     for champ, chal in PAIRS:
         scored = gate.score(ds, "gate", rankers[chal], rankers[champ], cfg)
         decision = gate.decide(scored, cfg)
         plain = gate.decide({**scored, "comparison": {**scored["comparison"], "deciding": "plain"}}, cfg)
         diff = oracle[chal] - oracle[champ]
+        prior = gate.compare(ds, "gate", on_gate[chal], on_gate[champ], cfg, by_prior)["snips"]
         rows.append({"strength": strength, "seed": seed, "champion": champ, "challenger": chal,
                      "oracle_diff": diff, "oracle_promote": diff > cfg.margin,
                      "promote": decision["promote"], "plain_promote": plain["promote"],
                      "old_rule_promote": val[chal] > val[champ] + cfg.margin,
-                     "snips": scored["comparison"]["snips"], "plain": scored["comparison"]["plain"],
+                     "snips": scored["comparison"]["snips"], "plain": scored["comparison"]["plain"], "snips_prior": prior,
+                     "prior_promote": prior["lower95"] > cfg.margin, "propensities": scored["comparison"]["propensities"],
                      "taste_R2": scored["taste_R2"], "reasons": decision["reasons"]})
         log.info("%s s%d %s -> %s: oracle %+.4f, gate %s (SNIPS %+.4f [%+.4f, %+.4f]), plain %s", strength, seed, champ, chal,
                  diff, decision["promote"], rows[-1]["snips"]["diff"], *rows[-1]["snips"]["ci95"], plain["promote"])
@@ -118,7 +122,7 @@ def summary(rows: list[dict[str, Any]], margin: float) -> dict[str, Any]:
     out: dict[str, Any] = {"pairs": len(rows)}
     for r in rows:  # the interval alone, without floor and bias guard: which part of the rule decided
         r["interval_promote"] = r["snips"]["lower95"] > margin
-    for key in ("promote", "interval_promote", "plain_promote", "old_rule_promote"):
+    for key in ("promote", "interval_promote", "prior_promote", "plain_promote", "old_rule_promote"):
         both: dict[tuple[Any, ...], bool] = {}  # a pair agrees when both of its orders do
         for r in rows:
             k = (r["strength"], r["seed"], frozenset((r["champion"], r["challenger"])))
@@ -133,18 +137,21 @@ def to_markdown(rows: list[dict[str, Any]], summ: dict[str, Any], metric: str) -
     short = {ERASED: "erased", PLAIN: "plain", NODECONF: "w/o deconf"}
     yn = {True: "promote", False: "keep"}
     lines = [f"| strength | seed | champion → challenger | oracle Δ {metric} | oracle says | gate: SNIPS Δ [95 %], one-sided lower 95 % bound | gate | agrees "
-             "| plain Δ [95 %] | gate on plain | old rule (val points) | taste R² champion / challenger |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| SNIPS with the uploader prior: Δ, lower bound | gate on it | plain Δ [95 %] | gate on plain | old rule (val points) | taste R² champion / challenger |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        s, p = r["snips"], r["plain"]
+        s, p, e = r["snips"], r["plain"], r["snips_prior"]
         lines.append(f"| {r['strength']} | {r['seed']} | {short[r['champion']]} → {short[r['challenger']]} | {r['oracle_diff']:+.3f} "
                      f"| {yn[r['oracle_promote']]} | {s['diff']:+.3f} [{s['ci95'][0]:+.3f}, {s['ci95'][1]:+.3f}], {s['lower95']:+.3f} | {yn[r['promote']]} "
                      f"| {'yes' if r['promote'] == r['oracle_promote'] else '**no**'} "
+                     f"| {e['diff']:+.3f}, {e['lower95']:+.3f} | {yn[r['prior_promote']]} "
                      f"| {p['diff']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {yn[r['plain_promote']]} "
                      f"| {yn[r['old_rule_promote']]} | {r['taste_R2']['champion']:.2f} / {r['taste_R2']['challenger']:.2f} |")
     n, m = summ["pairs"], summ["n_pairs"]
     lines.append("")
-    names = {"promote": "the gate (SNIPS)", "interval_promote": "its SNIPS lower bound alone (no floor, no bias guard)",
+    names = {"promote": "the gate (SNIPS, content-aware propensities)",
+             "interval_promote": "its SNIPS lower bound alone (no floor, no bias guard)",
+             "prior_promote": "the lower bound of SNIPS with the uploader prior (the gate before)",
              "plain_promote": "the same gate on the plain estimate", "old_rule_promote": "the old rule (val points, margin)"}
     lines.append("| rule | decisions agreeing with the oracle | pairs agreeing in both orders | harmful promotions |")
     lines.append("|---|---|---|---|")

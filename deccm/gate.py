@@ -11,11 +11,13 @@ difference challenger − champion, not on two point estimates:
   than the champion's by more than ``bias_tolerance``, in the metric's own direction
   from ``deccm.metrics.METRICS``);
 - where the split has uploaders and priors (logged, confounded choices), the deciding
-  estimate is self-normalised IPS with the logged propensities (each row's metric weight
-  divided by its propensity e_i), which estimates the score under choices free of the uploader's taste;
-  the plain estimate and both models' taste probes are recorded beside it. There the bias
-  guard's ``genre_KL@10`` is measured against the same taste-free estimate of the genre
-  mix (positives weighted by 1/e_i), not against the logged mix, which carries the taste.
+  estimate is self-normalised IPS: each row's metric weight times its taste-free weight
+  (``deccm.propensity``: the clip's content genre mix over the uploader's taste, fitted on
+  PGC and the logs; the uploader prior 1/e_i where that cannot be fitted), which estimates
+  the score under choices free of the uploader's taste; the plain estimate and both models'
+  taste probes are recorded beside it. There the bias guard's ``genre_KL@10`` is measured
+  against the same taste-free estimate of the genre mix (positives weighted alike), not
+  against the logged mix, which carries the taste.
 
 :class:`GateConfig` validates its own bounds, so settings from any caller (DAG params,
 an asset event, a test) are checked in one place; its numeric bounds and the metrics and splits it
@@ -30,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from deccm import metrics, settings
+from deccm import metrics, propensity, settings
 from deccm.data import Dataset, protocol
 from deccm.evaluate import SplitResult, evaluate_split, split_rows, taste_probe
 from deccm.serve import Ranker
@@ -47,7 +49,7 @@ BIAS_METRICS = ("genre_KL@10", "top_genre_share@10")
 class GateConfig:
     """When a challenger may replace the champion; every bound is checked on construction."""
 
-    metric: str = "HR_w@10"  # one of GATE_METRICS (higher is better, per-row, in [0, 1])
+    metric: str = "HR@10"  # one of GATE_METRICS (higher is better, per-row, in [0, 1])
     split: str = "gate"  # one of SPLITS
     margin: float = 0.005  # the one-sided lower 95 % bound of challenger − champion must exceed this
     floor: float = 0.15  # absolute floor of the challenger's metric (chance HR@10 is 10/101 = 0.099)
@@ -114,15 +116,35 @@ def paired(challenger: np.ndarray, champion: np.ndarray, weights: np.ndarray | N
             "ci95": [lo, hi], "lower95": lower, "clips": int(len(np.unique(clips))), "rows": int(len(d))}
 
 
-def compare(ds: Dataset, split: str, challenger: SplitResult, champion: SplitResult, cfg: GateConfig) -> dict[str, Any]:
-    """The paired comparison the gate decides on: plain and (where the split has uploaders) SNIPS estimates."""
+def taste_free_weights(ds: Dataset, split: str) -> tuple[np.ndarray | None, str]:
+    """Per-row factors of the self-normalised IPS that makes logged rows taste-free, and how they were made.
+
+    The content-aware model (``deccm.propensity``: the clip's content genre mix from PGC and
+    the uploader's taste) where the data has its parts, else the uploader prior alone
+    (:func:`inverse_propensities`); (None, "") where the rows have no uploaders.
+    """
+    inv = inverse_propensities(ds, split)
+    if inv is None:
+        return None, ""
+    model = propensity.fit(ds)
+    if model is None:
+        return inv, "uploader prior 1/e_i (no PGC pairs, or no uploaders on val, for the content-aware propensities)"
+    return model.weights(ds, split_rows(ds, split)), model.describe()
+
+
+def compare(ds: Dataset, split: str, challenger: SplitResult, champion: SplitResult, cfg: GateConfig,
+            taste_free: tuple[np.ndarray | None, str] | None = None) -> dict[str, Any]:
+    """The paired comparison the gate decides on: plain and (where the split has uploaders) SNIPS estimates.
+
+    ``taste_free`` is :func:`taste_free_weights` of the split (computed when not given)."""
     v_a, w = challenger.per_row[cfg.metric]
     v_b, _ = champion.per_row[cfg.metric]
     clips = np.asarray(split_rows(ds, split).video)
     out: dict[str, Any] = {"metric": cfg.metric, "split": split, "plain": paired(v_a, v_b, w, clips, cfg.n_boot, cfg.seed)}
-    inv = inverse_propensities(ds, split)
+    inv, how = taste_free if taste_free is not None else taste_free_weights(ds, split)
     if inv is not None:
         out["snips"] = paired(v_a, v_b, inv if w is None else np.asarray(w, np.float64) * inv, clips, cfg.n_boot, cfg.seed)
+        out["propensities"] = how
     out["deciding"] = "snips" if "snips" in out else "plain"
     return out
 
@@ -134,15 +156,16 @@ def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, 
     same estimator a comparison would.
     """
     res_a = evaluate_split(challenger, ds, split)
-    mix = _taste_free_genre_mix(ds, split)
+    taste_free = taste_free_weights(ds, split)
+    mix = _taste_free_genre_mix(ds, split, taste_free[0])
     out: dict[str, Any] = {"split": split, "challenger": _values(res_a, ds, mix), "champion": None}
     probe = ds.ugc.train.uploader is not None or ds.truth is not None
-    if champion is None:
-        out["comparison"] = compare(ds, split, res_a, res_a, cfg)  # the difference is 0; the challenger's estimates count
+    if champion is None:  # the difference is 0; the challenger's estimates count
+        out["comparison"] = compare(ds, split, res_a, res_a, cfg, taste_free)
     else:
         res_b = evaluate_split(champion, ds, split)
         out["champion"] = _values(res_b, ds, mix)
-        out["comparison"] = compare(ds, split, res_a, res_b, cfg)
+        out["comparison"] = compare(ds, split, res_a, res_b, cfg, taste_free)
     if probe:
         out["taste_R2"] = {"challenger": taste_probe(challenger, ds, split)}
         if champion is not None:
@@ -150,14 +173,13 @@ def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, 
     return out
 
 
-def _taste_free_genre_mix(ds: Dataset, split: str) -> np.ndarray | None:
-    """(1, G) genre mix of the split's positives, each weighted by 1/e_i like the deciding SNIPS; None without
-    propensities or genres.
+def _taste_free_genre_mix(ds: Dataset, split: str, inv: np.ndarray | None) -> np.ndarray | None:
+    """(1, G) genre mix of the split's positives, each weighted by its taste-free weight ``inv`` like the deciding
+    SNIPS; None without such weights or genres.
 
     Logged positives carry the uploaders' taste: against their plain mix the model that learned the taste looks
     calibrated. This is the mix those choices would have without the taste, the bias guard's reference for genre_KL.
     """
-    inv = inverse_propensities(ds, split)
     if inv is None or ds.ugc.music_genre is None:  # without genres there is no genre_KL to measure against it
         return None
     return np.bincount(ds.ugc.music_genre[split_rows(ds, split).music], weights=inv, minlength=ds.n_genres)[None, :]
@@ -191,7 +213,8 @@ def decide(scored: dict[str, Any], cfg: GateConfig = GateConfig(), notes: tuple[
     label = "self-normalised IPS" if comp["deciding"] == "snips" else "plain"
     reasons = list(notes)
     reasons.append(f"split {comp['split']}, {est['rows']} rows on {est['clips']} clips; deciding estimate: {label}"
-                   + (" (the split has uploaders: the logged choices carry their taste)" if comp["deciding"] == "snips" else ""))
+                   + (f" (the split has uploaders: the logged choices carry their taste), weights from {comp['propensities']}"
+                      if comp["deciding"] == "snips" else ""))
     ok = True
     value = est["challenger"]
     if not math.isfinite(value):
@@ -221,7 +244,7 @@ def decide(scored: dict[str, Any], cfg: GateConfig = GateConfig(), notes: tuple[
             a, b = scored["challenger"].get(m), champion.get(m)
             if a is None or b is None:
                 continue
-            ref = " (against the taste-free genre mix, positives weighted by 1/e)" if f"{m}_logged" in champion else ""
+            ref = " (against the taste-free genre mix, positives weighted like the SNIPS)" if f"{m}_logged" in champion else ""
             if metrics.worse_by(m, a, b) > cfg.bias_tolerance:
                 ok = False
                 reasons.append(f"bias guard: {m}{ref} {a:.4f} is worse than the champion's {b:.4f} by more than {cfg.bias_tolerance}")

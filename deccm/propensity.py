@@ -12,7 +12,8 @@ uploader's favourite genre is under-weighted, and it divides by the content's ge
 
 - q is a multinomial logit on the video features (standardised, PCA to ≤ 64 dims), fitted on
   the PGC pairs: professionally edited, so free of any uploader's taste by construction. Its L2
-  is chosen on PGC val (cross-entropy). The logs' choices may be softer than PGC's, so q is
+  is chosen on PGC val (cross-entropy); where no L2 beats the PGC genre share there, q is that
+  share (too few pairs to read content). The logs' choices may be softer than PGC's, so q is
   tempered, q^τ.
 - r_u is fitted on the uploader's training rows under that model (MM iterations, Hunter 2004),
   shrunk toward the global genre share with α pseudo-rows; an uploader without rows has r = 1.
@@ -71,7 +72,9 @@ class TasteFree:
         return (q * r).sum(axis=1) / r[np.arange(len(g)), g]
 
     def describe(self) -> str:
-        return (f"content-aware propensities (PGC genre model, L2 {self.l2:g}, val cross-entropy {self.pgc_val_ce:.3f}; "
+        content = ("PGC genre share (the genre model did not beat it on PGC val)" if np.isinf(self.l2)
+                   else f"PGC genre model, L2 {self.l2:g}")
+        return (f"content-aware propensities ({content}, val cross-entropy {self.pgc_val_ce:.3f}; "
                 f"temper τ {self.tau:g}, taste shrinkage α {self.alpha:g}, chosen on val log-likelihood {self.val_loglik:.4f})")
 
     def _taste_of(self, uploader: np.ndarray, g: int) -> np.ndarray:
@@ -97,8 +100,10 @@ def fit(ds: Dataset) -> TasteFree | None:
     z = ((x - mean) / scale) @ proj
     zv = ((np.asarray(pgc.segment_features[pgc.val.segment], np.float64) - mean) / scale) @ proj
     y, yv = genre[pgc.train.music], genre[pgc.val.music]
-    best = min((_logit(z, y, zv, yv, g, l2) + (l2,) for l2 in L2S), key=lambda t: t[2])
-    w, b, ce, l2 = best
+    w, b, ce, l2 = min((_logit(z, y, zv, yv, g, l2) + (l2,) for l2 in L2S), key=lambda t: t[2])
+    share = (np.bincount(y, minlength=g) + 1.0) / (len(y) + g)
+    if ce >= -np.mean(np.log(share[yv])):  # the features tell no more than the genre share: q is the share
+        w, b, ce, l2 = np.zeros_like(w), np.log(share), -float(np.mean(np.log(share[yv]))), float("inf")
     model = TasteFree(mean, scale, proj, w, b, 1.0, 0.0, l2, np.empty((0, g)), ce, -np.inf)
     logits_tr = model.content(ds.ugc.video_features[tr.video])  # τ = 1: q itself
     logits_val = model.content(ds.ugc.video_features[val.video])

@@ -263,7 +263,7 @@ class Pipeline:
     balance_blocks: bool | None = setting(None, "each feature block (CNN frames, motion; embedding, descriptors) gets "
                                           "equal weight at the encoders' input; " + _per_source("balance_blocks"))
     mode: str = setting("fixed", "fixed = the corrected method, faithful = the authors' code", choices=MODES)
-    gate_metric: str = setting("HR_w@10", "gate: primary metric (higher is better, per row, in [0, 1])", choices=GATE_METRICS)
+    gate_metric: str = setting("HR@10", "gate: primary metric (higher is better, per row, in [0, 1])", choices=GATE_METRICS)
     gate_split: str = setting("gate", "gate: held-out split both models are scored on (gate; val for older datasets; "
                               "never test or its oracle)", choices=GATE_SPLITS)
     gate_margin: float = setting(0.005, "gate: the one-sided lower 95 % bound of challenger minus champion must exceed this",

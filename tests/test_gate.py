@@ -111,19 +111,22 @@ def test_paired_bootstrap_sees_what_point_estimates_hide() -> None:
         gate.paired(champ[:10], champ, None, np.arange(400), 2000, 0)
 
 
-def test_snips_weights_are_the_metrics_weight_over_logged_propensity(tiny_dataset: Path) -> None:
+def test_snips_weights_are_the_metrics_weight_times_the_taste_free_weight(tiny_dataset: Path) -> None:
     ds = load_dataset(tiny_dataset)
     rows = ds.ugc.gate
-    inv = gate.inverse_propensities(ds, "gate")
+    inv = gate.inverse_propensities(ds, "gate")  # the fallback: the uploader prior alone
     genre = ds.ugc.music_genre[rows.music]
     e = np.clip(rows.prior[np.arange(len(rows)), genre], 0.01, 1.0)
     assert np.allclose(inv, 1 / e)
+    tf, how = gate.taste_free_weights(ds, "gate")  # tiny has PGC pairs and uploaders: the content-aware model
+    assert how.startswith("content-aware propensities") and tf.shape == (len(rows),) and (tf > 0).all()
     a, b = _linear("a", ds, 1), _linear("b", ds, 2)
-    for metric, w in (("HR_w@10", rows.weight / e), ("HR@10", 1 / e)):  # weighted metric: popularity weight × 1/e
+    for metric, w in (("HR_w@10", rows.weight * tf), ("HR@10", tf)):  # weighted metric: popularity weight × taste-free weight
         cfg = gate.GateConfig(metric=metric)
         ra, rb = evaluate_split(a, ds, "gate"), evaluate_split(b, ds, "gate")
-        snips = gate.compare(ds, "gate", ra, rb, cfg)["snips"]
-        assert snips["challenger"] == pytest.approx(float(w @ ra.per_row[metric][0] / w.sum()))
+        comp = gate.compare(ds, "gate", ra, rb, cfg)
+        assert comp["snips"]["challenger"] == pytest.approx(float(w @ ra.per_row[metric][0] / w.sum()))
+        assert comp["propensities"] == how
 
 
 def test_score_and_decide_on_confounded_rows(tiny_dataset: Path) -> None:
@@ -140,7 +143,7 @@ def test_score_and_decide_on_confounded_rows(tiny_dataset: Path) -> None:
     assert gate.decide(scored, cfg) == d  # the same inputs: the same decision
     same = gate.decide(gate.score(ds, "gate", a, a, cfg), cfg)  # a model never beats itself
     assert not same["promote"] and any("does not beat the champion" in r for r in same["reasons"])
-    with pytest.raises(ValueError, match="comparison is of HR_w@10"):
+    with pytest.raises(ValueError, match="comparison is of HR@10"):
         gate.decide(scored, gate.GateConfig(metric="NDCG_w@10"))
 
 
@@ -155,7 +158,7 @@ def test_first_model_faces_the_floor_alone_and_notes_lead_the_reasons(tiny_datas
 
 def test_bias_guard_reads_directions_from_the_table() -> None:
     cfg = gate.GateConfig(floor=0.0, margin=0.0, bias_tolerance=0.05)
-    comp = {"metric": "HR_w@10", "split": "gate", "deciding": "plain",
+    comp = {"metric": "HR@10", "split": "gate", "deciding": "plain",
             "plain": {"challenger": 0.5, "champion": 0.3, "diff": 0.2, "ci95": [0.1, 0.3], "lower95": 0.12,
                       "clips": 100, "rows": 100}}
     champ = {"genre_KL@10": 0.20, "top_genre_share@10": 0.40}
@@ -173,7 +176,7 @@ def test_bias_guard_measures_genre_kl_against_the_taste_free_mix(tiny_dataset: P
     rows = ds.ugc.gate
     genre = ds.ugc.music_genre
     logged = np.bincount(genre[rows.music], minlength=ds.n_genres) / len(rows)
-    inv = gate.inverse_propensities(ds, "gate")
+    inv, _ = gate.taste_free_weights(ds, "gate")
     taste_free = np.bincount(genre[rows.music], weights=inv, minlength=ds.n_genres) / inv.sum()
     favoured = int(np.argmax(logged - taste_free))  # the genre the taste over-represents in the logs
     assert logged[favoured] > taste_free[favoured]
@@ -193,7 +196,7 @@ def test_bias_guard_measures_genre_kl_against_the_taste_free_mix(tiny_dataset: P
 def test_the_one_sided_lower_bound_decides() -> None:
     cfg = gate.GateConfig(floor=0.0, margin=0.005)
     est = {"challenger": 0.5, "champion": 0.4, "diff": 0.1, "ci95": [-0.01, 0.21], "clips": 100, "rows": 100}
-    scored = {"challenger": {}, "champion": {}, "comparison": {"metric": "HR_w@10", "split": "gate", "deciding": "plain"}}
+    scored = {"challenger": {}, "champion": {}, "comparison": {"metric": "HR@10", "split": "gate", "deciding": "plain"}}
     clears = gate.decide({**scored, "comparison": {**scored["comparison"], "plain": {**est, "lower95": 0.01}}}, cfg)
     assert clears["promote"] and any("one-sided lower 95 % bound +0.0100" in r and "clears the margin" in r for r in clears["reasons"])
     short = gate.decide({**scored, "comparison": {**scored["comparison"], "plain": {**est, "lower95": 0.004}}}, cfg)

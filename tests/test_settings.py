@@ -60,7 +60,7 @@ def test_a_dict_of_settings_drops_empties_and_refuses_unknown_keys() -> None:
     assert settings.convert(Pipeline, {"epochs": "4", "videos": "", "lr": None}, "pipeline settings") == {"epochs": 4}
     with pytest.raises(SettingsError, match=r"unknown pipeline settings \['epoch'\]. Fix: use \[.*'epochs'"):
         settings.convert(Pipeline, {"epoch": 4}, "pipeline settings")
-    assert settings.defaults(Pipeline)["gate_metric"] == "HR_w@10" and settings.defaults(Pipeline)["epochs"] is None
+    assert settings.defaults(Pipeline)["gate_metric"] == "HR@10" and settings.defaults(Pipeline)["epochs"] is None
 
 
 def test_cli_options_are_made_from_the_schema_and_refuse_at_parse_time(capsys: pytest.CaptureFixture[str]) -> None:
