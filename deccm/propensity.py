@@ -39,6 +39,7 @@ PCA_DIMS = 64
 PCA_ROWS = 8000  # the PCA is fitted on at most this many PGC rows (evenly spaced: deterministic)
 MIN_PGC = 50
 MM_ITERS = 100
+CHUNK = 8192  # clips projected at a time
 
 
 @dataclass
@@ -59,7 +60,7 @@ class TasteFree:
 
     def content(self, features: np.ndarray) -> np.ndarray:
         """(N, G) q(g | v)^τ, renormalised: the taste-free genre mix of each clip's content."""
-        z = ((np.asarray(features, np.float64) - self.mean) / self.scale) @ self.projection @ self.W + self.b
+        z = _project(features, self.mean, self.scale, self.projection) @ self.W + self.b  # (N, G)
         z = self.tau * (z - z.max(axis=1, keepdims=True))  # q^τ ∝ exp(τ·logit)
         q = np.exp(z)
         return q / q.sum(axis=1, keepdims=True)
@@ -92,13 +93,13 @@ def fit(ds: Dataset) -> TasteFree | None:
     if len(pgc.train) < MIN_PGC or len(pgc.val) == 0 or len(pgc.music_features) != len(genre):
         return None  # too few professional pairs, or a PGC catalog that is not the UGC one
     g = ds.n_genres
-    x = np.asarray(pgc.segment_features[pgc.train.segment], np.float64)
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    sub = ((x - mean) / scale)[np.linspace(0, len(x) - 1, min(len(x), PCA_ROWS)).astype(int)]
+    x = pgc.segment_features[pgc.train.segment]  # (N, D) float32
+    mean, scale = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64) + 1e-6
+    sub = (np.asarray(x[np.linspace(0, len(x) - 1, min(len(x), PCA_ROWS)).astype(int)], np.float64) - mean) / scale
     _, _, vt = np.linalg.svd(sub, full_matrices=False)
     proj = vt[: min(PCA_DIMS, vt.shape[0])].T  # (D, P)
-    z = ((x - mean) / scale) @ proj
-    zv = ((np.asarray(pgc.segment_features[pgc.val.segment], np.float64) - mean) / scale) @ proj
+    z = _project(x, mean, scale, proj)
+    zv = _project(pgc.segment_features[pgc.val.segment], mean, scale, proj)
     y, yv = genre[pgc.train.music], genre[pgc.val.music]
     w, b, ce, l2 = min((_logit(z, y, zv, yv, g, l2) + (l2,) for l2 in L2S), key=lambda t: t[2])
     share = (np.bincount(y, minlength=g) + 1.0) / (len(y) + g)
@@ -119,6 +120,12 @@ def fit(ds: Dataset) -> TasteFree | None:
             if ll > model.val_loglik:
                 model.tau, model.alpha, model.taste, model.val_loglik = tau, alpha, r, ll
     return model
+
+
+def _project(features: np.ndarray, mean: np.ndarray, scale: np.ndarray, proj: np.ndarray) -> np.ndarray:
+    """(N, P) standardised features projected, CHUNK rows at a time (120k clips × 2048 in float64 would be 2 GB)."""
+    parts = [((np.asarray(features[a:a + CHUNK], np.float64) - mean) / scale) @ proj for a in range(0, len(features), CHUNK)]
+    return np.concatenate(parts) if parts else np.empty((0, proj.shape[1]))
 
 
 def _temper(q: np.ndarray, tau: float) -> np.ndarray:
