@@ -323,7 +323,8 @@ def test_a_run_registers_a_champion_that_ranks_like_its_checkpoint(af: Airflow, 
 
 
 @pytest.mark.slow
-def test_a_worse_challenger_is_registered_but_not_promoted(af: Airflow, champion: Run, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_worse_challenger_is_registered_but_not_promoted(af: Airflow, champion: Run, caplog: pytest.LogCaptureFixture,
+                                                          tmp_path: Path) -> None:
     versions_before, aliases_before = registry_state(af.deccm_home)
     caplog.set_level(logging.INFO)
     run = run_dag(WORSE)
@@ -343,7 +344,7 @@ def test_a_worse_challenger_is_registered_but_not_promoted(af: Airflow, champion
     mlflow_run = c.get_run(versions[result["version"]])
     assert mlflow_run.data.tags["deccm.gate"] == "rejected"
     assert "does not beat the champion" in mlflow_run.data.tags["deccm.gate.reasons"]
-    recorded = json.loads(Path(c.download_artifacts(mlflow_run.info.run_id, "gate_decision.json")).read_text())
+    recorded = json.loads(Path(c.download_artifacts(mlflow_run.info.run_id, "gate_decision.json", str(tmp_path))).read_text())
     assert recorded["promote"] is False and recorded["reasons"] == decision["reasons"]
     assert c.get_model_version(MODEL, result["version"]).tags["deccm.gate"] == "rejected"
 
