@@ -106,13 +106,16 @@ def fit(ds: Dataset) -> TasteFree | None:
     if ce >= -np.mean(np.log(share[yv])):  # the features tell no more than the genre share: q is the share
         w, b, ce, l2 = np.zeros_like(w), np.log(share), -float(np.mean(np.log(share[yv]))), float("inf")
     model = TasteFree(mean, scale, proj, w, b, 1.0, 0.0, l2, np.empty((0, g)), ce, -np.inf)
-    logits_tr = model.content(ds.ugc.video_features[tr.video])  # τ = 1: q itself
-    logits_val = model.content(ds.ugc.video_features[val.video])
-    u, gt = np.asarray(tr.uploader), genre[tr.music]
-    n_up = int(max(u.max(initial=-1), np.asarray(val.uploader).max(initial=-1))) + 1
-    vu, vg = np.asarray(val.uploader), genre[val.music]
+    tr_ok, val_ok = np.asarray(tr.uploader) >= 0, np.asarray(val.uploader) >= 0  # a negative id: no known uploader
+    if not tr_ok.any() or not val_ok.any():
+        return None
+    u, gt = np.asarray(tr.uploader)[tr_ok], genre[tr.music[tr_ok]]
+    vu, vg = np.asarray(val.uploader)[val_ok], genre[val.music[val_ok]]
+    q1_tr = model.content(ds.ugc.video_features[tr.video[tr_ok]])  # τ = 1: q itself
+    q1_val = model.content(ds.ugc.video_features[val.video[val_ok]])
+    n_up = int(max(u.max(), vu.max())) + 1
     for tau in TAUS:
-        q_tr, q_val = _temper(logits_tr, tau), _temper(logits_val, tau)
+        q_tr, q_val = _temper(q1_tr, tau), _temper(q1_val, tau)
         for alpha in ALPHAS:
             r = _taste(q_tr, u, gt, n_up, g, alpha)
             p = q_val * r[vu]

@@ -56,3 +56,13 @@ def test_without_pgc_or_uploaders_the_gate_falls_back_to_the_uploader_prior(conf
     no_val_uploaders = replace(ds, ugc=replace(ds.ugc, val=replace(ds.ugc.val, uploader=None)))
     assert propensity.fit(no_val_uploaders) is None
     assert gate.taste_free_weights(replace(ds, ugc=replace(ds.ugc, gate=replace(ds.ugc.gate, uploader=None))), "gate") == (None, "")
+
+
+def test_rows_without_a_known_uploader_are_left_out_of_the_taste(confounded: Path) -> None:
+    """A negative uploader id means "unknown"; it must not index the last uploader's taste."""
+    ds = load_dataset(confounded)
+    tr, val = ds.ugc.train, ds.ugc.val
+    some = np.where(np.arange(len(tr)) % 3 == 0, -1, tr.uploader)
+    model = propensity.fit(replace(ds, ugc=replace(ds.ugc, train=replace(tr, uploader=some))))
+    assert model is not None and np.isfinite(model.weights(ds, ds.ugc.gate)).all()
+    assert propensity.fit(replace(ds, ugc=replace(ds.ugc, val=replace(val, uploader=np.full(len(val), -1))))) is None
