@@ -88,7 +88,7 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
     Kept in --work per world and settings, so an interrupted study resumes with the next world."""
     cache = work / f"gate-study-{preset}-{strength}-s{seed}-e{epochs}-{cfg.metric}.json"
     # a cache of an older rule (two-sided bound, genre_KL against the logged mix) is recomputed
-    key = {**asdict(cfg), "rule": "one-sided lower 95 % bound; content-aware propensities; genre_KL against the taste-free mix"}
+    key = {**asdict(cfg), "rule": "one-sided lower 95 % bound; content-aware propensities (prior when their ESS is under half); genre_KL against the taste-free mix"}
     if cache.exists() and json.loads(cache.read_text())["gate"] == key:
         return json.loads(cache.read_text())["rows"]
     runs = _models(preset, seed, strength, work, epochs, device)

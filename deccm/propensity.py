@@ -125,6 +125,12 @@ def fit(ds: Dataset) -> TasteFree | None:
     return model
 
 
+def effective_share(w: np.ndarray) -> float:
+    """Kish's effective sample size as a share of the rows, (Σ w)² / (N Σ w²): 1 for equal weights, 1/N for one row."""
+    w = np.asarray(w, np.float64)
+    return float(w.sum() ** 2 / (len(w) * (w ** 2).sum()))
+
+
 def _project(features: np.ndarray, mean: np.ndarray, scale: np.ndarray, proj: np.ndarray) -> np.ndarray:
     """(N, P) standardised features projected, CHUNK rows at a time (120k clips × 2048 in float64 would be 2 GB)."""
     parts = [((np.asarray(features[a:a + CHUNK], np.float64) - mean) / scale) @ proj for a in range(0, len(features), CHUNK)]

@@ -66,3 +66,23 @@ def test_rows_without_a_known_uploader_are_left_out_of_the_taste(confounded: Pat
     model = propensity.fit(replace(ds, ugc=replace(ds.ugc, train=replace(tr, uploader=some))))
     assert model is not None and np.isfinite(model.weights(ds, ds.ugc.gate)).all()
     assert propensity.fit(replace(ds, ugc=replace(ds.ugc, val=replace(val, uploader=np.full(len(val), -1))))) is None
+
+
+def test_effective_share_is_one_for_equal_weights_and_one_over_n_for_a_single_row() -> None:
+    assert propensity.effective_share(np.full(40, 3.0)) == pytest.approx(1.0)
+    assert propensity.effective_share(np.r_[1.0, np.zeros(39)]) == pytest.approx(1 / 40)
+    assert propensity.effective_share(np.r_[np.ones(20), np.zeros(20)]) == pytest.approx(0.5)
+
+
+def test_weights_that_rest_on_a_few_clips_make_the_gate_use_the_prior(confounded: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An over-confident content model (as on the demo corpus's 180 PGC pairs) must not let a handful of clips decide."""
+    ds = load_dataset(confounded)
+    prior = gate.inverse_propensities(ds, "gate")
+    monkeypatch.setattr(propensity.TasteFree, "weights", lambda self, d, rows: np.linspace(0.5, 2.0, len(rows)))
+    w, how = gate.taste_free_weights(ds, "gate")  # spread like the prior's or better: used
+    assert np.allclose(w, np.linspace(0.5, 2.0, len(w))) and how.startswith("content-aware propensities")
+    monkeypatch.setattr(propensity.TasteFree, "weights", lambda self, d, rows: np.r_[500.0, np.full(len(rows) - 1, 0.01)])
+    w, how = gate.taste_free_weights(ds, "gate")  # one clip would carry the estimate: the prior stands in
+    assert np.allclose(w, prior) and propensity.effective_share(prior) > 0.1
+    assert how.startswith("uploader prior 1/e_i (the content-aware weights leave an effective") and "content-aware propensities" in how
