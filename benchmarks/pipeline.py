@@ -47,9 +47,9 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; epochs {args.epochs}")
     rows = []
     for source in args.sources:
-        home = Path(tempfile.mkdtemp(prefix=f"deccm-bench-pipeline-{source}-"))
-        first = run(home, source, args.epochs)
-        again = run(home, source, args.epochs)
+        with tempfile.TemporaryDirectory(prefix=f"deccm-bench-pipeline-{source}-") as tmp:  # GBs of runs: removed after
+            first = run(Path(tmp), source, args.epochs)
+            again = run(Path(tmp), source, args.epochs)
         rows.append((source, first, again))
     head = f"{'task':<16}" + "".join(f"{s + ' first':>18}{s + ' rerun':>18}" for s, _, _ in rows)
     print(head)
