@@ -92,6 +92,9 @@ def fit(ds: Dataset) -> TasteFree | None:
         return None
     if len(pgc.train) < MIN_PGC or len(pgc.val) == 0 or len(pgc.music_features) != len(genre):
         return None  # too few professional pairs, or a PGC catalog that is not the UGC one
+    tr_ok, val_ok = np.asarray(tr.uploader) >= 0, np.asarray(val.uploader) >= 0  # a negative id: no known uploader
+    if not tr_ok.any() or not val_ok.any():
+        return None  # checked before the genre model is fitted: nothing to fit the taste on
     g = ds.n_genres
     x = pgc.segment_features[pgc.train.segment]  # (N, D) float32
     mean, scale = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64) + 1e-6
@@ -106,9 +109,6 @@ def fit(ds: Dataset) -> TasteFree | None:
     if ce >= -np.mean(np.log(share[yv])):  # the features tell no more than the genre share: q is the share
         w, b, ce, l2 = np.zeros_like(w), np.log(share), -float(np.mean(np.log(share[yv]))), float("inf")
     model = TasteFree(mean, scale, proj, w, b, 1.0, 0.0, l2, np.empty((0, g)), ce, -np.inf)
-    tr_ok, val_ok = np.asarray(tr.uploader) >= 0, np.asarray(val.uploader) >= 0  # a negative id: no known uploader
-    if not tr_ok.any() or not val_ok.any():
-        return None
     u, gt = np.asarray(tr.uploader)[tr_ok], genre[tr.music[tr_ok]]
     vu, vg = np.asarray(val.uploader)[val_ok], genre[val.music[val_ok]]
     q1_tr = model.content(ds.ugc.video_features[tr.video[tr_ok]])  # τ = 1: q itself
