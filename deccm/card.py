@@ -54,7 +54,9 @@ def _moments_card(rec: Recommender) -> dict[str, Any] | None:
         return None
     return {"window_spec": m.spec.to_dict(), "tracks_analysed": sum(a is not None for a in m.analyses),
             "tracks_with_beat": sum(a is not None and a.has_beat for a in m.analyses),
-            "projection_r2": round(m.projection.r2, 3), "rule": "docs/method.md §11 (Moments)"}
+            "projection_r2": round(m.projection.r2, 3), "projection_degree": m.projection.degree,
+            "projection_loo_r2": None if m.projection.loo_r2 is None else round(m.projection.loo_r2, 3),
+            "rule": "docs/method.md §11 (Moments)"}
 
 
 def _taste_handling(model: ModelConfig, blend: dict[str, Any] | None = None) -> str:
@@ -160,7 +162,7 @@ def _moment_rows(moments: dict[str, Any] | None) -> list[tuple[str, str]]:
         return [("moments", "none: tracks play from their start (no catalog audio, or registered before moments)")]
     w = moments["window_spec"]
     return [("moments", f"a window at the clip's length every {w['hop_s']:g} s, chosen by the model through a descriptor "
-                        f"projection (R² {moments['projection_r2']:.2f}); cut on the {w['snap']} "
+                        f"projection of degree {moments.get('projection_degree', 1)} (R² {moments['projection_r2']:.2f}); cut on the {w['snap']} "
                         f"({moments['tracks_with_beat']} of {moments['tracks_analysed']} tracks have a beat), "
                         f"{w['fade_out_s']:g} s fade-out, short tracks loop; window spec {w['spec_id']}")]
 

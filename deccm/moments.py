@@ -13,7 +13,8 @@ docs/method.md §11 says why each rule is what it is. The parts, in the order a 
   else the track's), mode (best major − best minor key correlation of the window's chroma),
   onsets per second, loudness (dB) and brightness (centroid).
 * :class:`Projection`: a ridge map, fitted on the catalog, from a track's standardised
-  descriptors to the model's vector for it. It turns a window into the vector the model
+  descriptors and their pairwise products to the model's vector for it (degree and ridge by
+  leave-one-track-out R²). It turns a window into the vector the model
   would give that part of the track, so the window that scores highest against the clip's
   query is the model's choice of moment. The ranking itself stays the model's track score
   (``benchmarks/moments.py`` measures the best-window rule against it).
@@ -51,6 +52,7 @@ DESCRIPTORS = ("log2_tempo", "mode", "log_onset_rate", "loudness_db", "log_centr
 MIN_BEATS = 4  # fewer detected beats: the track has no beat (cuts fall on the window grid)
 BEAT_SALIENCE = 1.3  # and the beats' mean onset strength must exceed the track's by 30 % ...
 MIN_BEAT_STRENGTH = 0.25  # ... and this floor (dB-mel flux; a steady tone's ripples reach about 0.05, music's beats 1+)
+DEGREES = (1, 2)  # the projection's polynomial degrees (WindowSpec.max_degree picks up to which)
 DOWNBEAT_MARGIN = 1.1  # a beat phase counts as the downbeat when its onset strength beats the others' mean by 10 %
 
 
@@ -71,7 +73,7 @@ class WindowSpec:
     crossfade_s: float = 0.08  # each loop seam
     snap: str = "downbeat"  # "downbeat" (else beat), "beat", or "none"
     max_track_s: float = 900.0  # a track is analysed on its first 15 minutes
-    ridge: float = 1.0  # the projection's ridge strength (standardised descriptors)
+    max_degree: int = 2  # the projection tries polynomial degrees 1 … max_degree of the descriptors (§11.3)
 
     def __post_init__(self) -> None:
         if not 0 < self.hop_s <= 2.0:
@@ -80,8 +82,10 @@ class WindowSpec:
             raise ValueError(f"block must be in (0, hop] seconds, got {self.block_s}")
         if self.snap not in ("downbeat", "beat", "none"):
             raise ValueError(f"snap must be downbeat, beat or none, got {self.snap!r}")
-        if min(self.fade_in_s, self.fade_out_s, self.crossfade_s) < 0 or self.ridge <= 0:
-            raise ValueError("fades and crossfade must be ≥ 0 and ridge > 0")
+        if min(self.fade_in_s, self.fade_out_s, self.crossfade_s) < 0:
+            raise ValueError("fades and crossfade must be ≥ 0")
+        if self.max_degree not in DEGREES:
+            raise ValueError(f"the projection's max_degree must be one of {DEGREES}, got {self.max_degree}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {"kind": "moments", "version": ANALYSIS_VERSION, **asdict(self)}
@@ -104,6 +108,7 @@ class WindowSpec:
             raise MomentError(f"not a moments window spec of version {ANALYSIS_VERSION}: {d.get('kind')!r} "
                               f"v{d.get('version')!r}. Fix: export the bundle again.")
         names = set(cls.__dataclass_fields__)
+        d = {"max_degree": 1, **d}  # a spec saved before degree 2 was made under the linear projection
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -253,45 +258,98 @@ def whole(a: Analysis, spec: WindowSpec) -> np.ndarray:
     return descriptors(a, np.zeros(1), len(a.blocks) * spec.block_s, spec)[0]
 
 
+RIDGES = (0.1, 1.0, 3.0, 10.0, 30.0, 100.0)  # the projection's ridge strengths tried (on standardised features)
+
+
+def expand(z: np.ndarray, degree: int) -> np.ndarray:
+    """(W, F) the projection's features of standardised descriptors z (W, 5): z itself, and for degree 2 also every
+    product z_i · z_j, i ≤ j (F = 5 + 15). Degree 2 lets a window be scored by how *near* its sound is to what a clip
+    wants, not only by how far along each descriptor it goes."""
+    if degree == 1:
+        return z
+    i, j = np.triu_indices(z.shape[1])
+    return np.hstack([z, z[:, i] * z[:, j]])
+
+
 @dataclass
 class Projection:
-    """Track vector ≈ [1, z(d)] · W with z(d) = (d − mean) / std: the model's vectors as a linear function of the five
-    descriptors, fitted on the catalog by ridge regression (``ridge`` on the standardised columns, not the intercept)."""
+    """Track vector ≈ [1, x(d)] · W: the model's vectors as a function of the five descriptors d, fitted on the catalog.
+    z(d) = (d − mean) / std; x = the standardised columns of :func:`expand` (z, degree). The degree and the ridge are
+    the pair of :data:`DEGREES` × :data:`RIDGES` whose leave-one-track-out R² on the catalog is highest."""
 
     mean: np.ndarray  # (5,)
     std: np.ndarray  # (5,)
-    weights: np.ndarray  # (6, D')
-    r2: float  # share of the catalog vectors' variance the descriptors explain
+    weights: np.ndarray  # (1 + F, D')
+    r2: float  # share of the catalog vectors' variance the descriptors explain (in sample)
+    degree: int = 1
+    feature_mean: np.ndarray | None = None  # (F,) of expand(z): None = 0 (projections saved before degree 2)
+    feature_std: np.ndarray | None = None  # (F,): None = 1
+    ridge: float = 1.0
+    loo_r2: float | None = None  # leave-one-track-out R², what chose degree and ridge
 
     @classmethod
-    def fit(cls, d: np.ndarray, vectors: np.ndarray, ridge: float = 1.0) -> "Projection":
+    def fit(cls, d: np.ndarray, vectors: np.ndarray, degrees: tuple[int, ...] = DEGREES,
+            ridges: tuple[float, ...] = RIDGES) -> "Projection":
+        """The best of the (degree, ridge) pairs by leave-one-track-out R² (closed form: the ridge hat matrix); degree
+        1 with the middle ridge when no pair has a finite one (a catalog of a few tracks)."""
         d, p = np.asarray(d, np.float64), np.asarray(vectors, np.float64)
         if d.ndim != 2 or d.shape[0] != p.shape[0] or d.shape[0] < 2:
             raise MomentError(f"a projection needs descriptors and vectors for the same ≥ 2 tracks, got {d.shape} and {p.shape}")
+        fits = [cls._fit_one(d, p, g, lam) for g in degrees for lam in ridges]
+        ok = [f for f in fits if f.loo_r2 is not None and np.isfinite(f.loo_r2)]
+        if not ok:
+            return cls._fit_one(d, p, 1, ridges[len(ridges) // 2])
+        return max(ok, key=lambda f: f.loo_r2)  # type: ignore[arg-type, return-value]
+
+    @classmethod
+    def _fit_one(cls, d: np.ndarray, p: np.ndarray, degree: int, ridge: float) -> "Projection":
+        """Ridge with the intercept unpenalised, and its leave-one-out R² (None when some track is its own fit)."""
         mean, std = d.mean(0), d.std(0)
         std = np.where(std < 1e-9, 1.0, std)
-        x = np.hstack([np.ones((len(d), 1)), (d - mean) / std])
+        f = expand((d - mean) / std, degree)
+        fm, fs = f.mean(0), f.std(0)
+        fs = np.where(fs < 1e-9, 1.0, fs)
+        x = np.hstack([np.ones((len(d), 1)), (f - fm) / fs])
         reg = ridge * np.eye(x.shape[1])
         reg[0, 0] = 0.0
-        w = np.linalg.solve(x.T @ x + reg, x.T @ p)
+        inv = np.linalg.pinv(x.T @ x + reg)
+        w = inv @ x.T @ p
         resid = p - x @ w
-        r2 = 1.0 - float((resid ** 2).sum() / max(((p - p.mean(0)) ** 2).sum(), 1e-12))
-        return cls(mean, std, w, r2)
+        total = max(((p - p.mean(0)) ** 2).sum(), 1e-12)
+        leverage = np.einsum("ij,jk,ik->i", x, inv, x)  # the hat matrix's diagonal
+        loo = None
+        if (leverage < 1.0 - 1e-6).all():
+            loo = 1.0 - float(((resid / (1.0 - leverage)[:, None]) ** 2).sum() / total)
+        return cls(mean, std, w, 1.0 - float((resid ** 2).sum() / total), degree, fm, fs, ridge, loo)
 
     def vectors(self, d: np.ndarray) -> np.ndarray:
         """(W, D') the vectors the descriptors ``d`` (W, 5) stand for."""
-        z = (np.asarray(d, np.float64) - self.mean) / self.std
-        return np.hstack([np.ones((len(z), 1)), z]) @ self.weights
+        f = expand((np.asarray(d, np.float64) - self.mean) / self.std, self.degree)
+        if self.feature_mean is not None and self.feature_std is not None:
+            f = (f - self.feature_mean) / self.feature_std
+        return np.hstack([np.ones((len(f), 1)), f]) @ self.weights
 
     def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "weights": self.weights.tolist(), "r2": self.r2}
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "weights": self.weights.tolist(), "r2": self.r2,
+                "degree": self.degree, "ridge": self.ridge, "loo_r2": self.loo_r2,
+                "feature_mean": None if self.feature_mean is None else self.feature_mean.tolist(),
+                "feature_std": None if self.feature_std is None else self.feature_std.tolist()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Projection":
+        """Also reads projections saved before degree 2 (degree 1, features not standardised a second time)."""
+        def arr(key: str) -> np.ndarray | None:
+            return None if d.get(key) is None else np.asarray(d[key], np.float64)
+
+        degree = int(d.get("degree", 1))
         p = cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64), np.asarray(d["weights"], np.float64),
-                float(d["r2"]))
-        if p.mean.shape != (len(DESCRIPTORS),) or p.weights.shape[0] != len(DESCRIPTORS) + 1:
-            raise MomentError(f"a projection of shape {p.weights.shape} does not fit {len(DESCRIPTORS)} descriptors")
+                float(d["r2"]), degree, arr("feature_mean"), arr("feature_std"), float(d.get("ridge", 1.0)),
+                None if d.get("loo_r2") is None else float(d["loo_r2"]))
+        width = expand(np.zeros((1, len(DESCRIPTORS))), degree).shape[1] if degree in DEGREES else -1
+        if p.mean.shape != (len(DESCRIPTORS),) or p.weights.shape[0] != width + 1 or (
+                p.feature_mean is not None and p.feature_mean.shape != (width,)):
+            raise MomentError(f"a projection of degree {degree} and shape {p.weights.shape} does not fit "
+                              f"{len(DESCRIPTORS)} descriptors. Fix: export the bundle again.")
         return p
 
 
@@ -497,8 +555,9 @@ class Moments:
             raise MomentError(f"moments need at least two tracks with readable audio, the catalog has {len(have)}. Fix: "
                               "serve a catalog with media (or turn moments off).")
         d = np.stack([whole(analyses[i], spec) for i in have])  # type: ignore[arg-type]
-        proj = Projection.fit(d, np.asarray(vectors)[have], spec.ridge)
-        log.info("moments: %d tracks analysed, projection R² %.2f on the catalog", len(have), proj.r2)
+        proj = Projection.fit(d, np.asarray(vectors)[have], tuple(range(1, spec.max_degree + 1)))
+        log.info("moments: %d tracks analysed, projection of degree %d (ridge %g): R² %.2f on the catalog, %.2f left out",
+                 len(have), proj.degree, proj.ridge, proj.r2, proj.loo_r2 if proj.loo_r2 is not None else float("nan"))
         return cls(spec, analyses, proj, notes)
 
     def window_scores(self, a: Analysis, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:

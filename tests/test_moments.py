@@ -35,7 +35,7 @@ def loudness_moments(tracks: list[np.ndarray], spec: WindowSpec = WindowSpec()) 
     """Moments over ``tracks`` for a model whose only preference is loudness (a 1-d "track vector" = loudness)."""
     analyses = [moments.analyse(y, spec) for y in tracks]
     d = np.stack([moments.whole(a, spec) for a in analyses] + [moments.whole(a, spec) + [0, 0, 0, 6, 0] for a in analyses])
-    proj = Projection.fit(d, d[:, [3]], spec.ridge)  # a vector that is the loudness, fitted on real descriptors
+    proj = Projection.fit(d, d[:, [3]])  # a vector that is the loudness, fitted on real descriptors
     return Moments(spec, list(analyses), proj)
 
 
@@ -54,6 +54,27 @@ def test_a_planted_loud_section_is_where_the_cut_goes() -> None:
     assert got.length == 8.0 and got.end == pytest.approx(got.start + 8.0) and got.loop_end is None
     quiet = m.moment(0, np.array([-1.0]), 8.0)  # a clip that wants it quiet gets a quiet part
     assert quiet.start + 8.0 <= 12.5 or quiet.start >= 19.5, quiet
+
+
+def test_a_clip_that_wants_the_middle_loudness_gets_the_middle_section() -> None:
+    """A model that scores nearness, −(loudness − wanted)², needs the degree-2 projection: a line in the descriptors
+    only ever prefers an extreme. The catalog: copies of the track at many gains, vector [ℓ, −ℓ²] of each copy's
+    loudness ℓ (z-scored), so the query [2t, 1] scores −(ℓ − t)² + const."""
+    y = beat_track(30.0, 120.0, [(0, 10, 0.1), (10, 20, 0.35), (20, 30, 1.0)])  # quiet, middle, loud
+    spec = WindowSpec()
+    a = moments.analyse(y, spec)
+    gains = np.geomspace(0.05, 1.5, 24)
+    d = np.stack([moments.whole(moments.analyse(g * y, spec), spec) for g in gains])
+    loud = (d[:, 3] - d[:, 3].mean()) / d[:, 3].std()
+    vectors = np.stack([loud, -loud ** 2], axis=1)
+    quad = Moments(spec, [a], Projection.fit(d, vectors))
+    line = Moments(spec, [a], Projection.fit(d, vectors, degrees=(1,)))
+    assert quad.projection.degree == 2 and quad.projection.loo_r2 > 0.9 and line.projection.degree == 1
+    middle = moments.descriptors(a, np.array([10.0]), 10.0, spec)[0, 3]
+    t = (middle - d[:, 3].mean()) / d[:, 3].std()
+    q = np.array([2 * t, 1.0])
+    assert 9.4 <= quad.moment(0, q, 10.0).start <= 10.6  # the middle section, on its downbeat
+    assert not 9.4 <= line.moment(0, q, 10.0).start <= 10.6  # the line goes to an end
 
 
 def test_cut_points_sit_on_the_beat_track() -> None:
@@ -123,10 +144,17 @@ def test_moments_survive_a_round_trip_and_refuse_bad_settings(tmp_path: Path) ->
     assert meta["window_spec"]["spec_id"] == m.spec.spec_id and meta["window_spec"]["hop_s"] == 1.0
     with pytest.raises(moments.MomentError, match="track 2 has no analysed audio"):
         back.moment(2, q, 4.0)
-    for bad in ({"hop_s": 3.0}, {"hop_s": 0.0}, {"snap": "bar"}, {"ridge": 0.0}):
+    for bad in ({"hop_s": 3.0}, {"hop_s": 0.0}, {"snap": "bar"}, {"max_degree": 3}):
         with pytest.raises(ValueError):
             WindowSpec(**bad)
     assert WindowSpec(hop_s=0.5).spec_id != WindowSpec().spec_id
+    w = np.arange(12.0).reshape(6, 2)  # a bundle saved before degree 2: a linear map, no "degree" key, still serves
+    linear = Projection.from_json({"mean": [1.0] * 5, "std": [2.0] * 5, "weights": w.tolist(), "r2": 0.5})
+    d = moments.descriptors(m.analyses[0], np.array([0.0, 2.0]), 4.0, m.spec)  # type: ignore[arg-type]
+    np.testing.assert_allclose(linear.vectors(d), np.hstack([np.ones((2, 1)), (d - 1.0) / 2.0]) @ w)
+    assert WindowSpec.from_dict({k: v for k, v in m.spec.to_dict().items() if k != "max_degree"}).max_degree == 1
+    with pytest.raises(moments.MomentError, match="export the bundle again"):
+        Projection.from_json({**m.projection.to_json(), "degree": 2})
 
 
 def test_the_download_is_the_clip_with_its_moment_at_the_clip_exact_length(tmp_path: Path) -> None:
