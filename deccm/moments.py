@@ -562,9 +562,16 @@ class Moments:
 
     def window_scores(self, a: Analysis, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
         """(starts, scores): the windows of ``length`` in a track (:func:`candidate_starts`) and the model's score for
-        each (query · projected vector)."""
+        each: query · projected vector of the whole window, plus the mean of its two halves' (method §11.4: a window
+        that joins a part that fits too little to one that fits too much scores below what its average sounds like)."""
         starts = candidate_starts(a, length, self.spec)
-        return starts, self.projection.vectors(descriptors(a, starts, length, self.spec)) @ np.asarray(query, np.float64)
+        q = np.asarray(query, np.float64)
+
+        def score(at: np.ndarray, span: float) -> np.ndarray:
+            return self.projection.vectors(descriptors(a, at, span, self.spec)) @ q
+
+        halves = 0.5 * (score(starts, length / 2) + score(starts + length / 2, length / 2))
+        return starts, score(starts, length) + halves
 
     def moment(self, track: int, query: np.ndarray, length: float) -> Moment:
         """The moment of catalog ``track`` for a clip with query vector ``query`` (D',) lasting ``length`` seconds."""
