@@ -251,8 +251,7 @@ def main() -> None:
     window_best = []
     for t in range(len(rec.catalog.tracks)):
         a = mom.analyses[t]
-        starts = moments.candidate_starts(a, length, spec)
-        window_best.append(mom.projection.vectors(moments.descriptors(a, starts, length, spec)))
+        window_best.append(mom.window_vectors(a, length)[1])  # scored as a moment's windows are
     print("\nrank rule (HR@10 over each row's 101 candidates):\n| split | track score | best window |\n|---|---:|---:|")
     summary["rank_rule"] = {}
     for split in ("val", "test_oracle"):

@@ -560,18 +560,23 @@ class Moments:
                  len(have), proj.degree, proj.ridge, proj.r2, proj.loo_r2 if proj.loo_r2 is not None else float("nan"))
         return cls(spec, analyses, proj, notes)
 
-    def window_scores(self, a: Analysis, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
-        """(starts, scores): the windows of ``length`` in a track (:func:`candidate_starts`) and the model's score for
-        each: query · projected vector of the whole window, plus the mean of its two halves' (method §11.4: a window
-        that joins a part that fits too little to one that fits too much scores below what its average sounds like)."""
+    def window_vectors(self, a: Analysis, length: float) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, V): the windows of ``length`` in a track (:func:`candidate_starts`) and (W, D') vectors whose dot
+        with a clip's query is each window's score: the whole window's projected vector plus the mean of its two
+        halves' (method §11.4: a window that joins a part that fits too little to one that fits too much then scores
+        below what its average sounds like)."""
         starts = candidate_starts(a, length, self.spec)
-        q = np.asarray(query, np.float64)
 
-        def score(at: np.ndarray, span: float) -> np.ndarray:
-            return self.projection.vectors(descriptors(a, at, span, self.spec)) @ q
+        def projected(at: np.ndarray, span: float) -> np.ndarray:
+            return self.projection.vectors(descriptors(a, at, span, self.spec))
 
-        halves = 0.5 * (score(starts, length / 2) + score(starts + length / 2, length / 2))
-        return starts, score(starts, length) + halves
+        halves = 0.5 * (projected(starts, length / 2) + projected(starts + length / 2, length / 2))
+        return starts, projected(starts, length) + halves
+
+    def window_scores(self, a: Analysis, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, scores): each window's score for a clip with query vector ``query`` (:meth:`window_vectors`)."""
+        starts, vectors = self.window_vectors(a, length)
+        return starts, vectors @ np.asarray(query, np.float64)
 
     def moment(self, track: int, query: np.ndarray, length: float) -> Moment:
         """The moment of catalog ``track`` for a clip with query vector ``query`` (D',) lasting ``length`` seconds."""
