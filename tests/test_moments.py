@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -56,25 +57,48 @@ def test_a_planted_loud_section_is_where_the_cut_goes() -> None:
     assert quiet.start + 8.0 <= 12.5 or quiet.start >= 19.5, quiet
 
 
-def test_a_clip_that_wants_the_middle_loudness_gets_the_middle_section() -> None:
-    """A model that scores nearness, −(loudness − wanted)², needs the degree-2 projection: a line in the descriptors
-    only ever prefers an extreme. The catalog: copies of the track at many gains, vector [ℓ, −ℓ²] of each copy's
-    loudness ℓ (z-scored), so the query [2t, 1] scores −(ℓ − t)² + const."""
-    y = beat_track(30.0, 120.0, [(0, 10, 0.1), (10, 20, 0.35), (20, 30, 1.0)])  # quiet, middle, loud
+def nearness(y: np.ndarray, degrees: tuple[int, ...] = (1, 2)) -> tuple[Moments, Any]:
+    """Moments over track ``y`` for a model that scores nearness, −(loudness − wanted)². The catalog: every 3, 5 and
+    10 s stretch of the track at three gains (real spread in all five descriptors), vector [ℓ, −ℓ²] of each one's
+    loudness ℓ (z-scored), so the query [2t, 1] scores −(ℓ − t)² + const. Also the query wanting a window's loudness."""
     spec = WindowSpec()
-    a = moments.analyse(y, spec)
-    gains = np.geomspace(0.05, 1.5, 24)
-    d = np.stack([moments.whole(moments.analyse(g * y, spec), spec) for g in gains])
+    parts = []
+    for g in (0.5, 1.0, 2.0):
+        a = moments.analyse(g * y, spec)
+        parts += [moments.descriptors(a, np.arange(0.0, 30.0 - n + 1e-9, 1.0), n, spec) for n in (3.0, 5.0, 10.0)]
+    d = np.vstack(parts)
     loud = (d[:, 3] - d[:, 3].mean()) / d[:, 3].std()
-    vectors = np.stack([loud, -loud ** 2], axis=1)
-    quad = Moments(spec, [a], Projection.fit(d, vectors))
-    line = Moments(spec, [a], Projection.fit(d, vectors, degrees=(1,)))
+    m = Moments(spec, [moments.analyse(y, spec)], Projection.fit(d, np.stack([loud, -loud ** 2], axis=1), degrees))
+
+    def wanting(start: float, length: float) -> np.ndarray:
+        t = (moments.descriptors(m.analyses[0], np.array([start]), length, spec)[0, 3] - d[:, 3].mean()) / d[:, 3].std()  # type: ignore[arg-type]
+        return np.array([2 * t, 1.0])
+
+    return m, wanting
+
+
+def test_a_clip_that_wants_the_middle_loudness_gets_the_middle_section() -> None:
+    """Nearness needs the degree-2 projection: a line in the descriptors only ever prefers an extreme."""
+    y = beat_track(30.0, 120.0, [(0, 10, 0.1), (10, 20, 0.35), (20, 30, 1.0)])  # quiet, middle, loud
+    quad, wanting = nearness(y)
+    line, _ = nearness(y, degrees=(1,))
     assert quad.projection.degree == 2 and quad.projection.loo_r2 > 0.9 and line.projection.degree == 1
-    middle = moments.descriptors(a, np.array([10.0]), 10.0, spec)[0, 3]
-    t = (middle - d[:, 3].mean()) / d[:, 3].std()
-    q = np.array([2 * t, 1.0])
+    q = wanting(10.0, 10.0)
     assert 9.4 <= quad.moment(0, q, 10.0).start <= 10.6  # the middle section, on its downbeat
     assert not 9.4 <= line.moment(0, q, 10.0).start <= 10.6  # the line goes to an end
+
+
+def test_a_window_that_straddles_a_change_loses_to_one_that_fits_throughout() -> None:
+    """The clip wants the loudness of a window that is 85 % quiet part and 15 % loud part. Scored as a whole, that
+    straddling window fits exactly; the halves' term (method §11.4) prefers the section a little softer than wanted
+    throughout (a mix of it and the quiet part only gets softer, so no straddle there fits)."""
+    y = beat_track(30.0, 120.0, [(0, 10, 0.35), (10, 20, 0.1), (20, 30, 1.0)])  # middle, quiet, loud
+    m, wanting = nearness(y)
+    q = wanting(11.5, 10.0)
+    starts, _ = m.window_scores(m.analyses[0], q, 10.0)  # type: ignore[arg-type]
+    whole_only = m.projection.vectors(moments.descriptors(m.analyses[0], starts, 10.0, m.spec)) @ q  # type: ignore[arg-type]
+    assert 9.0 <= starts[np.argmax(whole_only)] <= 16.0  # the straddle, no half of which fits
+    assert m.moment(0, q, 10.0).start <= 3.0  # the middle section (IoU ≥ 0.5 with it), none of the loud part
 
 
 def test_cut_points_sit_on_the_beat_track() -> None:
