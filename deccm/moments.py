@@ -286,6 +286,8 @@ class Projection:
     feature_std: np.ndarray | None = None  # (F,): None = 1
     ridge: float = 1.0
     loo_r2: float | None = None  # leave-one-track-out R², what chose degree and ridge
+    low: np.ndarray | None = None  # (5,) the catalog's descriptor range: a window's descriptors are clipped to it,
+    high: np.ndarray | None = None  # (5,) as the map is only known there (None: no clip, projections saved before)
 
     @classmethod
     def fit(cls, d: np.ndarray, vectors: np.ndarray, degrees: tuple[int, ...] = DEGREES,
@@ -320,11 +322,14 @@ class Projection:
         loo = None
         if (leverage < 1.0 - 1e-6).all():
             loo = 1.0 - float(((resid / (1.0 - leverage)[:, None]) ** 2).sum() / total)
-        return cls(mean, std, w, 1.0 - float((resid ** 2).sum() / total), degree, fm, fs, ridge, loo)
+        return cls(mean, std, w, 1.0 - float((resid ** 2).sum() / total), degree, fm, fs, ridge, loo, d.min(0), d.max(0))
 
     def vectors(self, d: np.ndarray) -> np.ndarray:
-        """(W, D') the vectors the descriptors ``d`` (W, 5) stand for."""
-        f = expand((np.asarray(d, np.float64) - self.mean) / self.std, self.degree)
+        """(W, D') the vectors the descriptors ``d`` (W, 5) stand for, each clipped to the catalog's range first."""
+        d = np.asarray(d, np.float64)
+        if self.low is not None and self.high is not None:
+            d = np.clip(d, self.low, self.high)
+        f = expand((d - self.mean) / self.std, self.degree)
         if self.feature_mean is not None and self.feature_std is not None:
             f = (f - self.feature_mean) / self.feature_std
         return np.hstack([np.ones((len(f), 1)), f]) @ self.weights
@@ -333,7 +338,8 @@ class Projection:
         return {"mean": self.mean.tolist(), "std": self.std.tolist(), "weights": self.weights.tolist(), "r2": self.r2,
                 "degree": self.degree, "ridge": self.ridge, "loo_r2": self.loo_r2,
                 "feature_mean": None if self.feature_mean is None else self.feature_mean.tolist(),
-                "feature_std": None if self.feature_std is None else self.feature_std.tolist()}
+                "feature_std": None if self.feature_std is None else self.feature_std.tolist(),
+                "low": None if self.low is None else self.low.tolist(), "high": None if self.high is None else self.high.tolist()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Projection":
@@ -344,10 +350,11 @@ class Projection:
         degree = int(d.get("degree", 1))
         p = cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64), np.asarray(d["weights"], np.float64),
                 float(d["r2"]), degree, arr("feature_mean"), arr("feature_std"), float(d.get("ridge", 1.0)),
-                None if d.get("loo_r2") is None else float(d["loo_r2"]))
+                None if d.get("loo_r2") is None else float(d["loo_r2"]), arr("low"), arr("high"))
         width = expand(np.zeros((1, len(DESCRIPTORS))), degree).shape[1] if degree in DEGREES else -1
         if p.mean.shape != (len(DESCRIPTORS),) or p.weights.shape[0] != width + 1 or (
-                p.feature_mean is not None and p.feature_mean.shape != (width,)):
+                p.feature_mean is not None and p.feature_mean.shape != (width,)) or any(
+                b is not None and b.shape != p.mean.shape for b in (p.low, p.high)):
             raise MomentError(f"a projection of degree {degree} and shape {p.weights.shape} does not fit "
                               f"{len(DESCRIPTORS)} descriptors. Fix: export the bundle again.")
         return p

@@ -35,8 +35,10 @@ def beat_track(seconds: float, bpm: float, loudness: list[tuple[float, float, fl
 def loudness_moments(tracks: list[np.ndarray], spec: WindowSpec = WindowSpec()) -> Moments:
     """Moments over ``tracks`` for a model whose only preference is loudness (a 1-d "track vector" = loudness)."""
     analyses = [moments.analyse(y, spec) for y in tracks]
-    d = np.stack([moments.whole(a, spec) for a in analyses] + [moments.whole(a, spec) + [0, 0, 0, 6, 0] for a in analyses])
-    proj = Projection.fit(d, d[:, [3]])  # a vector that is the loudness, fitted on real descriptors
+    # a vector that is the loudness, fitted on real descriptors and on copies 12 dB softer and 6 dB louder (the catalog's
+    # range must hold the windows': descriptors outside it are clipped to it, method §11.3)
+    d = np.stack([moments.whole(a, spec) + [0, 0, 0, db, 0] for db in (-12, 0, 6) for a in analyses])
+    proj = Projection.fit(d, d[:, [3]])
     return Moments(spec, list(analyses), proj)
 
 
@@ -164,6 +166,8 @@ def test_moments_survive_a_round_trip_and_refuse_bad_settings(tmp_path: Path) ->
     assert back.spec == m.spec and len(back.analyses) == 3 and back.analyses[2] is None
     q = np.array([1.0])
     assert back.moment(1, q, 4.0) == m.moment(1, q, 4.0)
+    edge = m.projection.high[None, :]  # type: ignore[index]  # the map is not extrapolated past the catalog's range
+    np.testing.assert_allclose(back.projection.vectors(edge + 50.0), m.projection.vectors(edge))
     meta = json.loads((tmp_path / "m" / "spec.json").read_text())
     assert meta["window_spec"]["spec_id"] == m.spec.spec_id and meta["window_spec"]["hop_s"] == 1.0
     with pytest.raises(moments.MomentError, match="track 2 has no analysed audio"):
