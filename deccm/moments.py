@@ -292,20 +292,15 @@ class Projection:
     @classmethod
     def fit(cls, d: np.ndarray, vectors: np.ndarray, degrees: tuple[int, ...] = DEGREES,
             ridges: tuple[float, ...] = RIDGES) -> "Projection":
-        """The best of the (degree, ridge) pairs by leave-one-track-out R² (closed form: the ridge hat matrix); degree
-        1 with the middle ridge when no pair has a finite one (a catalog of a few tracks)."""
+        """The best of the (degree, ridge) pairs by leave-one-track-out R² (closed form: the ridge hat matrix)."""
         d, p = np.asarray(d, np.float64), np.asarray(vectors, np.float64)
         if d.ndim != 2 or d.shape[0] != p.shape[0] or d.shape[0] < 2:
             raise MomentError(f"a projection needs descriptors and vectors for the same ≥ 2 tracks, got {d.shape} and {p.shape}")
-        fits = [cls._fit_one(d, p, g, lam) for g in degrees for lam in ridges]
-        ok = [f for f in fits if f.loo_r2 is not None and np.isfinite(f.loo_r2)]
-        if not ok:
-            return cls._fit_one(d, p, 1, ridges[len(ridges) // 2])
-        return max(ok, key=lambda f: f.loo_r2)  # type: ignore[arg-type, return-value]
+        return max((cls._fit_one(d, p, g, lam) for g in degrees for lam in ridges), key=lambda f: f.loo_r2 or -np.inf)
 
     @classmethod
     def _fit_one(cls, d: np.ndarray, p: np.ndarray, degree: int, ridge: float) -> "Projection":
-        """Ridge with the intercept unpenalised, and its leave-one-out R² (None when some track is its own fit)."""
+        """Ridge with the intercept unpenalised, and its leave-one-out R² (ridge > 0 keeps every leverage under 1)."""
         mean, std = d.mean(0), d.std(0)
         std = np.where(std < 1e-9, 1.0, std)
         f = expand((d - mean) / std, degree)
@@ -319,9 +314,7 @@ class Projection:
         resid = p - x @ w
         total = max(((p - p.mean(0)) ** 2).sum(), 1e-12)
         leverage = np.einsum("ij,jk,ik->i", x, inv, x)  # the hat matrix's diagonal
-        loo = None
-        if (leverage < 1.0 - 1e-6).all():
-            loo = 1.0 - float(((resid / (1.0 - leverage)[:, None]) ** 2).sum() / total)
+        loo = 1.0 - float(((resid / np.maximum(1.0 - leverage, 1e-9)[:, None]) ** 2).sum() / total)
         return cls(mean, std, w, 1.0 - float((resid ** 2).sum() / total), degree, fm, fs, ridge, loo, d.min(0), d.max(0))
 
     def vectors(self, d: np.ndarray) -> np.ndarray:
