@@ -8,6 +8,7 @@ resumed ends with the weights of the uninterrupted 2-process run, bit for bit.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -52,8 +53,10 @@ def setup(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 def _run(root: Path, data: Path, out: str, how: str, teacher: Path, procs: int) -> subprocess.CompletedProcess[str]:
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"] if procs > 1 else [sys.executable]
+    tmp = root / f"tmp-{out}"  # torchrun's rendezvous folders (torchelastic_*) stay out of the machine's /tmp
+    tmp.mkdir(exist_ok=True)
     return subprocess.run([*launch, str(root / "run.py"), str(data), str(root / out), how, str(teacher)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp)})
 
 
 def _history(run: Path) -> list[dict]:
