@@ -98,9 +98,10 @@ def judge_world(preset: str, seed: int, strength: str, work: Path, epochs: int, 
     val = {label: evaluate_split(r, ds, "val").values[cfg.metric] for label, r in rankers.items()}
     on_gate = {label: evaluate_split(r, ds, "gate") for label, r in rankers.items()}
     by_prior = (gate.inverse_propensities(ds, "gate"), "uploader prior")  # the weights the gate used before
+    taste_free = gate.taste_free_weights(ds, "gate")  # one fit per world, shared by its pairs
     rows = []
     for champ, chal in PAIRS:
-        scored = gate.score(ds, "gate", rankers[chal], rankers[champ], cfg)
+        scored = gate.score(ds, "gate", rankers[chal], rankers[champ], cfg, taste_free)
         decision = gate.decide(scored, cfg)
         plain = gate.decide({**scored, "comparison": {**scored["comparison"], "deciding": "plain"}}, cfg)
         diff = oracle[chal] - oracle[champ]

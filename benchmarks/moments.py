@@ -151,7 +151,7 @@ def main() -> None:
     spec = mom.spec
     print(f"champion {demo.model_label(rec)} on {ds.manifest.get('name')} (seed {args.seed}); projection of degree "
           f"{mom.projection.degree}, ridge {mom.projection.ridge:g}: R² {mom.projection.r2:.2f}, left-one-out "
-          f"{mom.projection.loo_r2 or float('nan'):.2f}; ready in {time.perf_counter() - t0:.0f} s", flush=True)
+          f"{float('nan') if mom.projection.loo_r2 is None else mom.projection.loo_r2:.2f}; ready in {time.perf_counter() - t0:.0f} s", flush=True)
 
     sr = spec.sample_rate
     if args.source == "recorded":  # ---- sections from the unheard parts of the catalog's recordings

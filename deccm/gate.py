@@ -159,14 +159,16 @@ def compare(ds: Dataset, split: str, challenger: SplitResult, champion: SplitRes
     return out
 
 
-def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, cfg: GateConfig) -> dict[str, Any]:
+def score(ds: Dataset, split: str, challenger: Ranker, champion: Ranker | None, cfg: GateConfig,
+          taste_free: tuple[np.ndarray | None, str] | None = None) -> dict[str, Any]:
     """Both models on ``split``: point values, the paired comparison and the taste probes (JSON-able).
 
     The challenger alone (``champion`` None) gets its own estimates, so the floor reads the
-    same estimator a comparison would.
+    same estimator a comparison would. ``taste_free`` is :func:`taste_free_weights` of the
+    split (fitted here when not given; a caller scoring several pairs on one split fits once).
     """
     res_a = evaluate_split(challenger, ds, split)
-    taste_free = taste_free_weights(ds, split)
+    taste_free = taste_free if taste_free is not None else taste_free_weights(ds, split)
     mix = _taste_free_genre_mix(ds, split, taste_free[0])
     out: dict[str, Any] = {"split": split, "challenger": _values(res_a, ds, mix), "champion": None}
     probe = ds.ugc.train.uploader is not None or ds.truth is not None

@@ -296,7 +296,7 @@ class Projection:
         d, p = np.asarray(d, np.float64), np.asarray(vectors, np.float64)
         if d.ndim != 2 or d.shape[0] != p.shape[0] or d.shape[0] < 2:
             raise MomentError(f"a projection needs descriptors and vectors for the same ≥ 2 tracks, got {d.shape} and {p.shape}")
-        return max((cls._fit_one(d, p, g, lam) for g in degrees for lam in ridges), key=lambda f: f.loo_r2 or -np.inf)
+        return max((cls._fit_one(d, p, g, lam) for g in degrees for lam in ridges), key=lambda f: -np.inf if f.loo_r2 is None else f.loo_r2)
 
     @classmethod
     def _fit_one(cls, d: np.ndarray, p: np.ndarray, degree: int, ridge: float) -> "Projection":
