@@ -149,9 +149,9 @@ def main() -> None:
     ds = load_dataset(rec.run.data_path)
     mom = rec.catalog.with_moments(moments.WindowSpec())  # today's rule, also on a champion registered under an older one
     spec = mom.spec
-    print(f"champion {demo.model_label(rec)} on {ds.manifest.get('name')} (seed {args.seed}); projection of degree "
-          f"{mom.projection.degree}, ridge {mom.projection.ridge:g}: R² {mom.projection.r2:.2f}, left-one-out "
-          f"{float('nan') if mom.projection.loo_r2 is None else mom.projection.loo_r2:.2f}; ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"champion {demo.model_label(rec)} on {ds.manifest.get('name')} (seed {args.seed}); choice {spec.choice}; "
+          f"projection of {mom.projection.columns} descriptors, degree {mom.projection.degree}, ridge "
+          f"{mom.projection.ridge:g}: R² {mom.projection.r2:.2f}, left-one-out {float('nan') if mom.projection.loo_r2 is None else mom.projection.loo_r2:.2f}; ready in {time.perf_counter() - t0:.0f} s", flush=True)
 
     sr = spec.sample_rate
     if args.source == "recorded":  # ---- sections from the unheard parts of the catalog's recordings

@@ -13,6 +13,7 @@ from typing import Any
 from deccm import tracking
 from deccm.metrics import METRICS
 from deccm.models import ModelConfig
+from deccm.moments import DESCRIPTORS
 from deccm.serve import Recommender
 
 MODEL_NAME = "deccm-student"  # the registered model's name (deccm.registry.MODEL_NAME)
@@ -55,6 +56,7 @@ def _moments_card(rec: Recommender) -> dict[str, Any] | None:
     return {"window_spec": m.spec.to_dict(), "tracks_analysed": sum(a is not None for a in m.analyses),
             "tracks_with_beat": sum(a is not None and a.has_beat for a in m.analyses),
             "projection_r2": round(m.projection.r2, 3), "projection_degree": m.projection.degree,
+            "projection_descriptors": list(DESCRIPTORS[: m.projection.columns]),
             "projection_loo_r2": None if m.projection.loo_r2 is None else round(m.projection.loo_r2, 3),
             "rule": "docs/method.md §11 (Moments)"}
 
@@ -161,8 +163,10 @@ def _moment_rows(moments: dict[str, Any] | None) -> list[tuple[str, str]]:
     if not moments:
         return [("moments", "none: tracks play from their start (no catalog audio, or registered before moments)")]
     w = moments["window_spec"]
-    return [("moments", f"a window at the clip's length every {w['hop_s']:g} s, chosen by the model through a descriptor "
-                        f"projection of degree {moments.get('projection_degree', 1)} (R² {moments['projection_r2']:.2f}); cut on the {w['snap']} "
+    return [("moments", f"a window at the clip's length every {w['hop_s']:g} s, chosen by the model "
+                        f"({w.get('choice', 'argmax')}) through a projection of "
+                        f"{len(moments.get('projection_descriptors', range(5)))} descriptors, degree "
+                        f"{moments.get('projection_degree', 1)} (R² {moments['projection_r2']:.2f}); cut on the {w['snap']} "
                         f"({moments['tracks_with_beat']} of {moments['tracks_analysed']} tracks have a beat), "
                         f"{w['fade_out_s']:g} s fade-out, short tracks loop; window spec {w['spec_id']}")]
 

@@ -11,13 +11,17 @@ docs/method.md §11 says why each rule is what it is. The parts, in the order a 
   :attr:`WindowSpec.hop_s` on a track without one: :func:`candidate_starts`)
   the five descriptors the catalogs are measured by: tempo (median beat interval inside,
   else the track's), mode (best major − best minor key correlation of the window's chroma),
-  onsets per second, loudness (dB) and brightness (centroid).
+  onsets per second, loudness (dB) and brightness (centroid); and a sixth, the mean onset
+  strength (how hard the music moves).
 * :class:`Projection`: a ridge map, fitted on the catalog, from a track's standardised
-  descriptors and their pairwise products to the model's vector for it (degree and ridge by
-  leave-one-track-out R²). It turns a window into the vector the model
-  would give that part of the track, so the window that scores highest against the clip's
-  query is the model's choice of moment. The ranking itself stays the model's track score
-  (``benchmarks/moments.py`` measures the best-window rule against it).
+  descriptors and their pairwise products to the model's vector for it (which descriptors,
+  degree and ridge by leave-one-track-out R²). It turns a window into the vector the model
+  would give that part of the track, so each window gets a score against the clip's query.
+  The ranking itself stays the model's track score (``benchmarks/moments.py`` measures the
+  best-window rule against it).
+* :func:`choose`: the moment's window is the one whose *neighbourhood* scores best: the mean
+  score of the windows that would count as the same moment (IoU ≥ 0.5, starts within a third
+  of the length), so one window the projection happens to overrate does not win.
 * :func:`place`: the chosen window's start moves to a downbeat within one beat of it (else
   stays on its beat); a track shorter than the clip loops a whole number of beats (bars
   where downbeats were found).
@@ -48,7 +52,9 @@ ANALYSIS_VERSION = 2
 HOP = 512  # STFT hop (23 ms at 22.05 kHz): the beat tracker's and the block sums' frame
 N_FFT = 2048
 BLOCK_COLUMNS = ("frames", "power", "onset_strength", "onsets", "centroid_power", *(f"chroma_{i}" for i in range(12)))
-DESCRIPTORS = ("log2_tempo", "mode", "log_onset_rate", "loudness_db", "log_centroid")
+DESCRIPTORS = ("log2_tempo", "mode", "log_onset_rate", "loudness_db", "log_centroid", "log_onset_strength")
+DESCRIPTOR_SETS = (5, 6)  # the projection reads the first k descriptors, k one of these (§11.3; 5: bundles before the sixth)
+CHOICES = ("neighbourhood", "argmax")  # how the moment's window is chosen from the window scores (§11.4)
 MIN_BEATS = 4  # fewer detected beats: the track has no beat (cuts fall on the window grid)
 BEAT_SALIENCE = 1.3  # and the beats' mean onset strength must exceed the track's by 30 % ...
 MIN_BEAT_STRENGTH = 0.25  # ... and this floor (dB-mel flux; a steady tone's ripples reach about 0.05, music's beats 1+)
@@ -74,6 +80,7 @@ class WindowSpec:
     snap: str = "downbeat"  # "downbeat" (else beat), "beat", or "none"
     max_track_s: float = 900.0  # a track is analysed on its first 15 minutes
     max_degree: int = 2  # the projection tries polynomial degrees 1 … max_degree of the descriptors (§11.3)
+    choice: str = "neighbourhood"  # :data:`CHOICES`: the best neighbourhood of windows, or the best window (§11.4)
 
     def __post_init__(self) -> None:
         if not 0 < self.hop_s <= 2.0:
@@ -86,6 +93,8 @@ class WindowSpec:
             raise ValueError("fades and crossfade must be ≥ 0")
         if self.max_degree not in DEGREES:
             raise ValueError(f"the projection's max_degree must be one of {DEGREES}, got {self.max_degree}")
+        if self.choice not in CHOICES:
+            raise ValueError(f"choice must be one of {CHOICES}, got {self.choice!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {"kind": "moments", "version": ANALYSIS_VERSION, **asdict(self)}
@@ -108,7 +117,8 @@ class WindowSpec:
             raise MomentError(f"not a moments window spec of version {ANALYSIS_VERSION}: {d.get('kind')!r} "
                               f"v{d.get('version')!r}. Fix: export the bundle again.")
         names = set(cls.__dataclass_fields__)
-        d = {"max_degree": 1, **d}  # a spec saved before degree 2 was made under the linear projection
+        # a spec saved before degree 2 was made under the linear projection; one saved before the choice took the argmax
+        d = {"max_degree": 1, "choice": "argmax", **d}
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
@@ -230,7 +240,7 @@ def window_starts(duration: float, length: float, hop: float) -> np.ndarray:
 
 
 def descriptors(a: Analysis, starts: np.ndarray, length: float, spec: WindowSpec) -> np.ndarray:
-    """(W, 5) :data:`DESCRIPTORS` of the windows [start, start + length) from the block sums."""
+    """(W, 6) :data:`DESCRIPTORS` of the windows [start, start + length) from the block sums."""
     n = len(a.blocks)
     cum = np.vstack([np.zeros((1, a.blocks.shape[1])), np.cumsum(a.blocks.astype(np.float64), axis=0)])
     lo = np.clip(np.round(np.asarray(starts) / spec.block_s).astype(np.int64), 0, n - 1)
@@ -242,6 +252,7 @@ def descriptors(a: Analysis, starts: np.ndarray, length: float, spec: WindowSpec
     loud = 10.0 * np.log10(power / frames + 1e-12)
     rate = np.log(s[:, 3] / seconds + 0.1)
     centroid = np.log(np.maximum(s[:, 4] / power, 20.0))
+    strength = np.log(s[:, 2] / frames + 1e-3)  # mean onset strength (dB-mel flux per frame)
     from deccm.features.audio import key_strengths  # imported here: serving loads this module without the extractors
 
     mode = np.array([key_strengths(c)[0] for c in s[:, 5:]])
@@ -250,11 +261,11 @@ def descriptors(a: Analysis, starts: np.ndarray, length: float, spec: WindowSpec
         inside = a.beats[(a.beats >= t0) & (a.beats < t1)]
         if len(inside) >= 3:
             tempo[w] = 60.0 / float(np.median(np.diff(inside)))
-    return np.stack([np.log2(tempo), mode, rate, loud, centroid], axis=1)
+    return np.stack([np.log2(tempo), mode, rate, loud, centroid, strength], axis=1)
 
 
 def whole(a: Analysis, spec: WindowSpec) -> np.ndarray:
-    """(5,) descriptors of the whole track (what the model's track vector was computed from)."""
+    """(6,) descriptors of the whole track (what the model's track vector was computed from)."""
     return descriptors(a, np.zeros(1), len(a.blocks) * spec.block_s, spec)[0]
 
 
@@ -262,8 +273,8 @@ RIDGES = (0.1, 1.0, 3.0, 10.0, 30.0, 100.0)  # the projection's ridge strengths 
 
 
 def expand(z: np.ndarray, degree: int) -> np.ndarray:
-    """(W, F) the projection's features of standardised descriptors z (W, 5): z itself, and for degree 2 also every
-    product z_i · z_j, i ≤ j (F = 5 + 15). Degree 2 lets a window be scored by how *near* its sound is to what a clip
+    """(W, F) the projection's features of standardised descriptors z (W, k): z itself, and for degree 2 also every
+    product z_i · z_j, i ≤ j (F = k + k(k + 1)/2). Degree 2 lets a window be scored by how *near* its sound is to what a clip
     wants, not only by how far along each descriptor it goes."""
     if degree == 1:
         return z
@@ -273,30 +284,39 @@ def expand(z: np.ndarray, degree: int) -> np.ndarray:
 
 @dataclass
 class Projection:
-    """Track vector ≈ [1, x(d)] · W: the model's vectors as a function of the five descriptors d, fitted on the catalog.
-    z(d) = (d − mean) / std; x = the standardised columns of :func:`expand` (z, degree). The degree and the ridge are
-    the pair of :data:`DEGREES` × :data:`RIDGES` whose leave-one-track-out R² on the catalog is highest."""
+    """Track vector ≈ [1, x(d)] · W: the model's vectors as a function of the first k descriptors d, fitted on the
+    catalog. z(d) = (d − mean) / std; x = the standardised columns of :func:`expand` (z, degree). k, the degree and the
+    ridge are the triple of :data:`DESCRIPTOR_SETS` × :data:`DEGREES` × :data:`RIDGES` whose leave-one-track-out R² on
+    the catalog is highest."""
 
-    mean: np.ndarray  # (5,)
-    std: np.ndarray  # (5,)
+    mean: np.ndarray  # (k,): k, how many of DESCRIPTORS the map reads
+    std: np.ndarray  # (k,)
     weights: np.ndarray  # (1 + F, D')
     r2: float  # share of the catalog vectors' variance the descriptors explain (in sample)
     degree: int = 1
     feature_mean: np.ndarray | None = None  # (F,) of expand(z): None = 0 (projections saved before degree 2)
     feature_std: np.ndarray | None = None  # (F,): None = 1
     ridge: float = 1.0
-    loo_r2: float | None = None  # leave-one-track-out R², what chose degree and ridge
-    low: np.ndarray | None = None  # (5,) the catalog's descriptor range: a window's descriptors are clipped to it,
-    high: np.ndarray | None = None  # (5,) as the map is only known there (None: no clip, projections saved before)
+    loo_r2: float | None = None  # leave-one-track-out R², what chose k, degree and ridge
+    low: np.ndarray | None = None  # (k,) the catalog's descriptor range: a window's descriptors are clipped to it,
+    high: np.ndarray | None = None  # (k,) as the map is only known there (None: no clip, projections saved before)
 
     @classmethod
     def fit(cls, d: np.ndarray, vectors: np.ndarray, degrees: tuple[int, ...] = DEGREES,
-            ridges: tuple[float, ...] = RIDGES) -> "Projection":
-        """The best of the (degree, ridge) pairs by leave-one-track-out R² (closed form: the ridge hat matrix)."""
+            ridges: tuple[float, ...] = RIDGES, sets: tuple[int, ...] = DESCRIPTOR_SETS) -> "Projection":
+        """The best of the (first k descriptors, degree, ridge) triples by leave-one-track-out R² (closed form: the
+        ridge hat matrix); ``d`` (M, ≥ max(sets)) holds every descriptor."""
         d, p = np.asarray(d, np.float64), np.asarray(vectors, np.float64)
-        if d.ndim != 2 or d.shape[0] != p.shape[0] or d.shape[0] < 2:
-            raise MomentError(f"a projection needs descriptors and vectors for the same ≥ 2 tracks, got {d.shape} and {p.shape}")
-        return max((cls._fit_one(d, p, g, lam) for g in degrees for lam in ridges), key=lambda f: -np.inf if f.loo_r2 is None else f.loo_r2)
+        if d.ndim != 2 or d.shape[0] != p.shape[0] or d.shape[0] < 2 or d.shape[1] < max(sets):
+            raise MomentError(f"a projection needs {max(sets)} descriptors and vectors for the same ≥ 2 tracks, got "
+                              f"{d.shape} and {p.shape}")
+        fits = (cls._fit_one(d[:, :k], p, g, lam) for k in sets for g in degrees for lam in ridges)
+        return max(fits, key=lambda f: -np.inf if f.loo_r2 is None else f.loo_r2)
+
+    @property
+    def columns(self) -> int:
+        """k: the map reads the first k of :data:`DESCRIPTORS`."""
+        return len(self.mean)
 
     @classmethod
     def _fit_one(cls, d: np.ndarray, p: np.ndarray, degree: int, ridge: float) -> "Projection":
@@ -318,8 +338,8 @@ class Projection:
         return cls(mean, std, w, 1.0 - float((resid ** 2).sum() / total), degree, fm, fs, ridge, loo, d.min(0), d.max(0))
 
     def vectors(self, d: np.ndarray) -> np.ndarray:
-        """(W, D') the vectors the descriptors ``d`` (W, 5) stand for, each clipped to the catalog's range first."""
-        d = np.asarray(d, np.float64)
+        """(W, D') the vectors the descriptors ``d`` (W, ≥ k) stand for, each clipped to the catalog's range first."""
+        d = np.asarray(d, np.float64)[:, : self.columns]
         if self.low is not None and self.high is not None:
             d = np.clip(d, self.low, self.high)
         f = expand((d - self.mean) / self.std, self.degree)
@@ -336,7 +356,8 @@ class Projection:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Projection":
-        """Also reads projections saved before degree 2 (degree 1, features not standardised a second time)."""
+        """Also reads projections saved before degree 2 (degree 1, features not standardised a second time) and before
+        the sixth descriptor (k = 5)."""
         def arr(key: str) -> np.ndarray | None:
             return None if d.get(key) is None else np.asarray(d[key], np.float64)
 
@@ -344,12 +365,13 @@ class Projection:
         p = cls(np.asarray(d["mean"], np.float64), np.asarray(d["std"], np.float64), np.asarray(d["weights"], np.float64),
                 float(d["r2"]), degree, arr("feature_mean"), arr("feature_std"), float(d.get("ridge", 1.0)),
                 None if d.get("loo_r2") is None else float(d["loo_r2"]), arr("low"), arr("high"))
-        width = expand(np.zeros((1, len(DESCRIPTORS))), degree).shape[1] if degree in DEGREES else -1
-        if p.mean.shape != (len(DESCRIPTORS),) or p.weights.shape[0] != width + 1 or (
+        k = p.mean.shape[0] if p.mean.ndim == 1 else -1
+        width = expand(np.zeros((1, k)), degree).shape[1] if degree in DEGREES and k in DESCRIPTOR_SETS else -1
+        if p.std.shape != p.mean.shape or p.weights.shape[0] != width + 1 or (
                 p.feature_mean is not None and p.feature_mean.shape != (width,)) or any(
                 b is not None and b.shape != p.mean.shape for b in (p.low, p.high)):
-            raise MomentError(f"a projection of degree {degree} and shape {p.weights.shape} does not fit "
-                              f"{len(DESCRIPTORS)} descriptors. Fix: export the bundle again.")
+            raise MomentError(f"a projection of degree {degree} on {k} descriptors with weights {p.weights.shape} is not one "
+                              f"this version reads (descriptors: one of {DESCRIPTOR_SETS}). Fix: export the bundle again.")
         return p
 
 
@@ -388,8 +410,20 @@ def clock(t: float) -> str:
     return f"{int(t // 60)}:{t % 60:04.1f}"
 
 
-def choose(scores: np.ndarray, starts: np.ndarray) -> float:
-    """The best-scoring window's start (ties: the earliest)."""
+def choose(scores: np.ndarray, starts: np.ndarray, length: float, rule: str = "neighbourhood") -> float:
+    """The chosen window's start (ties: the earliest). ``argmax``: the best-scoring window. ``neighbourhood``: the
+    window whose neighbourhood scores best on average. Its neighbours are the windows that would count as the same
+    moment, IoU ≥ 0.5 with it, which for two windows of one length is a start within length / 3; the neighbourhood is
+    kept symmetric (narrower near the first and last start), so the ends of a track are not favoured for having
+    neighbours on one side only. The scores are a projection's estimates: a lone window scored above its neighbours
+    is more likely its error than the music, the middle of a part that fits throughout is not (docs/method.md §11.4)."""
+    scores, starts = np.asarray(scores, np.float64), np.asarray(starts, np.float64)
+    if rule == "neighbourhood":
+        half = np.minimum(length / 3, np.minimum(starts - starts.min(), starts.max() - starts))  # (W,)
+        near = np.abs(starts[None, :] - starts[:, None]) <= half[:, None] + 1e-9  # (W, W): row w, its neighbours
+        scores = (near @ scores) / near.sum(1)
+    elif rule != "argmax":
+        raise MomentError(f"choice must be one of {CHOICES}, got {rule!r}")
     return float(starts[int(np.argmax(scores))])
 
 
@@ -556,8 +590,9 @@ class Moments:
                               "serve a catalog with media (or turn moments off).")
         d = np.stack([whole(analyses[i], spec) for i in have])  # type: ignore[arg-type]
         proj = Projection.fit(d, np.asarray(vectors)[have], tuple(range(1, spec.max_degree + 1)))
-        log.info("moments: %d tracks analysed, projection of degree %d (ridge %g): R² %.2f on the catalog, %.2f left out",
-                 len(have), proj.degree, proj.ridge, proj.r2, proj.loo_r2 if proj.loo_r2 is not None else float("nan"))
+        log.info("moments: %d tracks analysed, projection of %d descriptors, degree %d (ridge %g): R² %.2f on the catalog, "
+                 "%.2f left out", len(have), proj.columns, proj.degree, proj.ridge, proj.r2,
+                 proj.loo_r2 if proj.loo_r2 is not None else float("nan"))
         return cls(spec, analyses, proj, notes)
 
     def window_vectors(self, a: Analysis, length: float) -> tuple[np.ndarray, np.ndarray]:
@@ -585,7 +620,7 @@ class Moments:
     def moment_in(self, a: Analysis, query: np.ndarray, length: float) -> Moment:
         """The moment of any analysed track (e.g. one outside the catalog) for the query and length."""
         starts, scores = self.window_scores(a, query, length)
-        return place(a, choose(scores, starts), length, self.spec)
+        return place(a, choose(scores, starts, length, self.spec.choice), length, self.spec)
 
     def _analysis(self, track: int) -> Analysis:
         a = self.analyses[track] if 0 <= track < len(self.analyses) else None
