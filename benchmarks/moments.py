@@ -188,14 +188,15 @@ def main() -> None:
         j = int(rng.integers(len(sections)))
         a = relation.affinity(v[c][None, :], q[sections[j]], relation.map_of(ds.manifest))[0]  # (3,)
         p_s = np.exp(beta * (a - a.max()))
-        truth = float(rng.choice(3, p=p_s / p_s.sum())) * SECTION_S
+        p_s = p_s / p_s.sum()
+        truth = float(rng.choice(3, p=p_s)) * SECTION_S
         m = mom.moment_in(analyses[j], queries[n], SECTION_S)  # exactly as a suggestion's moment is placed
         moved.append(abs(m.start - m.window_start))
         res["model"].append(iou(m.start, truth, SECTION_S) >= 0.5)
         res["start"].append(iou(0.0, truth, SECTION_S) >= 0.5)
         res["random"].append(random_offset_recall(truth, analyses[j].duration, SECTION_S))
         res["oracle"].append(iou(float(np.argmax(a)) * SECTION_S, truth, SECTION_S) >= 0.5)
-        p_s = p_s / p_s.sum()  # the same recalls in expectation over the draw (no draw noise: the intervals are the clips')
+        # the same recalls in expectation over the draw (no draw noise: the intervals are the clips')
         res["model_expected"].append(sum(p_s[k] for k in range(3) if iou(m.start, k * SECTION_S, SECTION_S) >= 0.5))
         res["random_expected"].append(sum(p_s[k] * random_offset_recall(k * SECTION_S, analyses[j].duration, SECTION_S)
                                           for k in range(3)))

@@ -416,12 +416,16 @@ def choose(scores: np.ndarray, starts: np.ndarray, length: float, rule: str = "n
     moment, IoU ≥ 0.5 with it, which for two windows of one length is a start within length / 3; the neighbourhood is
     kept symmetric (narrower near the first and last start), so the ends of a track are not favoured for having
     neighbours on one side only. The scores are a projection's estimates: a lone window scored above its neighbours
-    is more likely its error than the music, the middle of a part that fits throughout is not (docs/method.md §11.4)."""
+    is more likely its error than the music, the middle of a part that fits throughout is not (docs/method.md §11.4).
+    ``starts`` ascend, as :func:`candidate_starts` gives them; a neighbourhood is a run of them (a 15-minute track has
+    some 1800 beats, so no W × W matrix)."""
     scores, starts = np.asarray(scores, np.float64), np.asarray(starts, np.float64)
     if rule == "neighbourhood":
-        half = np.minimum(length / 3, np.minimum(starts - starts.min(), starts.max() - starts))  # (W,)
-        near = np.abs(starts[None, :] - starts[:, None]) <= half[:, None] + 1e-9  # (W, W): row w, its neighbours
-        scores = (near @ scores) / near.sum(1)
+        half = np.minimum(length / 3, np.minimum(starts - starts[0], starts[-1] - starts))  # (W,)
+        lo = np.searchsorted(starts, starts - half - 1e-9, "left")  # each window's neighbours: starts[lo:hi]
+        hi = np.searchsorted(starts, starts + half + 1e-9, "right")
+        total = np.concatenate([[0.0], np.cumsum(scores)])
+        scores = (total[hi] - total[lo]) / (hi - lo)
     elif rule != "argmax":
         raise MomentError(f"choice must be one of {CHOICES}, got {rule!r}")
     return float(starts[int(np.argmax(scores))])
@@ -605,8 +609,8 @@ class Moments:
         def projected(at: np.ndarray, span: float) -> np.ndarray:
             return self.projection.vectors(descriptors(a, at, span, self.spec))
 
-        halves = 0.5 * (projected(starts, length / 2) + projected(starts + length / 2, length / 2))
-        return starts, projected(starts, length) + halves
+        halves = projected(np.concatenate([starts, starts + length / 2]), length / 2).reshape(2, len(starts), -1)
+        return starts, projected(starts, length) + halves.mean(axis=0)
 
     def window_scores(self, a: Analysis, query: np.ndarray, length: float) -> tuple[np.ndarray, np.ndarray]:
         """(starts, scores): each window's score for a clip with query vector ``query`` (:meth:`window_vectors`)."""
